@@ -1,0 +1,212 @@
+"""The scope classifier: does a probe fall in the scope of a stored edit?
+
+Both SERAC variants, initialised from a sentence encoder (all-MiniLM-L6-v2 by default):
+
+- dense: embed the edit and the probe separately (mean pooling, unit norm); the score is
+  sigmoid(scale * cosine + bias). Edit embeddings are computed once, when an edit is stored, so a
+  probe costs one encoder pass plus a matrix-vector product. Before any training, scale and bias
+  are the calibration of the raw encoder (see `calibrate`), which already routes sensibly.
+- cross: encode "[CLS] edit [SEP] probe [SEP]" together and read one logit from a linear head.
+  More accurate after training, one encoder pass per (probe, edit) pair.
+
+`scores(inputs, memory)` returns an [n_inputs, n_edits] matrix of probabilities in [0, 1].
+
+An edit is matched by its prompt alone (`scope_text`): the new target says nothing about which
+inputs the edit covers, and on CounterFact train pairs the prompt separates paraphrases from
+hard negatives better than "prompt target" does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from searc.memory import Edit, EditMemory, EmbeddingKeys, ListKeys
+
+Variant = Literal["dense", "cross"]
+
+# Logistic fit of in-scope vs out-of-scope cosine similarities of the raw MiniLM encoder on
+# 2,000 CounterFact *train* cases; `searc calibrate --data ../shared/data/counterfact/train.json` refits it.
+ZERO_SHOT_SCALE = 16.2
+ZERO_SHOT_BIAS = -8.44
+
+
+@dataclass
+class ClassifierConfig:
+    variant: Variant = "dense"
+    max_length: int = 128  # tokens per text (dense) or per pair (cross)
+    scale: float = ZERO_SHOT_SCALE
+    bias: float = ZERO_SHOT_BIAS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scope_text(edit: Edit) -> str:
+    """What the classifier compares inputs against."""
+    return edit.prompt
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class ScopeClassifier(nn.Module):
+    """Common parts: the encoder, its tokenizer, the key version that edit memories check."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.config = config
+        self.key_version = uuid.uuid4().hex  # changes whenever weights change (see `weights_changed`)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def weights_changed(self) -> None:
+        """Mark stored edit keys stale (after training steps or loading weights)."""
+        self.key_version = uuid.uuid4().hex
+
+    def scores(self, inputs: Sequence[str], memory: EditMemory) -> torch.Tensor:
+        """[n_inputs, n_edits] probabilities that each input is in scope of each edit."""
+        if not inputs or not len(memory):
+            return torch.zeros(len(inputs), len(memory))
+        keys = memory.ensure_keys(self)
+        with torch.inference_mode():
+            return torch.sigmoid(self.logits(list(inputs), keys)).float().cpu()
+
+    def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        """Logits of aligned (edit_i, input_i) pairs, differentiable: the training path."""
+        raise NotImplementedError
+
+
+class DenseScopeClassifier(ScopeClassifier):
+    def __init__(self, encoder: nn.Module, tokenizer, config: ClassifierConfig) -> None:
+        super().__init__(encoder, tokenizer, config)
+        self.scale = nn.Parameter(torch.tensor(float(config.scale)))
+        self.bias = nn.Parameter(torch.tensor(float(config.bias)))
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.encoder(**batch).last_hidden_state
+        return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
+
+    def new_key_store(self) -> EmbeddingKeys:
+        return EmbeddingKeys(self.encoder.config.hidden_size)
+
+    @torch.inference_mode()
+    def edit_keys(self, edits: Sequence[Edit]) -> torch.Tensor:
+        return torch.cat([self.embed([scope_text(e) for e in chunk]).float().cpu() for chunk in _chunks(edits, 64)])
+
+    def similarity_logits(self, similarity: torch.Tensor) -> torch.Tensor:
+        return self.scale * similarity + self.bias
+
+    def logits(self, inputs: list[str], keys: EmbeddingKeys) -> torch.Tensor:
+        probe_embeddings = self.embed(inputs).float().cpu()
+        return self.similarity_logits(probe_embeddings @ keys.matrix.T)
+
+    def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        edit_embeddings = self.embed([scope_text(e) for e in edits])
+        input_embeddings = self.embed(inputs)
+        return self.similarity_logits((edit_embeddings * input_embeddings).sum(-1))
+
+
+class CrossScopeClassifier(ScopeClassifier):
+    def __init__(self, encoder: nn.Module, tokenizer, config: ClassifierConfig) -> None:
+        super().__init__(encoder, tokenizer, config)
+        self.head = nn.Linear(encoder.config.hidden_size, 1)
+
+    def new_key_store(self) -> ListKeys:
+        return ListKeys()
+
+    def edit_keys(self, edits: Sequence[Edit]) -> list[list[int]]:
+        """Edit prompts tokenised once, without special tokens."""
+        return [self.tokenizer(scope_text(e), add_special_tokens=False)["input_ids"] for e in edits]
+
+    def _pair_batch(self, edit_ids: Sequence[list[int]], input_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """[CLS] edit [SEP] input [SEP], truncating the edit first, right-padded."""
+        cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id or 0
+        budget = self.config.max_length - 3
+        rows, types = [], []
+        for edit, probe in zip(edit_ids, input_ids):
+            probe = probe[: budget // 2] if len(edit) + len(probe) > budget else probe
+            edit = edit[: budget - len(probe)]
+            rows.append([cls, *edit, sep, *probe, sep])
+            types.append([0] * (len(edit) + 2) + [1] * (len(probe) + 1))
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        token_types = torch.tensor([t + [0] * (width - len(t)) for t in types], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": token_types}
+
+    def _forward_pairs(self, edit_ids: Sequence[list[int]], input_ids: Sequence[list[int]]) -> torch.Tensor:
+        batch = self._pair_batch(edit_ids, input_ids)
+        hidden = self.encoder(**batch).last_hidden_state
+        return self.head(mean_pool(hidden, batch["attention_mask"])).squeeze(-1)
+
+    def _tokenize_inputs(self, inputs: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in inputs]
+
+    def logits(self, inputs: list[str], keys: ListKeys) -> torch.Tensor:
+        input_ids = self._tokenize_inputs(inputs)
+        pairs = [(i, k) for i in range(len(inputs)) for k in range(len(keys))]
+        out = torch.cat(
+            [
+                self._forward_pairs([keys[k] for _, k in chunk], [input_ids[i] for i, _ in chunk]).float().cpu()
+                for chunk in _chunks(pairs, 256)
+            ]
+        )
+        return out.view(len(inputs), len(keys))
+
+    def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        return self._forward_pairs(self.edit_keys(edits), self._tokenize_inputs(inputs))
+
+
+def calibrate(classifier: DenseScopeClassifier, pairs: Sequence[tuple[Edit, str, bool]], steps: int = 200) -> tuple[float, float]:
+    """Fit the dense classifier's scale and bias to (edit, input, in_scope) pairs, encoder frozen.
+
+    A class-balanced logistic regression on the cosine similarity: the zero-shot classifier.
+    """
+    if not any(label for *_, label in pairs) or all(label for *_, label in pairs):
+        raise ValueError("calibration needs both in-scope and out-of-scope pairs")
+    with torch.no_grad():  # not inference_mode: the similarities feed an autograd fit below
+        similarity = torch.cat(
+            [
+                (classifier.embed([scope_text(e) for e, _, _ in chunk]) * classifier.embed([x for _, x, _ in chunk])).sum(-1)
+                for chunk in _chunks(list(pairs), 64)
+            ]
+        ).float().cpu()
+    labels = torch.tensor([float(label) for *_, label in pairs])
+    positive_weight = (labels == 0).sum() / (labels == 1).sum()
+    scale, bias = torch.tensor(10.0, requires_grad=True), torch.tensor(-5.0, requires_grad=True)
+    optimizer = torch.optim.LBFGS([scale, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(scale * similarity + bias, labels, pos_weight=positive_weight)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(scale.detach()), float(bias.detach())
+
+
+def build_classifier(encoder: nn.Module, tokenizer, config: ClassifierConfig) -> ScopeClassifier:
+    cls = {"dense": DenseScopeClassifier, "cross": CrossScopeClassifier}.get(config.variant)
+    if cls is None:
+        raise ValueError(f"unknown classifier variant {config.variant!r}; use 'dense' or 'cross'")
+    return cls(encoder, tokenizer, config)
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

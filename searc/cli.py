@@ -1,0 +1,148 @@
+"""The `searc` command. Thin: parse arguments, call the engine, print.
+
+Bad arguments exit with code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from searc.checkpoint import CheckpointError
+from searc.data import DataError
+from searc.memory import Edit
+from searc.models import ModelNotFound
+
+
+class UsageError(Exception):
+    """Bad user input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + exits 2; we want one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def parse_edit(text: str) -> Edit:
+    prompt, sep, target = text.rpartition("|")
+    if not sep or not prompt.strip() or not target.strip():
+        raise UsageError(f"--edit expects PROMPT|TARGET, got {text!r}")
+    return Edit(prompt.strip(), target.strip())
+
+
+def parse_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--threshold expects a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--threshold expects a number in [0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="searc", description="Memory-based model editing with SERAC.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lm", default="bundled", help="language model: 'bundled', a hub id, a directory or a .gguf file")
+        p.add_argument("--encoder", default="bundled", help="classifier encoder: 'bundled', a hub id or a directory")
+        p.add_argument("--checkpoint", default="default", help="trained checkpoint directory; 'default' = the shipped one, 'none' = untrained")
+
+    probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
+    probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
+    probe.add_argument("--probe", action="append", default=[], metavar="PROMPT", help="a probe prompt (repeatable)")
+    probe.add_argument("--threshold", default="0.5", help="routing threshold in [0, 1] (default 0.5)")
+    probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
+    probe.add_argument("--json", action="store_true", help="print a JSON list")
+    model_options(probe)
+
+    calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
+    calibrate.add_argument("--data", required=True)
+    calibrate.add_argument("--limit", type=int, default=2000)
+    calibrate.add_argument("--encoder", default="bundled")
+    return parser
+
+
+def resolve_checkpoint(value: str):
+    from searc.system import default_checkpoint
+
+    if value == "none":
+        return None
+    if value == "default":
+        return default_checkpoint()
+    return value
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from searc.editor import Editor
+    from searc.system import load_system
+
+    threshold = parse_threshold(args.threshold)
+    edits = [parse_edit(e) for e in args.edit]
+    if not args.probe:
+        raise UsageError("searc probe: give at least one --probe")
+    system = load_system(args.lm, args.encoder, resolve_checkpoint(args.checkpoint))
+    editor = Editor(system, threshold=threshold, routing="soft" if args.soft else "hard")
+    try:
+        editor.add_edits(edits)
+        results = editor.probe(args.probe)
+    except ValueError as error:
+        raise UsageError(f"searc probe: {error}") from None
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
+        return 0
+    for edit in editor.edits:
+        print(f"edit {edit.id}: {edit.prompt} -> {edit.target_new}")
+    for result in results:
+        scores = ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()) or "(no edits)"
+        print(f"\nprobe: {result.prompt}")
+        print(f"  scores: {scores}")
+        print(f"  routed: {'yes' if result.routed else 'no'} (best {result.score:.3f}, threshold {result.threshold:.2f})")
+        print(f"  base:           {result.base_output!r}")
+        print(f"  counterfactual: {result.counterfactual_output!r}")
+        print(f"  output:         {result.output!r}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from searc.classifier import ClassifierConfig, DenseScopeClassifier, calibrate
+    from searc.data import calibration_pairs, load_cases
+    from searc.models import load_encoder
+
+    try:
+        cases = load_cases(args.data, limit=args.limit)
+    except OSError as error:
+        raise UsageError(f"searc calibrate: cannot read {args.data}: {error.strerror}") from None
+    encoder, tokenizer = load_encoder(args.encoder)
+    classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
+    pairs = calibration_pairs(cases)
+    scale, bias = calibrate(classifier, pairs)
+    print(json.dumps({"scale": round(scale, 2), "bias": round(bias, 2), "pairs": len(pairs), "cases": len(cases)}))
+    return 0
+
+
+COMMANDS = {"probe": run_probe, "calibrate": run_calibrate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except (ModelNotFound, CheckpointError, DataError) as error:
+        print(f"searc: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The SERAC editor: route each probe to the base model or to the counterfactual model.
+
+For a probe x and stored edits e_1..e_n the scope classifier gives s_i = p(x in scope of e_i).
+With the best edit e* = argmax s_i:
+- hard routing (default): if s* >= threshold the counterfactual model answers with e* in its
+  context, otherwise the base model answers, untouched;
+- soft routing (SERAC's mixture): p(y | x) = s* p_cf(y | e*, x) + (1 - s*) p_base(y | x),
+  decoded greedily token by token.
+With an empty memory the base model answers, bit for bit.
+
+`SeracSystem` holds what sessions share read-only (models, classifier); an `Editor` is one
+session: its own memory, threshold and routing mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, Sequence
+
+import torch
+
+from searc.classifier import ScopeClassifier
+from searc.counterfactual import counterfactual_input
+from searc.lm import LanguageModel
+from searc.memory import Edit, EditMemory, validate_text
+
+Routing = Literal["hard", "soft"]
+MAX_PROBES = 64  # per call: a probe batch is generated in one go
+
+
+@dataclass
+class SeracSystem:
+    """The shared, read-only parts: base model, counterfactual model, scope classifier."""
+
+    base: LanguageModel
+    counterfactual: LanguageModel
+    classifier: ScopeClassifier
+    info: dict = field(default_factory=dict)  # model specs and checkpoint provenance
+
+
+@dataclass
+class ProbeResult:
+    """Everything the workbench shows for one probe."""
+
+    prompt: str
+    scores: dict[str, float]  # edit id -> classifier probability, in memory order
+    best_edit: Edit | None
+    score: float  # best score, 0 with an empty memory
+    routed: bool
+    base_output: str
+    counterfactual_output: str | None  # computed for routed probes, for all on request
+    output: str
+    threshold: float
+
+    def to_json(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "scores": self.scores,
+            "best_edit": self.best_edit.to_dict() if self.best_edit else None,
+            "score": self.score,
+            "routed": self.routed,
+            "base_output": self.base_output,
+            "counterfactual_output": self.counterfactual_output,
+            "output": self.output,
+        }
+
+    def with_threshold(self, threshold: float) -> "ProbeResult":
+        """Re-route under another threshold without running any model (hard routing only)."""
+        check_threshold(threshold)
+        routed = self.best_edit is not None and self.score >= threshold
+        if routed and self.counterfactual_output is None:
+            raise ValueError("this probe has no counterfactual output; probe again with counterfactual_for_all=True")
+        output = self.counterfactual_output if routed else self.base_output
+        return replace(self, routed=routed, output=output, threshold=threshold)
+
+    def explanation(self) -> str:
+        """Why this probe was routed or not, in words."""
+        if self.best_edit is None:
+            return "The memory is empty, so the base model answered."
+        nearest = f"The nearest edit is {self.best_edit.id} (\"{self.best_edit.statement()}\") with score {self.score:.3f}"
+        if self.routed:
+            return f"{nearest}, at or above the threshold {self.threshold:.2f}: the counterfactual model answered with that edit in context."
+        return f"{nearest}, below the threshold {self.threshold:.2f}: the probe is out of scope and the base model answered."
+
+
+@dataclass
+class TargetComparison:
+    """Per-token NLL of one target under the base model and under the edited system."""
+
+    prompt: str
+    target: str
+    tokens: list[str]
+    base_nll: list[float]
+    edited_nll: list[float]
+    counterfactual_nll: list[float] | None  # with the best edit in context, whether routed or not
+    routed: bool
+    score: float
+    best_edit: Edit | None
+
+
+def check_threshold(threshold: float) -> float:
+    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+class Editor:
+    """One editing session over a shared `SeracSystem`."""
+
+    def __init__(
+        self,
+        system: SeracSystem,
+        memory: EditMemory | None = None,
+        threshold: float = 0.5,
+        routing: Routing = "hard",
+    ) -> None:
+        if routing not in ("hard", "soft"):
+            raise ValueError(f"routing must be 'hard' or 'soft', got {routing!r}")
+        self.system = system
+        self.memory = memory if memory is not None else EditMemory()
+        self.threshold = check_threshold(threshold)
+        self.routing = routing
+
+    # ------------------------------------------------------------------ memory
+    def add_edit(self, prompt: str, target_new: str, subject: str | None = None, target_true: str | None = None) -> Edit:
+        return self.add_edits([Edit(prompt, target_new, subject or None, target_true or None)])[0]
+
+    def add_edits(self, edits: Sequence[Edit]) -> list[Edit]:
+        """Store edits all together or not at all; each edit's key is computed here, once."""
+        return self.memory.add(list(edits), self.system.classifier)
+
+    def remove_edit(self, edit_id: str) -> Edit:
+        return self.memory.remove(edit_id)
+
+    def clear(self) -> None:
+        self.memory.clear()
+
+    @property
+    def edits(self) -> list[Edit]:
+        return list(self.memory.edits)
+
+    # ------------------------------------------------------------------ routing
+    def scores(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[n_prompts, n_edits] scope probabilities."""
+        return self.system.classifier.scores(list(prompts), self.memory)
+
+    def _best(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[Edit | None], list[float]]:
+        scores = self.scores(prompts)
+        if not len(self.memory):
+            return scores, [None] * len(prompts), [0.0] * len(prompts)
+        best_scores, best_index = scores.max(dim=1)
+        return scores, [self.memory.edits[i] for i in best_index.tolist()], best_scores.tolist()
+
+    def probe(self, prompts: Sequence[str], counterfactual_for_all: bool = False) -> list[ProbeResult]:
+        """Score, route and answer each prompt; see the module docstring."""
+        prompts = [validate_text("probe", p) for p in prompts]
+        if len(prompts) > MAX_PROBES:
+            raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
+        if not prompts:
+            return []
+        scores, best_edits, best_scores = self._best(prompts)
+        routed = [edit is not None and s >= self.threshold for edit, s in zip(best_edits, best_scores)]
+        base_outputs = [g.text for g in self.system.base.generate(prompts)]
+        want_counterfactual = [
+            edit is not None and (r or counterfactual_for_all or self.routing == "soft")
+            for edit, r in zip(best_edits, routed)
+        ]
+        counterfactual_outputs: list[str | None] = [None] * len(prompts)
+        wanted = [i for i, w in enumerate(want_counterfactual) if w]
+        if wanted:
+            generations = self.system.counterfactual.generate(
+                [counterfactual_input(best_edits[i], prompts[i]) for i in wanted]
+            )
+            for i, generation in zip(wanted, generations):
+                counterfactual_outputs[i] = generation.text
+        results = []
+        for i, prompt in enumerate(prompts):
+            if self.routing == "soft" and best_edits[i] is not None:
+                output = self._soft_generate(prompt, best_edits[i], best_scores[i])
+            else:
+                output = counterfactual_outputs[i] if routed[i] else base_outputs[i]
+            results.append(
+                ProbeResult(
+                    prompt=prompt,
+                    scores={e.id: float(s) for e, s in zip(self.memory.edits, scores[i].tolist())},
+                    best_edit=best_edits[i],
+                    score=float(best_scores[i]),
+                    routed=routed[i],
+                    base_output=base_outputs[i],
+                    counterfactual_output=counterfactual_outputs[i],
+                    output=output,
+                    threshold=self.threshold,
+                )
+            )
+        return results
+
+    def _soft_generate(self, prompt: str, edit: Edit, weight: float) -> str:
+        """Greedy decoding of the mixture weight * p_cf + (1 - weight) * p_base."""
+        base, counterfactual = self.system.base, self.system.counterfactual
+        if len(base.tokenizer) != len(counterfactual.tokenizer):
+            raise ValueError("soft routing needs the base and counterfactual models to share a vocabulary")
+        context = counterfactual_input(edit, prompt)
+        log_w, log_1mw = _safe_log(weight), _safe_log(1.0 - weight)
+        ids: list[int] = []
+        for _ in range(base.max_new_tokens):
+            mixed = torch.logaddexp(
+                log_w + counterfactual.next_token_log_probs(context, ids), log_1mw + base.next_token_log_probs(prompt, ids)
+            )
+            token = int(mixed.argmax())
+            ids.append(token)
+            if token == base.tokenizer.eos_token_id:
+                break
+        return base.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def score_target(self, prompt: str, target: str) -> TargetComparison:
+        """Per-token NLL of `target` after `prompt`, base model vs edited system."""
+        prompt = validate_text("prompt", prompt)
+        target = validate_text("target", target)
+        _, best_edits, best_scores = self._best([prompt])
+        edit, score = best_edits[0], best_scores[0]
+        routed = edit is not None and score >= self.threshold
+        base = self.system.base.score_targets([prompt], [target])[0]
+        counterfactual = None
+        if edit is not None:
+            counterfactual = self.system.counterfactual.score_targets([counterfactual_input(edit, prompt)], [target])[0]
+        if edit is None:
+            edited = base.token_nll
+        elif self.routing == "soft":
+            if counterfactual.token_ids != base.token_ids:
+                raise ValueError("soft routing needs the target tokenised the same way by both models")
+            edited = [
+                -float(torch.logaddexp(torch.tensor(_safe_log(score) - c), torch.tensor(_safe_log(1 - score) - b)))
+                for c, b in zip(counterfactual.token_nll, base.token_nll)
+            ]
+        else:
+            edited = counterfactual.token_nll if routed else base.token_nll
+        return TargetComparison(
+            prompt=prompt,
+            target=target,
+            tokens=base.tokens,
+            base_nll=base.token_nll,
+            edited_nll=edited,
+            counterfactual_nll=counterfactual.token_nll if counterfactual else None,
+            routed=routed,
+            score=score,
+            best_edit=edit,
+        )
+
+
+def _safe_log(p: float) -> float:
+    return math.log(p) if p > 0 else -math.inf

@@ -1,0 +1,240 @@
+"""A language model with its tokenizer: batched greedy generation and target scoring.
+
+One class serves the base model and the counterfactual model. When both are the same weights
+with a LoRA adapter (the default), the base view runs with the adapter disabled and the
+counterfactual view with it enabled; a lock shared by the two views keeps concurrent callers
+from toggling the adapter under each other.
+
+Targets are tokenised *in context*: "English" alone and " English" after a prompt are different
+token ids, so the label positions are found from the character offsets of the full
+"prompt target" string, not by tokenising the target on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from searc.losses import IGNORE_INDEX, TargetLogProbs, masked_log_probs
+
+
+@dataclass
+class Batch:
+    """Padded model inputs with labels on the target tokens only."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # causal: aligned with input_ids; seq2seq: decoder labels
+    position_ids: torch.Tensor | None = None  # causal only: correct under left padding
+    decoder_input_ids: torch.Tensor | None = None  # seq2seq only
+
+
+@dataclass
+class Generation:
+    """A greedy continuation of one prompt."""
+
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class TargetScore:
+    """Per-token NLL of one target given one prompt."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    token_nll: list[float]
+
+    @property
+    def total_nll(self) -> float:
+        return float(sum(self.token_nll))
+
+
+def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
+    """The text "prompt target" and the character index where the target part (with its space) starts."""
+    separator = "" if (not prompt or prompt[-1].isspace() or target[:1].isspace()) else " "
+    return prompt + separator + target, len(prompt)
+
+
+@dataclass
+class LanguageModel:
+    """A HF causal or seq2seq LM, optionally a view with its LoRA adapter switched off."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    adapter_enabled: bool = True
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    max_new_tokens: int = 12
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[torch.nn.Module]:
+        """Hold the lock, with the adapter on or off as this view wants."""
+        with self.lock:
+            if not self.adapter_enabled and hasattr(self.model, "disable_adapter"):
+                with self.model.disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
+
+    # ----------------------------------------------------------------- tokenisation
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def encode_prompt_target(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        """Causal LMs: ids of "prompt target" and a same-length label list (-100 off the target)."""
+        text, target_start = join_prompt_target(prompt, target)
+        if getattr(self.tokenizer, "is_fast", False):
+            encoded = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+            ids = list(encoded["input_ids"])
+            labels = [
+                token if end > target_start and end > start else IGNORE_INDEX
+                for token, (start, end) in zip(ids, encoded["offset_mapping"])
+            ]
+        else:  # slow tokenisers have no offsets: the prompt's ids must prefix the full ids
+            ids = self.encode(text)
+            prompt_ids = self.encode(prompt)
+            if ids[: len(prompt_ids)] != prompt_ids:
+                raise ValueError(f"cannot align target {target!r} after prompt {prompt!r}")
+            labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise ValueError(f"target {target!r} has no tokens after prompt {prompt!r}")
+        return ids, labels
+
+    def _pad(self, rows: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:
+        width = max(len(row) for row in rows)
+        padded = [
+            ([value] * (width - len(row)) + list(row)) if side == "left" else (list(row) + [value] * (width - len(row)))
+            for row in rows
+        ]
+        return torch.tensor(padded, dtype=torch.long, device=self.device)
+
+    def make_batch(self, prompts: Sequence[str], targets: Sequence[str], padding_side: str | None = None) -> Batch:
+        """Inputs and labels for teacher-forced scoring of `targets` after `prompts`."""
+        if len(prompts) != len(targets) or not prompts:
+            raise ValueError("need the same, non-zero number of prompts and targets")
+        side = padding_side or self.tokenizer.padding_side
+        if self.is_seq2seq:
+            sources = [self.encode(p) for p in prompts]
+            label_rows = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+            if any(not row for row in label_rows):
+                raise ValueError("empty target")
+            labels = self._pad(label_rows, IGNORE_INDEX, "right")
+            start = self.model.config.decoder_start_token_id
+            decoder_input_ids = torch.cat(
+                [torch.full_like(labels[:, :1], start), labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE_INDEX, self.pad_token_id)],
+                dim=1,
+            )
+            return Batch(
+                input_ids=self._pad(sources, self.pad_token_id, side),
+                attention_mask=self._pad([[1] * len(s) for s in sources], 0, side),
+                labels=labels,
+                decoder_input_ids=decoder_input_ids,
+            )
+        encoded = [self.encode_prompt_target(p, t) for p, t in zip(prompts, targets)]
+        attention_mask = self._pad([[1] * len(ids) for ids, _ in encoded], 0, side)
+        return Batch(
+            input_ids=self._pad([ids for ids, _ in encoded], self.pad_token_id, side),
+            attention_mask=attention_mask,
+            labels=self._pad([labels for _, labels in encoded], IGNORE_INDEX, side),
+            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+        )
+
+    # ----------------------------------------------------------------- forward passes
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Logits aligned with `batch.labels` before any shift. Call inside `active()`."""
+        if self.is_seq2seq:
+            return self.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=batch.decoder_input_ids
+            ).logits
+        return self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+
+    def target_log_probs(self, batch: Batch) -> TargetLogProbs:
+        """Differentiable target statistics (used by training); call inside `active()`."""
+        return masked_log_probs(self.logits(batch), batch.labels, shift=not self.is_seq2seq)
+
+    @torch.inference_mode()
+    def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        """Per-token NLL of each target after its prompt."""
+        batch = self.make_batch(prompts, targets)
+        with self.active():
+            stats = self.target_log_probs(batch)
+        labels = batch.labels if self.is_seq2seq else batch.labels[:, 1:]
+        scores = []
+        for row_labels, row_nll, row_mask in zip(labels, stats.token_nll, stats.mask):
+            ids = row_labels[row_mask].tolist()
+            scores.append(
+                TargetScore(
+                    tokens=[self.tokenizer.decode([i]) for i in ids],
+                    token_ids=ids,
+                    token_nll=row_nll[row_mask].tolist(),
+                )
+            )
+        return scores
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[Generation]:
+        """Greedy continuations (KV-cached, left-padded batch)."""
+        if not prompts:
+            return []
+        rows = [self.encode(p) for p in prompts]
+        side = "right" if self.is_seq2seq else "left"
+        input_ids = self._pad(rows, self.pad_token_id, side)
+        attention_mask = self._pad([[1] * len(r) for r in rows], 0, side)
+        with self.active() as model:
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.pad_token_id,
+            )
+        new_tokens = output if self.is_seq2seq else output[:, input_ids.shape[1]:]
+        generations = []
+        for row in new_tokens.tolist():
+            ids = [t for t in row if t != self.pad_token_id] if self.is_seq2seq else _strip_after_eos(row, self.tokenizer.eos_token_id)
+            generations.append(Generation(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids))
+        return generations
+
+    @torch.inference_mode()
+    def next_token_log_probs(self, prompt: str, continuation: Sequence[int]) -> torch.Tensor:
+        """log p(next token | prompt, continuation ids) over the vocabulary (soft routing decodes with it)."""
+        prompt_ids = torch.tensor([self.encode(prompt)], device=self.device)
+        continuation_ids = torch.tensor([list(continuation)], dtype=torch.long, device=self.device)
+        with self.active() as model:
+            if self.is_seq2seq:
+                start = torch.full((1, 1), model.config.decoder_start_token_id, device=self.device)
+                logits = model(input_ids=prompt_ids, decoder_input_ids=torch.cat([start, continuation_ids], 1)).logits
+            else:
+                logits = model(input_ids=torch.cat([prompt_ids, continuation_ids], 1)).logits
+        return torch.log_softmax(logits[0, -1].float(), dim=-1)
+
+
+def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:
+    """Tokens up to and including the first EOS (generate pads finished rows after it)."""
+    if eos_token_id is not None and eos_token_id in row:
+        return row[: row.index(eos_token_id) + 1]
+    return row

@@ -1,0 +1,151 @@
+"""Assemble a `SeracSystem` from model specs, and move it to and from checkpoints."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from searc.checkpoint import Checkpoint, CheckpointError, model_fingerprint, read_checkpoint, write_checkpoint
+from searc.classifier import ClassifierConfig, ScopeClassifier, build_classifier
+from searc.counterfactual import (
+    PROMPT_FORMAT,
+    LoraSettings,
+    adapter_state_dict,
+    load_adapter_state_dict,
+    separate_counterfactual,
+    shared_base_and_counterfactual,
+)
+from searc.editor import SeracSystem
+from searc.lm import LanguageModel
+from searc.models import BUNDLED, load_encoder, load_language_model
+
+
+def default_checkpoint() -> Path | None:
+    """The trained checkpoint shipped in assets/, if present."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "checkpoint"
+    return path if path.is_dir() else None
+
+
+def assemble_system(
+    base_model,
+    tokenizer,
+    encoder,
+    encoder_tokenizer,
+    classifier: ClassifierConfig | None = None,
+    lora: LoraSettings | None = None,
+    counterfactual_model=None,
+    counterfactual_tokenizer=None,
+    info: dict | None = None,
+) -> SeracSystem:
+    """A system from already-loaded models (tests use tiny random ones)."""
+    lora = lora or LoraSettings()
+    if counterfactual_model is None:
+        base, counterfactual = shared_base_and_counterfactual(base_model, tokenizer, lora)
+    else:
+        base = LanguageModel(base_model.eval(), tokenizer)
+        counterfactual = separate_counterfactual(counterfactual_model, counterfactual_tokenizer, lora)
+    info = {"lm": "custom", "encoder": "custom", "counterfactual_lm": None, **(info or {}), "lora": lora.to_dict()}
+    return SeracSystem(base, counterfactual, build_classifier(encoder, encoder_tokenizer, classifier or ClassifierConfig()), info)
+
+
+def load_system(
+    lm: str = BUNDLED,
+    encoder: str = BUNDLED,
+    checkpoint: str | Path | None = None,
+    classifier: ClassifierConfig | None = None,
+    counterfactual_lm: str | None = None,
+    lora: LoraSettings | None = None,
+) -> SeracSystem:
+    """Load models by spec ('bundled', hub id, directory or .gguf) and optionally a checkpoint.
+
+    With a checkpoint, its own settings (classifier variant, LoRA shape, counterfactual model)
+    decide; `classifier` and `lora` apply to an untrained system.
+    """
+    saved = read_checkpoint(checkpoint) if checkpoint else None
+    if saved is not None:
+        classifier = ClassifierConfig(**saved.config["classifier"])
+        lora = LoraSettings(**saved.config["lora"])
+        counterfactual_lm = saved.config.get("counterfactual_lm")
+    base_model, tokenizer = load_language_model(lm)
+    encoder_model, encoder_tokenizer = load_encoder(encoder)
+    cf_model, cf_tokenizer = load_language_model(counterfactual_lm) if counterfactual_lm else (None, None)
+    system = assemble_system(
+        base_model,
+        tokenizer,
+        encoder_model,
+        encoder_tokenizer,
+        classifier,
+        lora,
+        cf_model,
+        cf_tokenizer,
+        info={"lm": lm, "encoder": encoder, "counterfactual_lm": counterfactual_lm},
+    )
+    if saved is not None:
+        apply_checkpoint(system, saved, source=str(checkpoint))
+    return system
+
+
+def checkpoint_of(system: SeracSystem, threshold: float, training: dict | None = None, metrics: dict | None = None) -> Checkpoint:
+    classifier = system.classifier
+    return Checkpoint(
+        config={
+            "lm": system.info["lm"],
+            "encoder": system.info["encoder"],
+            "counterfactual_lm": system.info.get("counterfactual_lm"),
+            "lm_fingerprint": model_fingerprint(system.counterfactual.model.get_base_model()),
+            "classifier": classifier.config.to_dict() | _live_scale_bias(classifier),
+            "lora": system.info["lora"],
+            "prompt_format": PROMPT_FORMAT,
+            "threshold": threshold,
+            "training": training or {},
+            "metrics": metrics or {},
+        },
+        classifier_state={k: v.detach().cpu() for k, v in classifier.state_dict().items()},
+        adapter_state=adapter_state_dict(system.counterfactual),
+    )
+
+
+def save_checkpoint(system: SeracSystem, path: str | Path, threshold: float = 0.5, **extra) -> Path:
+    return write_checkpoint(path, checkpoint_of(system, threshold, **extra))
+
+
+def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -> None:
+    """Swap in a checkpoint's classifier and adapter; on any error the system is left as it was."""
+    config = saved.config
+    if config["prompt_format"] != PROMPT_FORMAT:
+        raise CheckpointError(f"checkpoint {source}: prompt format {config['prompt_format']!r}, this version reads {PROMPT_FORMAT!r}")
+    fingerprint = model_fingerprint(system.counterfactual.model.get_base_model())
+    if config["lm_fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"checkpoint {source} was trained for a different model ({config['lm_fingerprint']}), loaded: {fingerprint}"
+        )
+    if LoraSettings(**config["lora"]).to_dict() != system.info["lora"]:
+        raise CheckpointError(f"checkpoint {source}: LoRA settings {config['lora']} differ from the loaded model's {system.info['lora']}")
+    old = system.classifier
+    new = build_classifier(_fresh_encoder_copy(old), old.tokenizer, ClassifierConfig(**config["classifier"]))
+    try:
+        missing, unexpected = new.load_state_dict(saved.classifier_state, strict=False)
+    except RuntimeError as error:  # shape mismatch
+        raise CheckpointError(f"checkpoint {source}: classifier weights do not fit ({str(error).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {source}: classifier weights do not fit ({len(missing)} missing, {len(unexpected)} unexpected)")
+    try:
+        load_adapter_state_dict(system.counterfactual, saved.adapter_state)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {source}: {error}") from None
+    new.eval()
+    system.classifier = new
+    system.info = {**system.info, "checkpoint": source, "threshold": config["threshold"], "metrics": config.get("metrics", {})}
+
+
+def _fresh_encoder_copy(classifier: ScopeClassifier):
+    """A copy of the encoder, so the old classifier keeps working until the swap."""
+    return copy.deepcopy(classifier.encoder)
+
+
+def _live_scale_bias(classifier: ScopeClassifier) -> dict:
+    """Trained scale/bias go into the config too, so the JSON alone documents the calibration."""
+    if hasattr(classifier, "scale"):
+        return {"scale": float(classifier.scale), "bias": float(classifier.bias)}
+    return {}
+
