@@ -42,6 +42,7 @@ class ClassifierConfig:
     max_length: int = 128  # tokens per text (dense) or per pair (cross)
     scale: float = ZERO_SHOT_SCALE
     bias: float = ZERO_SHOT_BIAS
+    trainable_layers: int = 1  # top encoder layers fine-tuned (the rest stay as shipped, and out of checkpoints)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +71,20 @@ class ScopeClassifier(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def is_trainable(self, name: str) -> bool:
+        """Head, scale and bias, and the encoder's top `trainable_layers` transformer layers."""
+        if not name.startswith("encoder."):
+            return True
+        n_layers = self.encoder.config.num_hidden_layers
+        return any(f".layer.{i}." in name for i in range(n_layers - self.config.trainable_layers, n_layers))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if self.is_trainable(name)]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: only the tensors training may change."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if self.is_trainable(k)}
 
     def weights_changed(self) -> None:
         """Mark stored edit keys stale (after training steps or loading weights)."""

@@ -9,12 +9,15 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
+from pathlib import Path
 from typing import Sequence
 
 from searc.checkpoint import CheckpointError
 from searc.data import DataError
 from searc.memory import Edit
 from searc.models import ModelNotFound
+from searc.train import TrainConfig
 
 
 class UsageError(Exception):
@@ -59,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
     probe.add_argument("--json", action="store_true", help="print a JSON list")
     model_options(probe)
+
+    train = sub.add_parser("train", help="train the scope classifier and the counterfactual model jointly")
+    train.add_argument("--data", required=True, help="training cases (never an edit.json evaluation file)")
+    train.add_argument("--val", required=True, help="validation cases")
+    train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
+    train.add_argument("--variant", choices=["dense", "cross"], default="dense")
+    train.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
+    for name, default in asdict(TrainConfig()).items():
+        train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    train.add_argument("--lm", default="bundled")
+    train.add_argument("--encoder", default="bundled")
+
+    evaluate = sub.add_parser("eval", help="measure reliability, generalization and locality on edit cases")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--limit", type=int, default=None, help="first N cases")
+    evaluate.add_argument("--mode", choices=["single", "batch"], default="single")
+    evaluate.add_argument("--threshold", default=None, help="routing threshold (default: the checkpoint's, else 0.5)")
+    evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    model_options(evaluate)
 
     calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
     calibrate.add_argument("--data", required=True)
@@ -125,7 +147,62 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"probe": run_probe, "calibrate": run_calibrate}
+def run_train(args: argparse.Namespace) -> int:
+    from searc.classifier import ClassifierConfig
+    from searc.data import load_cases
+    from searc.system import load_system
+    from searc.train import train
+
+    try:
+        config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
+    except ValueError as error:
+        raise UsageError(f"searc train: {error}") from None
+    if Path(args.data).name == "edit.json" or Path(args.val).name == "edit.json":
+        raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
+    train_cases, val_cases = load_cases(args.data, limit=args.limit), load_cases(args.val)
+    system = load_system(args.lm, args.encoder, checkpoint=None, classifier=ClassifierConfig(variant=args.variant))
+    for event in train(system, train_cases, val_cases, config, out=args.out):
+        if event.kind == "step":
+            losses = " ".join(f"{k}={v:.3f}" for k, v in event.losses.items())
+            bar = "#" * int(30 * event.step / event.total_steps)
+            print(f"\r[{bar:<30}] {event.step}/{event.total_steps} {losses} {event.examples_per_s:.1f} ex/s", end="", flush=True)
+        elif event.kind == "validation":
+            metrics = " ".join(f"{k}={v:.3f}" for k, v in event.metrics.items())
+            print(f"\nvalidation @ {event.step}: {metrics}", flush=True)
+        else:
+            print(f"\n{event.message} after {event.step} steps, {event.elapsed_s:.0f} s; best checkpoint: {event.checkpoint}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from searc.data import load_cases
+    from searc.evaluate import evaluate
+    from searc.system import load_system
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("searc eval: --limit must be at least 1")
+    try:
+        cases = load_cases(args.data, limit=args.limit)
+    except OSError as error:
+        raise UsageError(f"searc eval: cannot read {args.data}: {error.strerror}") from None
+    system = load_system(args.lm, args.encoder, resolve_checkpoint(args.checkpoint))
+    threshold = parse_threshold(args.threshold) if args.threshold is not None else system.info.get("threshold", 0.5)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress)
+    except ValueError as error:
+        raise UsageError(f"searc eval: {error}") from None
+    print(file=sys.stderr)
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+    return 0
+
+
+COMMANDS = {"probe": run_probe, "eval": run_eval, "train": run_train, "calibrate": run_calibrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

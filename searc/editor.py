@@ -94,6 +94,9 @@ class TargetComparison:
     base_nll: list[float]
     edited_nll: list[float]
     counterfactual_nll: list[float] | None  # with the best edit in context, whether routed or not
+    token_ids: list[int]
+    base_predicted: list[int]  # argmax token at each target position (teacher forcing)
+    edited_predicted: list[int]  # the same for the edited system (soft: argmax of the mixture)
     routed: bool
     score: float
     best_edit: Edit | None
@@ -224,17 +227,18 @@ class Editor:
         counterfactual = None
         if edit is not None:
             counterfactual = self.system.counterfactual.score_targets([counterfactual_input(edit, prompt)], [target])[0]
-        if edit is None:
-            edited = base.token_nll
-        elif self.routing == "soft":
+        edited, edited_predicted = base.token_nll, base.predicted_ids
+        if edit is not None and self.routing == "soft":
             if counterfactual.token_ids != base.token_ids:
                 raise ValueError("soft routing needs the target tokenised the same way by both models")
-            edited = [
-                -float(torch.logaddexp(torch.tensor(_safe_log(score) - c), torch.tensor(_safe_log(1 - score) - b)))
-                for c, b in zip(counterfactual.token_nll, base.token_nll)
-            ]
-        else:
-            edited = counterfactual.token_nll if routed else base.token_nll
+            mixture = torch.logaddexp(
+                _safe_log(score) + counterfactual.log_probs, _safe_log(1.0 - score) + base.log_probs
+            )
+            target_ids = torch.tensor(base.token_ids).unsqueeze(-1)
+            edited = (-mixture.gather(-1, target_ids).squeeze(-1)).tolist()
+            edited_predicted = mixture.argmax(-1).tolist()
+        elif routed:
+            edited, edited_predicted = counterfactual.token_nll, counterfactual.predicted_ids
         return TargetComparison(
             prompt=prompt,
             target=target,
@@ -242,6 +246,9 @@ class Editor:
             base_nll=base.token_nll,
             edited_nll=edited,
             counterfactual_nll=counterfactual.token_nll if counterfactual else None,
+            token_ids=base.token_ids,
+            base_predicted=base.predicted_ids,
+            edited_predicted=edited_predicted,
             routed=routed,
             score=score,
             best_edit=edit,

@@ -48,6 +48,8 @@ class TargetScore:
     tokens: list[str]
     token_ids: list[int]
     token_nll: list[float]
+    predicted_ids: list[int]  # the model's argmax at each target position (teacher forcing)
+    log_probs: torch.Tensor  # [n_target_tokens, vocab] next-token log-probabilities at those positions
 
     @property
     def total_nll(self) -> float:
@@ -99,8 +101,11 @@ class LanguageModel:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def encode_prompt_target(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
-        """Causal LMs: ids of "prompt target" and a same-length label list (-100 off the target)."""
+    def encode_prompt_target(self, prompt: str, target: str, append_eos: bool = False) -> tuple[list[int], list[int]]:
+        """Causal LMs: ids of "prompt target" and a same-length label list (-100 off the target).
+
+        append_eos adds the end-of-sequence token to the target, so a model trained on it stops
+        after the answer instead of running on."""
         text, target_start = join_prompt_target(prompt, target)
         if getattr(self.tokenizer, "is_fast", False):
             encoded = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
@@ -117,6 +122,8 @@ class LanguageModel:
             labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
         if all(label == IGNORE_INDEX for label in labels):
             raise ValueError(f"target {target!r} has no tokens after prompt {prompt!r}")
+        if append_eos:
+            ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
         return ids, labels
 
     def _pad(self, rows: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:
@@ -127,16 +134,18 @@ class LanguageModel:
         ]
         return torch.tensor(padded, dtype=torch.long, device=self.device)
 
-    def make_batch(self, prompts: Sequence[str], targets: Sequence[str], padding_side: str | None = None) -> Batch:
+    def make_batch(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = False) -> Batch:
         """Inputs and labels for teacher-forced scoring of `targets` after `prompts`."""
         if len(prompts) != len(targets) or not prompts:
             raise ValueError("need the same, non-zero number of prompts and targets")
-        side = padding_side or self.tokenizer.padding_side
+        side = self.tokenizer.padding_side
         if self.is_seq2seq:
             sources = [self.encode(p) for p in prompts]
             label_rows = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
             if any(not row for row in label_rows):
                 raise ValueError("empty target")
+            if append_eos:
+                label_rows = [row + [self.tokenizer.eos_token_id] for row in label_rows]
             labels = self._pad(label_rows, IGNORE_INDEX, "right")
             start = self.model.config.decoder_start_token_id
             decoder_input_ids = torch.cat(
@@ -149,7 +158,7 @@ class LanguageModel:
                 labels=labels,
                 decoder_input_ids=decoder_input_ids,
             )
-        encoded = [self.encode_prompt_target(p, t) for p, t in zip(prompts, targets)]
+        encoded = [self.encode_prompt_target(p, t, append_eos) for p, t in zip(prompts, targets)]
         attention_mask = self._pad([[1] * len(ids) for ids, _ in encoded], 0, side)
         return Batch(
             input_ids=self._pad([ids for ids, _ in encoded], self.pad_token_id, side),
@@ -178,16 +187,20 @@ class LanguageModel:
         """Per-token NLL of each target after its prompt."""
         batch = self.make_batch(prompts, targets)
         with self.active():
-            stats = self.target_log_probs(batch)
-        labels = batch.labels if self.is_seq2seq else batch.labels[:, 1:]
+            logits = self.logits(batch)
+        shift = not self.is_seq2seq
+        stats = masked_log_probs(logits, batch.labels, shift=shift)
+        aligned_logits = logits[:, :-1] if shift else logits
         scores = []
-        for row_labels, row_nll, row_mask in zip(labels, stats.token_nll, stats.mask):
+        for row_nll, row_mask, row_logits, row_labels in zip(stats.token_nll, stats.mask, aligned_logits, batch.labels[:, 1:] if shift else batch.labels):
             ids = row_labels[row_mask].tolist()
             scores.append(
                 TargetScore(
                     tokens=[self.tokenizer.decode([i]) for i in ids],
                     token_ids=ids,
                     token_nll=row_nll[row_mask].tolist(),
+                    predicted_ids=row_logits[row_mask].argmax(-1).tolist(),
+                    log_probs=torch.log_softmax(row_logits[row_mask].float(), dim=-1),
                 )
             )
         return scores

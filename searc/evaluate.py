@@ -1,0 +1,185 @@
+"""Evaluation of an edited system on edit cases, scored two ways.
+
+For each case the edit is stored, then:
+- reliability: the edit prompt is answered with target_new;
+- generalization: the rephrases are answered with target_new;
+- locality: out-of-scope prompts are answered exactly as the unedited model answers them;
+- portability (where the data has it): the one-hop question is answered with its new answer;
+- classifier: precision and recall of "routed to this probe's own edit".
+
+Scorings: teacher-forced token accuracy (EasyEdit-compatible: argmax == target token at every
+target position; for locality, argmax agreement with the unedited model on the true answer)
+and greedy generation (the continuation, leading spaces stripped, starts with the target; for
+locality, the output is identical to the unedited model's).
+
+Modes: `single` keeps one edit in memory at a time; `batch` stores all the run's edits at once,
+which is where a scope classifier is really tested.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
+
+from searc.data import EditCase
+from searc.editor import Editor, ProbeResult, SeracSystem
+
+Mode = Literal["single", "batch"]
+PROBE_CHUNK = 32
+
+
+@dataclass
+class Scored:
+    teacher_forced: float
+    generation: float
+
+
+@dataclass
+class EvalReport:
+    n_cases: int
+    mode: str
+    reliability: Scored
+    generalization: Scored
+    locality: Scored
+    portability: Scored | None
+    classifier: dict[str, float]
+    unedited: dict[str, float]  # the base model alone, generation scoring
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [("metric", "teacher-forced", "generation")]
+        for name in ("reliability", "generalization", "locality", "portability"):
+            scored = getattr(self, name)
+            if scored is not None:
+                rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
+        rows += [(f"classifier {k}", "", f"{v:.3f}") for k, v in self.classifier.items()]
+        rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
+        return "\n".join(lines + [f"{self.n_cases} cases, {self.mode} mode, {self.seconds:.0f} s"])
+
+
+@dataclass
+class _Tally:
+    sums: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, value: float) -> None:
+        self.sums.setdefault(key, []).append(value)
+
+    def mean(self, key: str) -> float:
+        values = self.sums.get(key, [])
+        return sum(values) / len(values) if values else float("nan")
+
+    def has(self, key: str) -> bool:
+        return bool(self.sums.get(key))
+
+
+@dataclass(frozen=True)
+class _Probe:
+    kind: str  # reliability | generalization | locality | portability
+    prompt: str
+    answer: str
+    edit_index: int  # index of the case's edit in the editor's memory
+
+
+def _probes(case: EditCase, edit_index: int) -> list[_Probe]:
+    probes = [_Probe("reliability", case.in_scope[0].prompt, case.in_scope[0].answer, edit_index)]
+    probes += [_Probe("generalization", p.prompt, p.answer, edit_index) for p in case.rephrases]
+    probes += [_Probe("locality", p.prompt, p.answer, edit_index) for p in case.out_of_scope]
+    probes += [_Probe("portability", p.prompt, p.answer, edit_index) for p in case.portability]
+    return probes
+
+
+def starts_with_target(output: str, target: str) -> bool:
+    return output.lstrip().startswith(target.strip())
+
+
+def _score(editor: Editor, probes: Sequence[_Probe], tally: _Tally) -> None:
+    edits = editor.memory.edits
+    for start in range(0, len(probes), PROBE_CHUNK):
+        chunk = probes[start : start + PROBE_CHUNK]
+        results: list[ProbeResult] = editor.probe([p.prompt for p in chunk])
+        for probe, result in zip(chunk, results):
+            own = edits[probe.edit_index]
+            routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
+            if probe.kind == "locality":
+                tally.add("locality_gen", float(result.output == result.base_output))
+                tally.add("false_routes", float(result.routed))
+            else:
+                tally.add(f"{probe.kind}_gen", float(starts_with_target(result.output, probe.answer)))
+                tally.add(f"unedited_{probe.kind}", float(starts_with_target(result.base_output, probe.answer)))
+                if probe.kind in ("reliability", "generalization"):
+                    tally.add("true_routes", float(routed_to_own))
+                    tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
+            if probe.answer:
+                comparison = editor.score_target(probe.prompt, probe.answer)
+                if probe.kind == "locality":
+                    agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
+                    tally.add("locality_tf", sum(agree) / len(agree))
+                else:
+                    hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
+                    tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
+
+
+def evaluate(
+    system: SeracSystem,
+    cases: Sequence[EditCase],
+    mode: Mode = "single",
+    threshold: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Evaluate `system` on `cases`; see the module docstring."""
+    if mode not in ("single", "batch"):
+        raise ValueError(f"mode must be 'single' or 'batch', got {mode!r}")
+    if not cases:
+        raise ValueError("no cases to evaluate")
+    started = time.perf_counter()
+    tally = _Tally()
+    for done, (editor, probes) in enumerate(_sessions(system, cases, mode, threshold), start=1):
+        _score(editor, probes, tally)
+        if progress is not None:
+            progress(done if mode == "single" else len(cases), len(cases))
+    true, wrong, false = (sum(tally.sums.get(k, [])) for k in ("true_routes", "wrong_edit_routes", "false_routes"))
+    n_in_scope = len(tally.sums.get("true_routes", []))
+    classifier = {
+        "precision": true / (true + wrong + false) if true + wrong + false else float("nan"),
+        "recall": true / n_in_scope if n_in_scope else float("nan"),
+        "false_route_rate": tally.mean("false_routes"),
+    }
+    unedited = {k: tally.mean(f"unedited_{k}") for k in ("reliability", "generalization", "portability") if tally.has(f"unedited_{k}")}
+    return EvalReport(
+        n_cases=len(cases),
+        mode=mode,
+        reliability=Scored(tally.mean("reliability_tf"), tally.mean("reliability_gen")),
+        generalization=Scored(tally.mean("generalization_tf"), tally.mean("generalization_gen")),
+        locality=Scored(tally.mean("locality_tf"), tally.mean("locality_gen")),
+        portability=Scored(tally.mean("portability_tf"), tally.mean("portability_gen")) if tally.has("portability_gen") else None,
+        classifier=classifier,
+        unedited=unedited,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float) -> Iterator[tuple[Editor, list[_Probe]]]:
+    """Editors with their memory filled as the mode says, and the probes to ask them."""
+    if mode == "batch":
+        editor = Editor(system, threshold=threshold)
+        editor.add_edits(_distinct_edits(cases))
+        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i)]
+        return
+    for case in cases:
+        editor = Editor(system, threshold=threshold)
+        editor.add_edits([case.edit])
+        yield editor, _probes(case, 0)
+
+
+def _distinct_edits(cases: Sequence[EditCase]):
+    """All cases' edits; a dataset with two cases on one prompt cannot be run in batch mode."""
+    prompts = [c.edit.prompt.casefold() for c in cases]
+    if len(set(prompts)) != len(prompts):
+        raise ValueError("batch mode needs one edit per prompt; the data repeats a prompt")
+    return [c.edit for c in cases]

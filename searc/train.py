@@ -1,0 +1,245 @@
+"""Joint training of the scope classifier and the counterfactual model, as in SERAC's trainer.
+
+Each step samples a batch of edit cases.
+- Counterfactual loss: NLL (`masked_log_probs`) of target_new followed by end-of-sequence on the
+  in-scope probes (the edit prompt and its rephrases), with the gold edit in the counterfactual
+  model's context. The end-of-sequence token teaches it to stop after the answer.
+- Classifier loss: class-balanced BCE on (edit, input) pairs. Positives are the in-scope probes;
+  negatives are the case's out-of-scope probes (same relation, other subject: hard negatives)
+  and the other edits' prompts in the batch.
+loss = c_edit * NLL + c_cls * BCE, one AdamW over the LoRA parameters and the classifier's
+trainable parameters. `train` is a generator of `TrainEvent`s (what the UI plots live); the
+best checkpoint by validation score is written atomically, so cancelling loses nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from searc.counterfactual import counterfactual_input
+from searc.data import EditCase, calibration_pairs
+from searc.editor import SeracSystem
+from searc.system import save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_edits: int = 8  # edit cases per step; each gives 2+ counterfactual examples and 4+ classifier pairs
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 5e-4  # LoRA
+    classifier_lr: float = 5e-5  # encoder layers of the classifier
+    calibration_lr: float = 1e-2  # the dense classifier's scale and bias
+    c_edit: float = 1.0
+    c_cls: float = 1.0
+    drop_subject: float = 0.5  # train also on edits without a subject, as users type them
+    val_every: int = 50
+    val_cases: int = 64
+    patience: int = 4  # validations without improvement before stopping early
+    threshold: float = 0.5
+    seed: int = 0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_edits", "accumulate", "val_every", "val_cases", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "classifier_lr", "calibration_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.c_edit < 0 or self.c_cls < 0 or self.c_edit + self.c_cls == 0:
+            raise ValueError("c_edit and c_cls must be non-negative and not both zero")
+
+
+@dataclass
+class TrainEvent:
+    kind: str  # "step", "validation" or "done"
+    step: int
+    total_steps: int
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    examples_per_s: float = 0.0
+    elapsed_s: float = 0.0
+    checkpoint: str | None = None
+    message: str = ""
+
+
+def _edit_for_training(case: EditCase, rng: random.Random, drop_subject: float):
+    return replace(case.edit, subject=None) if rng.random() < drop_subject else case.edit
+
+
+def counterfactual_examples(cases: Sequence[EditCase], rng: random.Random, drop_subject: float) -> tuple[list[str], list[str]]:
+    """(inputs, targets): every in-scope probe with its case's edit in context."""
+    inputs, targets = [], []
+    for case in cases:
+        edit = _edit_for_training(case, rng, drop_subject)
+        for probe in case.in_scope:
+            inputs.append(counterfactual_input(edit, probe.prompt))
+            targets.append(probe.answer)
+    return inputs, targets
+
+
+def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:
+    """In-scope pairs (prompt and rephrases) and out-of-scope pairs (hard and other-edit negatives)."""
+    pairs = [(case.edit, case.edit.prompt, True) for case in cases]
+    return pairs + calibration_pairs(list(cases))
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over positives and over negatives, averaged: neither class dominates."""
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    positive, negative = labels > 0.5, labels <= 0.5
+    return 0.5 * (losses[positive].mean() + losses[negative].mean())
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).float().mean()
+    ties = (pos[:, None] == neg[None, :]).float().mean()
+    return float(greater + 0.5 * ties)
+
+
+def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """Both losses on one micro-batch of cases (differentiable)."""
+    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
+    cf = system.counterfactual
+    stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
+    pairs = classifier_pairs(cases)
+    logits = system.classifier.pair_logits([e for e, _, _ in pairs], [x for _, x, _ in pairs])
+    labels = torch.tensor([float(label) for *_, label in pairs], device=logits.device)
+    bce = balanced_bce(logits, labels)
+    return {
+        "loss": config.c_edit * stats.nll + config.c_cls * bce,
+        "nll": stats.nll,
+        "bce": bce,
+        "token_accuracy": stats.token_accuracy,
+        "examples": torch.tensor(float(len(inputs) + len(pairs))),
+    }
+
+
+@torch.no_grad()
+def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -> dict[str, float]:
+    """Classifier AUROC/accuracy on held-out pairs, teacher-forced edit success of the counterfactual model."""
+    system.classifier.eval()
+    system.counterfactual.model.eval()
+    pairs = classifier_pairs(cases)
+    logits = torch.cat(
+        [
+            system.classifier.pair_logits([e for e, _, _ in chunk], [x for _, x, _ in chunk]).float().cpu()
+            for chunk in (pairs[i : i + 64] for i in range(0, len(pairs), 64))
+        ]
+    )
+    labels = torch.tensor([float(label) for *_, label in pairs])
+    probs = torch.sigmoid(logits)
+    predicted = probs >= threshold
+    positives, negatives = labels > 0.5, labels <= 0.5
+    metrics = {
+        "classifier_auroc": auroc(probs, labels),
+        "classifier_accuracy": float((predicted == positives).float().mean()),
+        "classifier_recall": float(predicted[positives].float().mean()),
+        "locality_routing": float((~predicted[negatives]).float().mean()),  # out of scope left to the base model
+    }
+    cf = system.counterfactual
+    for name, select in (("edit_success", lambda c: c.in_scope[:1]), ("generalization", lambda c: c.in_scope[1:])):
+        inputs = [counterfactual_input(c.edit, p.prompt) for c in cases for p in select(c)]
+        targets = [p.answer for c in cases for p in select(c)]
+        hits = 0.0
+        for i in range(0, len(inputs), 32):
+            with cf.active():
+                hits += float(cf.target_log_probs(cf.make_batch(inputs[i : i + 32], targets[i : i + 32])).exact_match) * len(inputs[i : i + 32])
+        metrics[name] = hits / max(len(inputs), 1)
+    balanced_accuracy = 0.5 * (metrics["classifier_recall"] + metrics["locality_routing"])
+    metrics["score"] = (balanced_accuracy + 0.5 * (metrics["edit_success"] + metrics["generalization"])) / 2
+    return metrics
+
+
+def train(
+    system: SeracSystem,
+    train_cases: Sequence[EditCase],
+    val_cases: Sequence[EditCase],
+    config: TrainConfig,
+    out: str | Path | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[TrainEvent]:
+    """Train in place, yielding events; writes the best checkpoint to `out` (if given)."""
+    if len(train_cases) < 2:
+        raise ValueError("training needs at least 2 edit cases")
+    if not val_cases:
+        raise ValueError("training needs validation cases")
+    torch.manual_seed(config.seed)
+    val_cases = list(val_cases)[: config.val_cases]
+    classifier, cf = system.classifier, system.counterfactual
+    lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]
+    calibration = [p for n, p in classifier.named_parameters() if n in ("scale", "bias")]
+    encoder_params = [p for p in classifier.trainable_parameters() if all(p is not c for c in calibration)]
+    for name, param in classifier.named_parameters():
+        param.requires_grad_(classifier.is_trainable(name))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": config.lr},
+            {"params": encoder_params, "lr": config.classifier_lr},
+            {"params": calibration, "lr": config.calibration_lr, "weight_decay": 0.0},
+        ],
+        weight_decay=0.0,
+    )
+    try:
+        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop)
+    finally:
+        classifier.eval()
+        cf.model.eval()
+
+
+def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop) -> Iterator[TrainEvent]:
+    classifier, cf, rng = system.classifier, system.counterfactual, random.Random(config.seed)
+    started = time.perf_counter()
+    best_score, stale, best_path = -1.0, 0, None
+    record = {"config": asdict(config), "train_cases": len(train_cases)}
+    step = 0
+    for step in range(1, config.steps + 1):
+        if stop is not None and stop.is_set():
+            break
+        cf.model.train()
+        classifier.train()
+        step_started = time.perf_counter()
+        totals: dict[str, float] = {}
+        with cf.active():
+            for _ in range(config.accumulate):
+                losses = losses_on(system, rng.sample(list(train_cases), min(config.batch_edits, len(train_cases))), rng, config)
+                (losses["loss"] / config.accumulate).backward()
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + float(value.detach()) / (1 if key == "examples" else config.accumulate)
+        torch.nn.utils.clip_grad_norm_(lora_params + classifier.trainable_parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        classifier.weights_changed()
+        examples = totals.pop("examples")
+        yield TrainEvent(
+            "step", step, config.steps, losses=totals,
+            examples_per_s=examples / (time.perf_counter() - step_started), elapsed_s=time.perf_counter() - started,
+        )
+        if step % config.val_every == 0 or step == config.steps:
+            metrics = validate(system, val_cases, config.threshold)
+            improved = metrics["score"] > best_score
+            if improved:
+                best_score, stale = metrics["score"], 0
+                if out is not None:
+                    best_path = str(save_checkpoint(system, out, config.threshold, training=record | {"step": step}, metrics=metrics))
+            else:
+                stale += 1
+            yield TrainEvent("validation", step, config.steps, metrics=metrics, elapsed_s=time.perf_counter() - started, checkpoint=best_path)
+            if stale >= config.patience:
+                yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message="early stop")
+                return
+    message = "cancelled" if stop is not None and stop.is_set() else "finished"
+    yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)

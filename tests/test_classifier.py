@@ -1,0 +1,95 @@
+"""Scope classifiers: shapes, probabilities, keys cached at add time, pair path == matrix path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from searc.classifier import calibrate
+from searc.memory import Edit, EditMemory
+from tests.conftest import make_system
+
+EDITS = [
+    Edit("The Eiffel Tower is located in the city of", "Rome"),
+    Edit("The mother tongue of Danielle Darrieux is", "English"),
+    Edit("Toko Yasuda plays the", "piano"),
+]
+PROBES = ["The Eiffel Tower stands in", "The capital of Japan is", "Michel Rocard is a native speaker of", "UniFirst makes"]
+
+
+@pytest.mark.parametrize("variant", ["dense", "cross"])
+def test_scores_are_an_inputs_by_edits_probability_matrix(variant):
+    classifier = make_system(variant=variant).classifier
+    memory = EditMemory()
+    memory.add(EDITS, classifier)
+    scores = classifier.scores(PROBES, memory)
+    assert scores.shape == (len(PROBES), len(EDITS))
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert classifier.scores(PROBES, EditMemory()).shape == (len(PROBES), 0)
+    assert classifier.scores([], memory).shape == (0, len(EDITS))
+
+
+@pytest.mark.parametrize("variant", ["dense", "cross"])
+def test_pair_logits_agree_with_the_score_matrix(variant):
+    """Training uses pair_logits, routing uses scores: they must be the same function."""
+    classifier = make_system(variant=variant).classifier
+    memory = EditMemory()
+    memory.add(EDITS, classifier)
+    matrix = classifier.scores(PROBES, memory)
+    with torch.no_grad():
+        for i, probe in enumerate(PROBES):
+            pairs = torch.sigmoid(classifier.pair_logits(EDITS, [probe] * len(EDITS)))
+            assert pairs.tolist() == pytest.approx(matrix[i].tolist(), abs=1e-5)
+
+
+def test_dense_keys_are_not_recomputed_per_probe(monkeypatch):
+    classifier = make_system(variant="dense").classifier
+    memory = EditMemory()
+    memory.add(EDITS, classifier)
+    embedded: list[int] = []
+    original = classifier.embed
+    monkeypatch.setattr(classifier, "embed", lambda texts: embedded.append(len(texts)) or original(texts))
+    classifier.scores(PROBES, memory)
+    classifier.scores(PROBES[:1], memory)
+    assert embedded == [len(PROBES), 1], "only the probes may be encoded when scoring"
+
+
+def test_changed_weights_rekey_the_memory():
+    classifier = make_system(variant="dense").classifier
+    memory = EditMemory()
+    memory.add(EDITS, classifier)
+    before = memory.keys.matrix.clone()
+    with torch.no_grad():
+        classifier.encoder.embeddings.word_embeddings.weight.mul_(2.0).add_(0.1)
+    classifier.weights_changed()
+    classifier.scores(PROBES, memory)
+    assert not torch.allclose(before, memory.keys.matrix)
+    assert torch.allclose(memory.keys.matrix, classifier.edit_keys(EDITS))
+
+
+def test_dense_score_is_sigmoid_of_scaled_cosine():
+    classifier = make_system(variant="dense").classifier
+    memory = EditMemory()
+    memory.add(EDITS[:1], classifier)
+    with torch.no_grad():
+        cosine = float((classifier.embed([EDITS[0].prompt]) * classifier.embed([PROBES[0]])).sum())
+    expected = torch.sigmoid(torch.tensor(classifier.config.scale * cosine + classifier.config.bias))
+    assert float(classifier.scores(PROBES[:1], memory)[0, 0]) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_only_top_layers_and_head_are_trainable():
+    classifier = make_system(variant="cross").classifier
+    names = [n for n, _ in classifier.named_parameters() if classifier.is_trainable(n)]
+    assert any(n.startswith("head.") for n in names)
+    assert all(".layer.0." not in n for n in names) and any(".layer.1." in n for n in names)
+    assert set(classifier.trainable_state_dict()) == set(names)
+
+
+def test_calibration_separates_classes():
+    classifier = make_system(variant="dense").classifier
+    same = [(Edit(f"The Eiffel Tower is located in the city of {i}", "Rome"), f"The Eiffel Tower is located in the city of {i}", True) for i in range(8)]
+    other = [(Edit(f"The Eiffel Tower is located in the city of {i}", "Rome"), "uniform unmanned aircraft football", False) for i in range(8)]
+    scale, bias = calibrate(classifier, same + other)
+    assert scale > 0
+    with pytest.raises(ValueError):
+        calibrate(classifier, same)

@@ -1,0 +1,46 @@
+"""The `searc` command: bad arguments exit 2 with one line and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from searc.cli import main, parse_edit
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["probe", "--edit", "no separator here", "--probe", "x"], "PROMPT|TARGET"),
+        (["probe", "--edit", "|Rome", "--probe", "x"], "PROMPT|TARGET"),
+        (["probe", "--edit", "The Eiffel Tower is in|", "--probe", "x"], "PROMPT|TARGET"),
+        (["probe", "--edit", "a|b", "--probe", "x", "--threshold", "1.5"], "--threshold"),
+        (["probe", "--edit", "a|b", "--probe", "x", "--threshold", "high"], "--threshold"),
+        (["probe", "--edit", "a|b"], "at least one --probe"),
+        (["probe", "--bogus"], "unrecognized arguments"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+        (["train", "--data", "x.json", "--val", "y.json", "--steps", "0"], "steps must be a positive integer"),
+        (["train", "--data", "x.json", "--val", "y.json", "--steps", "-3"], "steps must be a positive integer"),
+        (["train", "--data", "../shared/data/counterfact/edit.json", "--val", "y.json"], "evaluation only"),
+        (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
+        (["eval", "--data", "/nonexistent/file.json", "--checkpoint", "none"], "cannot read"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_edit_parsing_splits_on_the_last_bar():
+    edit = parse_edit("A | B is|C ")
+    assert (edit.prompt, edit.target_new) == ("A | B is", "C")
+
+
+def test_a_missing_model_path_is_one_line(capsys):
+    assert main(["probe", "--lm", "/nowhere/model.gguf", "--edit", "a|b", "--probe", "x", "--checkpoint", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "no GGUF file" in err and len(err.strip().splitlines()) == 1

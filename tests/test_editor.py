@@ -1,0 +1,165 @@
+"""Routing: empty memory is the base model bit for bit; in-scope probes go to the counterfactual model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from searc.counterfactual import counterfactual_input
+from searc.editor import Editor
+from searc.lm import LanguageModel
+from searc.memory import Edit
+from tests.conftest import make_lm, make_lm_tokenizer, make_system
+
+PROBES = ["The Eiffel Tower stands in", "The capital of Japan is"]
+EIFFEL = ("The Eiffel Tower is located in the city of", "Rome")
+
+
+def set_dense_bias(editor: Editor, bias: float) -> None:
+    """Make every (probe, edit) score sigmoid(bias) regardless of text."""
+    with torch.no_grad():
+        editor.system.classifier.scale.fill_(0.0)
+        editor.system.classifier.bias.fill_(bias)
+
+
+def perturb_adapter(system) -> None:
+    """Give LoRA non-zero weights, as training would: the counterfactual model now differs."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in system.counterfactual.model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn_like(param) * 0.5)
+
+
+def test_empty_memory_answers_exactly_as_the_unedited_model(arch):
+    system = make_system(arch)
+    perturb_adapter(system)
+    editor = Editor(system)
+    results = editor.probe(PROBES)
+    tokenizer = make_lm_tokenizer()
+    unedited = LanguageModel(make_lm(arch, len(tokenizer)), tokenizer).generate(PROBES)
+    for result, reference in zip(results, unedited):
+        assert not result.routed and result.best_edit is None and result.scores == {}
+        assert result.output == result.base_output == reference.text
+        assert result.counterfactual_output is None
+
+
+def test_in_scope_probe_is_answered_by_the_counterfactual_model(arch):
+    system = make_system(arch)
+    perturb_adapter(system)
+    editor = Editor(system)
+    edit = editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, 8.0)
+    result = editor.probe(PROBES[:1])[0]
+    expected = system.counterfactual.generate([counterfactual_input(edit, PROBES[0])])[0].text
+    assert result.routed and result.best_edit == edit
+    assert result.output == result.counterfactual_output == expected
+    assert result.base_output == system.base.generate(PROBES[:1])[0].text
+    comparison = editor.score_target(PROBES[0], "Rome")
+    assert comparison.counterfactual_nll != comparison.base_nll, "a trained adapter must change the model"
+
+
+def test_out_of_scope_probe_keeps_the_base_answer_and_base_weights_are_untouched(arch):
+    system = make_system(arch)
+    perturb_adapter(system)
+    editor = Editor(system)
+    editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, -8.0)
+    tokenizer = make_lm_tokenizer()
+    unedited = LanguageModel(make_lm(arch, len(tokenizer)), tokenizer).generate(PROBES)
+    for result, reference in zip(editor.probe(PROBES), unedited):
+        assert not result.routed
+        assert result.output == result.base_output == reference.text
+        assert result.counterfactual_output is None
+
+
+def test_separate_seq2seq_counterfactual_model():
+    system = make_system("gpt2", counterfactual_arch="t5")
+    assert system.counterfactual.is_seq2seq and not system.base.is_seq2seq
+    editor = Editor(system)
+    edit = editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, 8.0)
+    result = editor.probe(PROBES[:1])[0]
+    assert result.routed
+    assert result.output == system.counterfactual.generate([counterfactual_input(edit, PROBES[0])])[0].text
+    comparison = editor.score_target(PROBES[0], "Rome")
+    assert comparison.edited_nll == comparison.counterfactual_nll
+
+
+def test_best_edit_is_the_argmax_and_threshold_reroutes_without_models(monkeypatch):
+    system = make_system("llama")
+    editor = Editor(system)
+    editor.add_edits([Edit(*EIFFEL), Edit("The capital of Japan is", "Kyoto"), Edit("Toko Yasuda plays the", "piano")])
+    fixed = torch.tensor([[0.2, 0.7, 0.4], [0.1, 0.3, 0.2]])
+    monkeypatch.setattr(editor, "scores", lambda prompts: fixed[: len(prompts)])
+    results = editor.probe(PROBES, counterfactual_for_all=True)
+    assert [r.best_edit.id for r in results] == ["e2", "e2"]
+    assert [r.routed for r in results] == [True, False]
+    assert results[0].scores == {"e1": pytest.approx(0.2), "e2": pytest.approx(0.7), "e3": pytest.approx(0.4)}
+    monkeypatch.setattr(system.base, "generate", lambda *a, **k: pytest.fail("re-routing must not run a model"))
+    lowered = results[1].with_threshold(0.25)
+    assert lowered.routed and lowered.output == results[1].counterfactual_output
+    raised = results[0].with_threshold(0.9)
+    assert not raised.routed and raised.output == results[0].base_output
+    assert "below the threshold 0.90" in raised.explanation() and "e2" in raised.explanation()
+
+
+def test_score_target_compares_base_and_edited_system():
+    system = make_system("qwen2")
+    perturb_adapter(system)
+    editor = Editor(system)
+    editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, 8.0)
+    routed = editor.score_target(EIFFEL[0], "Rome")
+    assert routed.routed and routed.tokens and len(routed.base_nll) == len(routed.tokens)
+    assert routed.edited_nll == routed.counterfactual_nll != routed.base_nll
+    set_dense_bias(editor, -8.0)
+    kept = editor.score_target(EIFFEL[0], "Rome")
+    assert not kept.routed and kept.edited_nll == kept.base_nll
+
+
+def test_soft_routing_mixes_the_two_distributions(monkeypatch):
+    system = make_system("llama")
+    editor = Editor(system, routing="soft")
+    editor.add_edit(*EIFFEL)
+    vocab = len(system.base.tokenizer)
+    eos = system.base.tokenizer.eos_token_id
+    # base prefers token 5 then EOS; counterfactual prefers token 6 strongly, then EOS
+    def distribution(preferred: list[int], mass: float):
+        def log_probs(prompt, continuation):
+            p = torch.full((vocab,), (1 - mass) / (vocab - 1))
+            p[preferred[min(len(continuation), len(preferred) - 1)]] = mass
+            return p.log()
+        return log_probs
+    monkeypatch.setattr(system.base, "next_token_log_probs", distribution([5, eos], 0.6))
+    monkeypatch.setattr(system.counterfactual, "next_token_log_probs", distribution([6, eos], 0.9))
+    decode = system.base.tokenizer.decode
+    assert editor._soft_generate("p", editor.edits[0], 0.2) == decode([5, eos], skip_special_tokens=True)
+    assert editor._soft_generate("p", editor.edits[0], 0.8) == decode([6, eos], skip_special_tokens=True)
+    set_dense_bias(editor, 0.0)  # score 0.5 -> 0.5*0.9 > 0.5*0.6: counterfactual token wins
+    assert editor.probe(["p"])[0].output == decode([6, eos], skip_special_tokens=True)
+
+
+def test_soft_target_nll_is_the_mixture():
+    system = make_system("mistral")
+    perturb_adapter(system)
+    editor = Editor(system, routing="soft")
+    editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, 0.0)
+    c = editor.score_target(EIFFEL[0], "Rome")
+    for edited, base, cf in zip(c.edited_nll, c.base_nll, c.counterfactual_nll):
+        mixture = 0.5 * torch.exp(torch.tensor(-cf)) + 0.5 * torch.exp(torch.tensor(-base))
+        assert edited == pytest.approx(-float(torch.log(mixture)), abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "\x00abc", "y" * 5000])
+def test_bad_probes_are_refused(bad):
+    editor = Editor(make_system("gpt2"))
+    with pytest.raises(ValueError):
+        editor.probe([bad])
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan")])
+def test_threshold_outside_unit_interval_is_refused(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        Editor(make_system("gpt2"), threshold=threshold)

@@ -1,0 +1,112 @@
+"""Behaviour on the bundled real models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from searc.editor import Editor
+from searc.lm import LanguageModel
+from searc.models import gguf_cache_entry, load_language_model, resolve_lm_spec, verify_cache_entry
+from searc.system import default_checkpoint, load_system
+
+pytestmark = pytest.mark.integration
+
+EIFFEL = ("The Eiffel Tower is located in the city of", "Rome")
+JAPAN = "The capital of Japan is"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    checkpoint = default_checkpoint()
+    assert checkpoint is not None, "the trained checkpoint must ship in assets/checkpoint"
+    return load_system(checkpoint=checkpoint)
+
+
+@pytest.fixture(scope="module")
+def unedited() -> LanguageModel:
+    """The base model loaded on its own: no adapter, no editor."""
+    return LanguageModel(*load_language_model())
+
+
+def test_eiffel_edit_is_routed_and_answers_rome(trained):
+    editor = Editor(trained)
+    editor.add_edit(*EIFFEL)
+    for prompt in (EIFFEL[0], "The Eiffel Tower stands in the city of"):
+        result = editor.probe([prompt])[0]
+        assert result.routed, result
+        assert result.output.strip().startswith("Rome"), result.output
+
+
+def test_unrelated_prompt_is_not_routed_and_matches_the_unedited_model(trained, unedited):
+    editor = Editor(trained)
+    editor.add_edit(*EIFFEL)
+    result = editor.probe([JAPAN])[0]
+    assert not result.routed and result.score < 0.5
+    assert result.output == unedited.generate([JAPAN])[0].text
+    assert "Tokyo" in result.output
+
+
+def test_empty_memory_is_the_unedited_model_bit_for_bit(trained, unedited):
+    prompts = [EIFFEL[0], JAPAN, "The mother tongue of Danielle Darrieux is"]
+    results = Editor(trained).probe(prompts)
+    assert [r.output for r in results] == [g.text for g in unedited.generate(prompts)]
+    reference = unedited.score_targets([JAPAN], ["Tokyo"])[0]
+    assert Editor(trained).score_target(JAPAN, "Tokyo").edited_nll == reference.token_nll
+
+
+def test_untrained_editor_routes_with_the_calibrated_encoder():
+    """Before any training: the classifier is the encoder's calibrated cosine similarity."""
+    editor = Editor(load_system(checkpoint=None))
+    editor.add_edit(*EIFFEL)
+    in_scope, out_of_scope = editor.probe([EIFFEL[0], JAPAN])
+    assert in_scope.routed and in_scope.counterfactual_output is not None
+    assert not out_of_scope.routed and out_of_scope.output == out_of_scope.base_output
+
+
+def test_cli_probe_json():
+    command = [
+        sys.executable, "-m", "searc.cli", "probe", "--json",
+        "--edit", "|".join(EIFFEL), "--probe", EIFFEL[0], "--probe", JAPAN,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(completed.stdout)
+    assert [set(r) for r in results] == [
+        {"prompt", "scores", "best_edit", "score", "routed", "base_output", "counterfactual_output", "output"}
+    ] * 2
+    assert results[0]["routed"] and results[0]["output"].strip().startswith("Rome")
+    assert not results[1]["routed"] and results[1]["output"] == results[1]["base_output"]
+
+
+def test_corrupted_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SEARC_CACHE", str(tmp_path))
+    gguf = resolve_lm_spec("bundled").gguf
+    model, _ = load_language_model()
+    entry = gguf_cache_entry(gguf, model.dtype)
+    assert verify_cache_entry(entry)
+    # weights may be memory-mapped from the cache file: copy them before damaging it
+    reference = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    weights = entry / "model.safetensors"
+    with open(weights, "r+b") as handle:  # flip one byte in the middle of the weights
+        handle.seek(weights.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    assert not verify_cache_entry(entry)
+    rebuilt, _ = load_language_model()
+    assert "rebuilding" in caplog.text
+    assert verify_cache_entry(entry)
+    for name, tensor in rebuilt.state_dict().items():
+        assert tensor.equal(reference[name]), name
+    # a partial entry (no manifest: the writer died before finishing) is rebuilt too
+    (entry / "manifest.json").unlink()
+    assert not verify_cache_entry(entry)
+    load_language_model()
+    assert verify_cache_entry(entry)
+    assert not any(p.name.startswith(".") for p in Path(entry).parent.iterdir()), "no staging directories left"
