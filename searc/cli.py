@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -89,16 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_checkpoint(value: str):
-    from searc.system import default_checkpoint
-
-    if value == "none":
-        return None
-    if value == "default":
-        return default_checkpoint()
-    return value
-
-
 def run_probe(args: argparse.Namespace) -> int:
     from searc.editor import Editor
     from searc.system import load_system
@@ -107,7 +99,7 @@ def run_probe(args: argparse.Namespace) -> int:
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
         raise UsageError("searc probe: give at least one --probe")
-    system = load_system(args.lm, args.encoder, resolve_checkpoint(args.checkpoint))
+    system = load_system(args.lm, args.encoder, args.checkpoint)
     editor = Editor(system, threshold=threshold, routing="soft" if args.soft else "hard")
     try:
         editor.add_edits(edits)
@@ -185,7 +177,7 @@ def run_eval(args: argparse.Namespace) -> int:
         cases = load_cases(args.data, limit=args.limit)
     except OSError as error:
         raise UsageError(f"searc eval: cannot read {args.data}: {error.strerror}") from None
-    system = load_system(args.lm, args.encoder, resolve_checkpoint(args.checkpoint))
+    system = load_system(args.lm, args.encoder, args.checkpoint)
     threshold = parse_threshold(args.threshold) if args.threshold is not None else system.info.get("threshold", 0.5)
 
     def progress(done: int, total: int) -> None:
@@ -205,8 +197,20 @@ def run_eval(args: argparse.Namespace) -> int:
 COMMANDS = {"probe": run_probe, "eval": run_eval, "train": run_train, "calibrate": run_calibrate}
 
 
+def quiet_libraries() -> None:
+    """No progress bars or deprecation chatter from the libraries under us on a terminal."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -40,6 +40,16 @@ class SeracSystem:
 
 
 @dataclass
+class Route:
+    """The classifier's verdict for one probe."""
+
+    scores: dict[str, float]  # edit id -> probability, in memory order
+    best_edit: Edit | None
+    score: float  # best score, 0 with an empty memory
+    routed: bool
+
+
+@dataclass
 class ProbeResult:
     """Everything the workbench shows for one probe."""
 
@@ -155,66 +165,25 @@ class Editor:
         best_scores, best_index = scores.max(dim=1)
         return scores, [self.memory.edits[i] for i in best_index.tolist()], best_scores.tolist()
 
+    def route(self, prompts: Sequence[str]) -> list[Route]:
+        """Classifier scores against every edit, the best edit, and the routing decision."""
+        scores, best_edits, best_scores = self._best(prompts)
+        return [
+            Route(
+                scores={e.id: float(v) for e, v in zip(self.memory.edits, row)},
+                best_edit=edit,
+                score=float(score),
+                routed=edit is not None and score >= self.threshold,
+            )
+            for row, edit, score in zip(scores.tolist(), best_edits, best_scores)
+        ]
+
     def probe(self, prompts: Sequence[str], counterfactual_for_all: bool = False) -> list[ProbeResult]:
         """Score, route and answer each prompt; see the module docstring."""
         prompts = [validate_text("probe", p) for p in prompts]
         if len(prompts) > MAX_PROBES:
             raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
-        if not prompts:
-            return []
-        scores, best_edits, best_scores = self._best(prompts)
-        routed = [edit is not None and s >= self.threshold for edit, s in zip(best_edits, best_scores)]
-        base_outputs = [g.text for g in self.system.base.generate(prompts)]
-        want_counterfactual = [
-            edit is not None and (r or counterfactual_for_all or self.routing == "soft")
-            for edit, r in zip(best_edits, routed)
-        ]
-        counterfactual_outputs: list[str | None] = [None] * len(prompts)
-        wanted = [i for i, w in enumerate(want_counterfactual) if w]
-        if wanted:
-            generations = self.system.counterfactual.generate(
-                [counterfactual_input(best_edits[i], prompts[i]) for i in wanted]
-            )
-            for i, generation in zip(wanted, generations):
-                counterfactual_outputs[i] = generation.text
-        results = []
-        for i, prompt in enumerate(prompts):
-            if self.routing == "soft" and best_edits[i] is not None:
-                output = self._soft_generate(prompt, best_edits[i], best_scores[i])
-            else:
-                output = counterfactual_outputs[i] if routed[i] else base_outputs[i]
-            results.append(
-                ProbeResult(
-                    prompt=prompt,
-                    scores={e.id: float(s) for e, s in zip(self.memory.edits, scores[i].tolist())},
-                    best_edit=best_edits[i],
-                    score=float(best_scores[i]),
-                    routed=routed[i],
-                    base_output=base_outputs[i],
-                    counterfactual_output=counterfactual_outputs[i],
-                    output=output,
-                    threshold=self.threshold,
-                )
-            )
-        return results
-
-    def _soft_generate(self, prompt: str, edit: Edit, weight: float) -> str:
-        """Greedy decoding of the mixture weight * p_cf + (1 - weight) * p_base."""
-        base, counterfactual = self.system.base, self.system.counterfactual
-        if len(base.tokenizer) != len(counterfactual.tokenizer):
-            raise ValueError("soft routing needs the base and counterfactual models to share a vocabulary")
-        context = counterfactual_input(edit, prompt)
-        log_w, log_1mw = _safe_log(weight), _safe_log(1.0 - weight)
-        ids: list[int] = []
-        for _ in range(base.max_new_tokens):
-            mixed = torch.logaddexp(
-                log_w + counterfactual.next_token_log_probs(context, ids), log_1mw + base.next_token_log_probs(prompt, ids)
-            )
-            token = int(mixed.argmax())
-            ids.append(token)
-            if token == base.tokenizer.eos_token_id:
-                break
-        return base.tokenizer.decode(ids, skip_special_tokens=True)
+        return answer(self.system, prompts, self.route(prompts), self.threshold, self.routing, counterfactual_for_all)
 
     def score_target(self, prompt: str, target: str) -> TargetComparison:
         """Per-token NLL of `target` after `prompt`, base model vs edited system."""
@@ -253,6 +222,70 @@ class Editor:
             score=score,
             best_edit=edit,
         )
+
+
+def answer(
+    system: SeracSystem,
+    prompts: Sequence[str],
+    routes: Sequence[Route],
+    threshold: float,
+    routing: Routing = "hard",
+    counterfactual_for_all: bool = False,
+) -> list[ProbeResult]:
+    """Generate the answers for routed prompts, batched: base outputs for all, counterfactual
+    outputs where routed (or for all with a stored edit, on request, so the threshold can be moved later).
+
+    The routes may come from different editors (evaluation batches many one-edit sessions)."""
+    if not prompts:
+        return []
+    base_outputs = [g.text for g in system.base.generate(list(prompts))]
+    wanted = [
+        i for i, r in enumerate(routes) if r.best_edit is not None and (r.routed or counterfactual_for_all or routing == "soft")
+    ]
+    counterfactual_outputs: list[str | None] = [None] * len(prompts)
+    if wanted:
+        generations = system.counterfactual.generate([counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted])
+        for i, generation in zip(wanted, generations):
+            counterfactual_outputs[i] = generation.text
+    results = []
+    for prompt, route, base_output, counterfactual_output in zip(prompts, routes, base_outputs, counterfactual_outputs):
+        if routing == "soft" and route.best_edit is not None:
+            output = soft_generate(system, prompt, route.best_edit, route.score)
+        else:
+            output = counterfactual_output if route.routed else base_output
+        results.append(
+            ProbeResult(
+                prompt=prompt,
+                scores=route.scores,
+                best_edit=route.best_edit,
+                score=route.score,
+                routed=route.routed,
+                base_output=base_output,
+                counterfactual_output=counterfactual_output,
+                output=output,
+                threshold=threshold,
+            )
+        )
+    return results
+
+
+def soft_generate(system: SeracSystem, prompt: str, edit: Edit, weight: float) -> str:
+    """Greedy decoding of the mixture weight * p_cf(. | edit, prompt) + (1 - weight) * p_base(. | prompt)."""
+    base, counterfactual = system.base, system.counterfactual
+    if len(base.tokenizer) != len(counterfactual.tokenizer):
+        raise ValueError("soft routing needs the base and counterfactual models to share a vocabulary")
+    context = counterfactual_input(edit, prompt)
+    log_w, log_1mw = _safe_log(weight), _safe_log(1.0 - weight)
+    ids: list[int] = []
+    for _ in range(base.max_new_tokens):
+        mixed = torch.logaddexp(
+            log_w + counterfactual.next_token_log_probs(context, ids), log_1mw + base.next_token_log_probs(prompt, ids)
+        )
+        token = int(mixed.argmax())
+        ids.append(token)
+        if token == base.tokenizer.eos_token_id:
+            break
+    return base.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _safe_log(p: float) -> float:

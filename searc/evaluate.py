@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
 from searc.data import EditCase
-from searc.editor import Editor, ProbeResult, SeracSystem
+from searc.editor import Editor, ProbeResult, SeracSystem, answer
 
 Mode = Literal["single", "batch"]
 PROBE_CHUNK = 32
@@ -98,31 +98,38 @@ def starts_with_target(output: str, target: str) -> bool:
     return output.lstrip().startswith(target.strip())
 
 
-def _score(editor: Editor, probes: Sequence[_Probe], tally: _Tally) -> None:
-    edits = editor.memory.edits
-    for start in range(0, len(probes), PROBE_CHUNK):
-        chunk = probes[start : start + PROBE_CHUNK]
-        results: list[ProbeResult] = editor.probe([p.prompt for p in chunk])
-        for probe, result in zip(chunk, results):
-            own = edits[probe.edit_index]
-            routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
-            if probe.kind == "locality":
-                tally.add("locality_gen", float(result.output == result.base_output))
-                tally.add("false_routes", float(result.routed))
-            else:
-                tally.add(f"{probe.kind}_gen", float(starts_with_target(result.output, probe.answer)))
-                tally.add(f"unedited_{probe.kind}", float(starts_with_target(result.base_output, probe.answer)))
-                if probe.kind in ("reliability", "generalization"):
-                    tally.add("true_routes", float(routed_to_own))
-                    tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
-            if probe.answer:
-                comparison = editor.score_target(probe.prompt, probe.answer)
-                if probe.kind == "locality":
-                    agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
-                    tally.add("locality_tf", sum(agree) / len(agree))
-                else:
-                    hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
-                    tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
+def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> None:
+    """Route every probe in its own session, then answer all of them in shared generation batches."""
+    items = [(editor, probe) for editor, probes in sessions for probe in probes]
+    for start in range(0, len(items), PROBE_CHUNK):
+        chunk = items[start : start + PROBE_CHUNK]
+        routes = [editor.route([probe.prompt])[0] for editor, probe in chunk]
+        editor0 = chunk[0][0]
+        results = answer(editor0.system, [p.prompt for _, p in chunk], routes, editor0.threshold, editor0.routing)
+        for (editor, probe), result in zip(chunk, results):
+            _tally_probe(editor, probe, result, tally)
+
+
+def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, tally: _Tally) -> None:
+    own = editor.memory.edits[probe.edit_index]
+    routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
+    if probe.kind == "locality":
+        tally.add("locality_gen", float(result.output == result.base_output))
+        tally.add("false_routes", float(result.routed))
+    else:
+        tally.add(f"{probe.kind}_gen", float(starts_with_target(result.output, probe.answer)))
+        tally.add(f"unedited_{probe.kind}", float(starts_with_target(result.base_output, probe.answer)))
+        if probe.kind in ("reliability", "generalization"):
+            tally.add("true_routes", float(routed_to_own))
+            tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
+    if probe.answer:
+        comparison = editor.score_target(probe.prompt, probe.answer)
+        if probe.kind == "locality":
+            agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
+            tally.add("locality_tf", sum(agree) / len(agree))
+        else:
+            hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
+            tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
 
 
 def evaluate(
@@ -139,10 +146,12 @@ def evaluate(
         raise ValueError("no cases to evaluate")
     started = time.perf_counter()
     tally = _Tally()
-    for done, (editor, probes) in enumerate(_sessions(system, cases, mode, threshold), start=1):
-        _score(editor, probes, tally)
+    sessions = list(_sessions(system, cases, mode, threshold))
+    group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
+    for start in range(0, len(sessions), group):
+        _score(sessions[start : start + group], tally)
         if progress is not None:
-            progress(done if mode == "single" else len(cases), len(cases))
+            progress(min(start + group, len(sessions)) if mode == "single" else len(cases), len(cases))
     true, wrong, false = (sum(tally.sums.get(k, [])) for k in ("true_routes", "wrong_edit_routes", "false_routes"))
     n_in_scope = len(tally.sums.get("true_routes", []))
     classifier = {
@@ -165,6 +174,7 @@ def evaluate(
 
 
 def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float) -> Iterator[tuple[Editor, list[_Probe]]]:
+    # single mode keys each case's edit in its own small memory; batch mode keys them all at once
     """Editors with their memory filled as the mode says, and the probes to ask them."""
     if mode == "batch":
         editor = Editor(system, threshold=threshold)

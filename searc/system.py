@@ -20,10 +20,22 @@ from searc.lm import LanguageModel
 from searc.models import BUNDLED, load_encoder, load_language_model
 
 
+DEFAULT_CHECKPOINT = "default"
+
+
 def default_checkpoint() -> Path | None:
     """The trained checkpoint shipped in assets/, if present."""
     path = Path(__file__).resolve().parent.parent / "assets" / "checkpoint"
     return path if path.is_dir() else None
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, lm: str, encoder: str) -> str | Path | None:
+    """'default' is the shipped checkpoint, which fits only the bundled models; 'none' is untrained."""
+    if checkpoint in (None, "none"):
+        return None
+    if checkpoint == DEFAULT_CHECKPOINT:
+        return default_checkpoint() if lm == BUNDLED and encoder == BUNDLED else None
+    return checkpoint
 
 
 def assemble_system(
@@ -51,16 +63,18 @@ def assemble_system(
 def load_system(
     lm: str = BUNDLED,
     encoder: str = BUNDLED,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | None = DEFAULT_CHECKPOINT,
     classifier: ClassifierConfig | None = None,
     counterfactual_lm: str | None = None,
     lora: LoraSettings | None = None,
 ) -> SeracSystem:
-    """Load models by spec ('bundled', hub id, directory or .gguf) and optionally a checkpoint.
+    """Load models by spec ('bundled', hub id, directory or .gguf) and a checkpoint.
 
-    With a checkpoint, its own settings (classifier variant, LoRA shape, counterfactual model)
+    checkpoint: a directory, 'default' (the shipped one, for the bundled models) or None
+    (untrained: calibrated encoder + instruct model reading the edit). With a checkpoint, its own settings (classifier variant, LoRA shape, counterfactual model)
     decide; `classifier` and `lora` apply to an untrained system.
     """
+    checkpoint = resolve_checkpoint(checkpoint, lm, encoder)
     saved = read_checkpoint(checkpoint) if checkpoint else None
     if saved is not None:
         classifier = ClassifierConfig(**saved.config["classifier"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from searc.counterfactual import counterfactual_input
-from searc.editor import Editor
+from searc.editor import Editor, soft_generate
 from searc.lm import LanguageModel
 from searc.memory import Edit
 from tests.conftest import make_lm, make_lm_tokenizer, make_system
@@ -134,8 +134,8 @@ def test_soft_routing_mixes_the_two_distributions(monkeypatch):
     monkeypatch.setattr(system.base, "next_token_log_probs", distribution([5, eos], 0.6))
     monkeypatch.setattr(system.counterfactual, "next_token_log_probs", distribution([6, eos], 0.9))
     decode = system.base.tokenizer.decode
-    assert editor._soft_generate("p", editor.edits[0], 0.2) == decode([5, eos], skip_special_tokens=True)
-    assert editor._soft_generate("p", editor.edits[0], 0.8) == decode([6, eos], skip_special_tokens=True)
+    assert soft_generate(system, "p", editor.edits[0], 0.2) == decode([5, eos], skip_special_tokens=True)
+    assert soft_generate(system, "p", editor.edits[0], 0.8) == decode([6, eos], skip_special_tokens=True)
     set_dense_bias(editor, 0.0)  # score 0.5 -> 0.5*0.9 > 0.5*0.6: counterfactual token wins
     assert editor.probe(["p"])[0].output == decode([6, eos], skip_special_tokens=True)
 

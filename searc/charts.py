@@ -1,0 +1,87 @@
+"""Plotly figures for the workbench: scope heatmap, per-token NLL, training curves."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+from searc.editor import ProbeResult, TargetComparison
+from searc.memory import Edit
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def scope_heatmap(results: Sequence[ProbeResult], edits: Sequence[Edit], threshold: float) -> go.Figure:
+    """Probes x edits classifier scores; cells at or above the threshold are marked."""
+    figure = go.Figure()
+    if not results or not edits:
+        figure.update_layout(title="Scope scores (no edits stored)", height=220)
+        return figure
+    z = [[result.scores.get(edit.id, 0.0) for edit in edits] for result in results]
+    text = [[f"{v:.2f}{' ✓' if v >= threshold else ''}" for v in row] for row in z]
+    figure.add_trace(
+        go.Heatmap(
+            z=z,
+            x=[f"{e.id}: {_short(e.prompt, 28)}" for e in edits],
+            y=[_short(r.prompt) for r in results],
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Blues",
+            text=text,
+            texttemplate="%{text}",
+            hovertemplate="probe: %{y}<br>edit: %{x}<br>score: %{z:.3f}<extra></extra>",
+            colorbar={"title": "score"},
+        )
+    )
+    figure.update_layout(
+        title=f"Scope classifier scores (✓ = at or above threshold {threshold:.2f})",
+        height=max(240, 60 + 40 * len(results)),
+        yaxis={"autorange": "reversed"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure
+
+
+def nll_chart(comparisons: Sequence[TargetComparison]) -> go.Figure:
+    """Per-token NLL of each target: base model vs edited system, one group of bars per target."""
+    figure = go.Figure()
+    for comparison in comparisons:
+        labels = [f"{_short(comparison.target, 20)} | {i}:{t!r}" for i, t in enumerate(comparison.tokens)]
+        figure.add_trace(go.Bar(name=f"base · {_short(comparison.prompt, 24)}", x=labels, y=comparison.base_nll, marker_color="#9aa5b1"))
+        figure.add_trace(
+            go.Bar(
+                name=f"edited{' (routed)' if comparison.routed else ''} · {_short(comparison.prompt, 24)}",
+                x=labels,
+                y=comparison.edited_nll,
+                marker_color="#1f6feb" if comparison.routed else "#6e7781",
+            )
+        )
+    figure.update_layout(
+        title="Per-token NLL (nats): base model vs edited system",
+        barmode="group",
+        height=360,
+        yaxis={"title": "NLL"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure
+
+
+def training_curves(steps: Sequence[int], losses: dict[str, Sequence[float]], val_steps: Sequence[int], metrics: dict[str, Sequence[float]]) -> go.Figure:
+    """Training losses (left) and validation metrics (right axis) against steps."""
+    figure = go.Figure()
+    for name, values in losses.items():
+        figure.add_trace(go.Scatter(x=list(steps), y=list(values), name=name, mode="lines"))
+    for name, values in metrics.items():
+        figure.add_trace(go.Scatter(x=list(val_steps), y=list(values), name=f"val {name}", mode="lines+markers", yaxis="y2"))
+    figure.update_layout(
+        title="Training",
+        height=380,
+        xaxis={"title": "step"},
+        yaxis={"title": "loss"},
+        yaxis2={"title": "validation", "overlaying": "y", "side": "right", "range": [0, 1.05]},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure

@@ -1,0 +1,64 @@
+"""Evaluation mechanics on a tiny model: routing decisions show up in the right metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from searc.data import EditCase, Probe
+from searc.evaluate import evaluate
+from searc.memory import Edit
+from tests.conftest import make_system
+from tests.test_editor import perturb_adapter
+
+CASES = [
+    EditCase(
+        Edit("The Eiffel Tower is located in the city of", "Rome"),
+        (Probe("The Eiffel Tower is located in the city of", "Rome"), Probe("The Eiffel Tower stands in", "Rome")),
+        (Probe("The Louvre is located in the city of", "Paris"),),
+    ),
+    EditCase(
+        Edit("The mother tongue of Danielle Darrieux is", "English"),
+        (Probe("The mother tongue of Danielle Darrieux is", "English"), Probe("Danielle Darrieux speaks", "English")),
+        (Probe("Michel Rocard is a native speaker of", "French"),),
+    ),
+]
+
+
+def system_with_bias(bias: float):
+    system = make_system("llama")
+    perturb_adapter(system)
+    system.classifier.scale.data.fill_(0.0)
+    system.classifier.bias.data.fill_(bias)
+    return system
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_never_routing_keeps_locality_and_misses_every_edit(mode):
+    report = evaluate(system_with_bias(-8.0), CASES, mode=mode)
+    assert report.locality.generation == 1.0 and report.locality.teacher_forced == 1.0
+    assert report.classifier["recall"] == 0.0 and report.classifier["false_route_rate"] == 0.0
+    assert report.n_cases == 2 and report.mode == mode
+
+
+def test_always_routing_breaks_locality_and_is_imprecise():
+    single = evaluate(system_with_bias(8.0), CASES, mode="single")
+    assert single.classifier["recall"] == 1.0 and single.classifier["false_route_rate"] == 1.0
+    assert single.classifier["precision"] == pytest.approx(4 / 6)
+    assert single.locality.generation < 1.0
+    batch = evaluate(system_with_bias(8.0), CASES, mode="batch")
+    # with every score equal the first edit wins: the second case's probes go to the wrong edit
+    assert batch.classifier["recall"] == 0.5
+
+
+def test_report_json_has_the_documented_keys():
+    report = evaluate(system_with_bias(-8.0), CASES[:1]).to_json()
+    assert {"reliability", "generalization", "locality", "classifier", "n_cases", "mode"} <= set(report)
+    assert set(report["reliability"]) == {"teacher_forced", "generation"}
+
+
+def test_bad_mode_and_empty_cases_are_refused():
+    system = system_with_bias(0.0)
+    with pytest.raises(ValueError):
+        evaluate(system, CASES, mode="bulk")
+    with pytest.raises(ValueError):
+        evaluate(system, [])
