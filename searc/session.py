@@ -1,0 +1,103 @@
+"""One workbench session: an editor with its own memory, plus the last probe results.
+
+Everything the web UI shows is computed here, so it is tested without a browser; `searc.ui`
+only lays it out. Each browser tab holds one `Session`; the `SeracSystem` under it is shared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import pandas as pd
+
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
+from searc.memory import Edit, validate_text
+
+MAX_TARGETS = 8
+
+
+def split_lines(text: str | None) -> list[str]:
+    """Non-empty, stripped lines of a text box."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+@dataclass
+class Session:
+    system: SeracSystem
+    threshold: float = 0.5
+    results: list[ProbeResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.editor = Editor(self.system, threshold=self.threshold)
+
+    # -------------------------------------------------------------- memory
+    def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
+        return self.editor.add_edit(prompt, target_new, (subject or "").strip() or None)
+
+    def remove_edit(self, edit_id: str) -> Edit:
+        return self.editor.remove_edit((edit_id or "").strip())
+
+    def clear(self) -> None:
+        self.editor.clear()
+        self.results = []
+
+    def memory_table(self) -> pd.DataFrame:
+        rows = [[e.id, e.prompt, e.target_new, e.subject or ""] for e in self.editor.edits]
+        return pd.DataFrame(rows, columns=["id", "prompt", "target_new", "subject"])
+
+    def export_json(self) -> str:
+        return json.dumps([e.to_dict() for e in self.editor.edits], indent=2, ensure_ascii=False)
+
+    # -------------------------------------------------------------- probing
+    def probe(self, probes_text: str, threshold: float) -> list[ProbeResult]:
+        """Probe every line; counterfactual outputs are computed for all so the threshold can move later."""
+        prompts = split_lines(probes_text)
+        if not prompts:
+            raise ValueError("type at least one probe prompt (one per line)")
+        previous, self.editor.threshold = self.editor.threshold, check_threshold(threshold)
+        try:
+            self.results = self.editor.probe(prompts, counterfactual_for_all=True)
+        except ValueError:
+            self.editor.threshold = previous  # bad input changes nothing
+            raise
+        return self.results
+
+    def reroute(self, threshold: float) -> list[ProbeResult]:
+        """Apply a new threshold to the last results without running any model."""
+        self.editor.threshold = check_threshold(threshold)
+        self.results = [r.with_threshold(self.editor.threshold) for r in self.results]
+        return self.results
+
+    def results_table(self) -> pd.DataFrame:
+        rows = [
+            [
+                r.prompt,
+                f"{r.best_edit.id}: {r.best_edit.prompt} -> {r.best_edit.target_new}" if r.best_edit else "",
+                round(r.score, 3),
+                "yes" if r.routed else "no",
+                r.base_output,
+                r.counterfactual_output or "",
+                r.output,
+            ]
+            for r in self.results
+        ]
+        columns = ["probe", "best edit", "score", "routed", "base output", "counterfactual output", "final output"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def explanations(self) -> str:
+        return "\n".join(f"- **{r.prompt}**: {r.explanation()}" for r in self.results)
+
+    def inspect(self, probe: str, targets_text: str = "") -> list[TargetComparison]:
+        """Per-token NLL for one probe: on its generated output, and on each typed target."""
+        result = next((r for r in self.results if r.prompt == probe), None)
+        if result is None:
+            raise ValueError("probe first, then pick one of the probed prompts")
+        targets = [validate_text("target", t) for t in split_lines(targets_text)][:MAX_TARGETS]
+        generated = result.output.strip()
+        candidates = ([generated] if generated else []) + [t for t in targets if t != generated]
+        return [self.editor.score_target(result.prompt, target) for target in candidates]
+
+    def probe_prompts(self) -> Sequence[str]:
+        return [r.prompt for r in self.results]

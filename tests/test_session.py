@@ -1,0 +1,73 @@
+"""The workbench session logic (what the web page shows), on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from searc.session import Session
+from tests.conftest import make_system
+from tests.test_editor import perturb_adapter
+
+
+@pytest.fixture(scope="module")
+def system():
+    system = make_system("llama")
+    perturb_adapter(system)
+    system.classifier.scale.data.fill_(0.0)
+    system.classifier.bias.data.fill_(0.0)  # every score is exactly 0.5
+    return system
+
+
+def test_add_probe_reroute_inspect(system):
+    session = Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    session.add_edit("The capital of Japan is", "Kyoto", "")
+    assert session.memory_table()["id"].tolist() == ["e1", "e2"]
+    results = session.probe("The Eiffel Tower stands in\n\n  The capital of Japan is  \n", 0.5)
+    assert [r.prompt for r in results] == ["The Eiffel Tower stands in", "The capital of Japan is"]
+    assert all(r.routed and r.counterfactual_output is not None for r in results)
+    table = session.results_table()
+    assert table["routed"].tolist() == ["yes", "yes"] and table["final output"].tolist() == [r.output for r in results]
+    rerouted = session.reroute(0.6)
+    assert not any(r.routed for r in rerouted)
+    assert [r.output for r in rerouted] == [r.base_output for r in rerouted]
+    assert "below the threshold 0.60" in session.explanations()
+    comparisons = session.inspect("The capital of Japan is", "Tokyo\nKyoto")
+    assert [c.target for c in comparisons][-2:] == ["Tokyo", "Kyoto"]
+    assert all(len(c.base_nll) == len(c.edited_nll) == len(c.tokens) for c in comparisons)
+
+
+def test_sessions_do_not_share_memory(system):
+    first, second = Session(system), Session(system)
+    first.add_edit("The Eiffel Tower is located in the city of", "Rome")
+    assert len(second.editor.edits) == 0
+    assert second.probe("The Eiffel Tower stands in", 0.5)[0].best_edit is None
+
+
+def test_bad_input_leaves_the_session_unchanged(system):
+    session = Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome")
+    session.probe("The Eiffel Tower stands in", 0.5)
+    before = (session.export_json(), list(session.results))
+    for action in (
+        lambda: session.add_edit("", "Rome"),
+        lambda: session.add_edit("The Eiffel Tower is located in the city of", "Paris"),
+        lambda: session.probe("   \n  ", 0.5),
+        lambda: session.probe("ok", 1.5),
+        lambda: session.reroute(-1),
+        lambda: session.inspect("never probed", ""),
+    ):
+        with pytest.raises(ValueError):
+            action()
+        assert (session.export_json(), list(session.results)) == before
+    with pytest.raises(KeyError):
+        session.remove_edit("e99")
+
+
+def test_export_is_reloadable_json(system):
+    session = Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    exported = json.loads(session.export_json())
+    assert exported == [{"prompt": "The Eiffel Tower is located in the city of", "target_new": "Rome", "subject": "Eiffel Tower", "id": "e1"}]

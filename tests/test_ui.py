@@ -1,0 +1,66 @@
+"""The web app over HTTP with gradio_client: named endpoints, per-session memory, clear errors."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from gradio_client import Client
+
+from searc.ui import build_app
+from tests.conftest import make_system
+from tests.test_editor import perturb_adapter
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url():
+    system = make_system("llama")
+    perturb_adapter(system)
+    system.classifier.scale.data.fill_(0.0)
+    system.classifier.bias.data.fill_(4.0)  # everything in scope: routed whenever an edit is stored
+    app = build_app(system)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_named_endpoints(url):
+    endpoints = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/add_edit", "/probe", "/reroute", "/inspect", "/remove_edit", "/clear_edits", "/export_edits"} <= set(endpoints)
+
+
+def test_add_edit_then_probe_reads_the_routed_output(url):
+    client = Client(url, verbose=False)
+    memory, message = client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
+    assert memory["data"] == [["e1", "The Eiffel Tower is located in the city of", "Rome", ""]] and "Stored e1" in message
+    table, *_, status = client.predict("The Eiffel Tower stands in", 0.5, api_name="/probe")
+    columns = table["headers"]
+    row = dict(zip(columns, table["data"][0]))
+    assert row["routed"] == "yes" and row["final output"] == row["counterfactual output"]
+    assert "1 routed" in status
+
+
+def test_each_client_has_its_own_memory(url):
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    first.predict("The capital of Japan is", "Kyoto", "", api_name="/add_edit")
+    table, *_ = second.predict("The capital of Japan is", 0.5, api_name="/probe")
+    row = dict(zip(table["headers"], table["data"][0]))
+    assert row["routed"] == "no" and row["best edit"] == ""
+
+
+def test_bad_input_is_a_clear_error_and_changes_nothing(url):
+    client = Client(url, verbose=False)
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
+    with pytest.raises(Exception, match="prompt is empty"):
+        client.predict("   ", "Rome", "", api_name="/add_edit")
+    with pytest.raises(Exception, match="already stored"):
+        client.predict("The Eiffel Tower is located in the city of", "Paris", "", api_name="/add_edit")
+    memory, _ = client.predict("Another prompt here", "x", "", api_name="/add_edit")
+    assert [row[0] for row in memory["data"]] == ["e1", "e2"], "the failed adds left the memory as it was"
