@@ -13,7 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
-from searc.memory import Edit, validate_text
+from searc.memory import MAX_TEXT_CHARS, Edit, validate_text
 
 MAX_TARGETS = 8
 
@@ -95,7 +95,8 @@ class Session:
         if result is None:
             raise ValueError("probe first, then pick one of the probed prompts")
         targets = [validate_text("target", t) for t in split_lines(targets_text)][:MAX_TARGETS]
-        generated = result.output.strip()
+        # the model's own output may hold control characters that typed text may not
+        generated = "".join(c for c in result.output if c in "\t\n" or ord(c) >= 32).strip()[:MAX_TEXT_CHARS]
         candidates = ([generated] if generated else []) + [t for t in targets if t != generated]
         return [self.editor.score_target(result.prompt, target) for target in candidates]
 

@@ -140,14 +140,14 @@ def build_app(system: SeracSystem) -> gr.Blocks:
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Routing threshold")
                     probe_button = gr.Button("Probe", variant="primary")
             probe_status = gr.Markdown()
-            results = gr.Dataframe(label="Results", interactive=False, wrap=True)
-            heatmap = gr.Plot(label="Scope scores")
+            results = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="results")
+            heatmap = gr.Plot(label="Scope scores", elem_id="heatmap")
             why = gr.Markdown(label="Why was each probe routed or not?")
             with gr.Row():
                 inspect_probe = gr.Dropdown(label="Probe to inspect", choices=[], scale=2)
                 targets = gr.Textbox(label="Targets to score (one per line), e.g. old and new answer", value="Paris\nRome", lines=2, scale=2)
                 inspect_button = gr.Button("Show per-token NLL", scale=1)
-            nll = gr.Plot(label="Per-token NLL")
+            nll = gr.Plot(label="Per-token NLL", elem_id="nll")
 
         add_button.click(add_edit, [state, prompt, target, subject], [state, memory, edit_status], api_name="add_edit")
         remove_button.click(remove_edit, [state, remove_id], [state, memory, edit_status], api_name="remove_edit")
