@@ -1,15 +1,23 @@
 """Edit datasets, normalised: each record becomes one `EditCase`.
 
-Formats are detected from the record's fields:
-- CounterFact, flat (EasyEdit's release): prompt, target_new, subject, ground_truth,
-  rephrase_prompt, locality_prompt, locality_ground_truth;
+Files: a JSON list of records, JSON Lines (one record per line, `.jsonl`), CSV with a header row
+(`.csv`), or a JSON object of parallel lists as passed to EasyEdit's `editor.edit()`. Record
+formats are detected from their fields:
+- flat (EasyEdit's CounterFact release, and searc's own CSV/JSON/JSONL): `prompt`, `target_new`
+  required; optional `subject`, `ground_truth` (the old answer), `rephrase_prompt` (text or list),
+  `locality_prompt` and `locality_ground_truth`;
 - CounterFact, nested (ROME): requested_rewrite {prompt with "{}", subject, target_new.str,
   target_true.str}, paraphrase_prompts, neighborhood_prompts;
-- zsRE as released with MEND: src, alt, rephrase, loc, loc_ans (+ portability in EasyEdit's edit set).
+- zsRE as released with MEND: src, alt, rephrase, loc, loc_ans (+ portability in EasyEdit's edit set);
+- EasyEdit `editor.edit()` style: prompts, target_new, ground_truth, rephrase_prompts,
+  locality_inputs {name: {prompt, ground_truth}}, subject.
+Loading is all or nothing: any bad record stops it with the file, record number and field.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +62,50 @@ def _text(record: dict, name: str, where: str) -> str:
     return value.strip()
 
 
-def _counterfact_flat(record: dict, where: str) -> EditCase:
+def _texts(record: dict, name: str, where: str) -> list[str]:
+    """An optional field holding one text or a list of texts."""
+    value = record.get(name)
+    if value in (None, ""):
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+        raise DataError(f"{where}: field {name!r} must be text or a list of non-empty texts")
+    return [v.strip() for v in values]
+
+
+def _optional(record: dict, name: str, where: str) -> str | None:
+    value = record.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be text")
+    return value.strip() or None
+
+
+def _flat(record: dict, where: str) -> EditCase:
     prompt, target = _text(record, "prompt", where), _text(record, "target_new", where)
-    edit = Edit(prompt, target, record.get("subject"), record.get("ground_truth"))
-    rephrases = record.get("rephrase_prompt") or []
-    rephrases = [rephrases] if isinstance(rephrases, str) else rephrases
+    edit = Edit(prompt, target, _optional(record, "subject", where), _optional(record, "ground_truth", where))
+    rephrases = _texts(record, "rephrase_prompt", where)
     out = []
     if record.get("locality_prompt"):
         out.append(Probe(_text(record, "locality_prompt", where), _text(record, "locality_ground_truth", where)))
+    return EditCase(edit, (Probe(prompt, target), *(Probe(r, target) for r in rephrases)), tuple(out))
+
+
+def _easyedit(record: dict, where: str) -> EditCase:
+    prompt, target = _text(record, "prompts", where), _text(record, "target_new", where)
+    edit = Edit(prompt, target, _optional(record, "subject", where), _optional(record, "ground_truth", where))
+    rephrases = _texts(record, "rephrase_prompts", where)
+    out = []
+    locality = record.get("locality_inputs") or {}
+    if not isinstance(locality, dict):
+        raise DataError(f"{where}: field 'locality_inputs' must be an object")
+    for name, inputs in locality.items():
+        prompts = _texts(inputs, "prompt", f"{where}.locality_inputs.{name}")
+        answers = _texts(inputs, "ground_truth", f"{where}.locality_inputs.{name}")
+        if len(prompts) != len(answers):
+            raise DataError(f"{where}: locality_inputs.{name} has {len(prompts)} prompts but {len(answers)} answers")
+        out += [Probe(p, a) for p, a in zip(prompts, answers)]
     return EditCase(edit, (Probe(prompt, target), *(Probe(r, target) for r in rephrases)), tuple(out))
 
 
@@ -101,9 +145,11 @@ def _zsre(record: dict, where: str) -> EditCase:
 
 FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], EditCase]]] = {
     "counterfact-nested": (("requested_rewrite",), _counterfact_nested),
-    "counterfact-flat": (("prompt", "target_new", "rephrase_prompt"), _counterfact_flat),
     "zsre": (("src", "alt", "rephrase"), _zsre),
+    "easyedit": (("prompts", "target_new"), _easyedit),
+    "flat": (("prompt", "target_new"), _flat),
 }
+MAX_FILE_BYTES = 50_000_000
 
 
 def detect_format(record: dict, where: str) -> str:
@@ -115,19 +161,67 @@ def detect_format(record: dict, where: str) -> str:
     raise DataError(f"{where}: unknown record format (fields: {', '.join(sorted(record)[:8])})")
 
 
-def load_cases(path: str | Path, limit: int | None = None) -> list[EditCase]:
-    """All cases of a JSON list file, all or nothing; errors name file, record and field."""
-    path = Path(path)
+def read_records(path: Path) -> list:
+    """Raw records of a .json, .jsonl or .csv file."""
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise DataError(f"{path.name}: {path.stat().st_size / 1e6:.0f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not valid UTF-8 JSON ({error})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path.name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise DataError(f"{path.name}: a CSV file needs a header row")
+        return [{k: v for k, v in row.items() if k is not None} for row in reader]
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path.name} line {number}: not valid JSON ({error.msg})") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path.name}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get("prompts"), list):
+        return _transpose_easyedit(data, path.name)
+    if not isinstance(data, list):
+        raise DataError(f"{path.name}: expected a JSON list of records")
+    return data
+
+
+def _transpose_easyedit(data: dict, name: str) -> list[dict]:
+    """EasyEdit's editor.edit(prompts=[...], target_new=[...], ...) arguments, one record per edit."""
+    n = len(data["prompts"])
+    records = [{} for _ in range(n)]
+    for key, values in data.items():
+        if key == "locality_inputs":
+            for group, inputs in (values or {}).items():
+                for field_name, items in (inputs or {}).items():
+                    if not isinstance(items, list) or len(items) != n:
+                        raise DataError(f"{name}: locality_inputs.{group}.{field_name} must be a list of {n} items")
+                    for record, item in zip(records, items):
+                        record.setdefault("locality_inputs", {}).setdefault(group, {})[field_name] = item
+        elif isinstance(values, list):
+            if len(values) != n:
+                raise DataError(f"{name}: field {key!r} has {len(values)} items but 'prompts' has {n}")
+            for record, value in zip(records, values):
+                record[key] = value
+    return records
+
+
+def load_cases(path: str | Path, limit: int | None = None) -> list[EditCase]:
+    """All cases of a file, all or nothing; errors name file, record and field."""
+    path = Path(path)
+    records = read_records(path)
     records = records[:limit] if limit is not None else records
     cases = []
     for index, record in enumerate(records):
-        where = f"{path.name} record {index}"
+        where = f"{path.name} record {index + 1}"
         cases.append(FORMATS[detect_format(record, where)][1](record, where))
     return cases
 

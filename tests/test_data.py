@@ -44,10 +44,10 @@ def test_nested_counterfact_record(tmp_path):
 @pytest.mark.parametrize(
     "records, message",
     [
-        ([{"prompt": "p", "target_new": "t", "rephrase_prompt": "r"}, {"prompt": "p2", "rephrase_prompt": "r", "target_new": ""}], "record 1: field 'target_new'"),
-        ([{"src": "q", "alt": "a", "rephrase": "r"}], "record 0: missing field 'loc'"),
-        ([{"hello": 1}], "record 0: unknown record format"),
-        ([[1, 2]], "record 0: expected an object"),
+        ([{"prompt": "p", "target_new": "t", "rephrase_prompt": "r"}, {"prompt": "p2", "rephrase_prompt": "r", "target_new": ""}], "record 2: field 'target_new'"),
+        ([{"src": "q", "alt": "a", "rephrase": "r"}], "record 1: missing field 'loc'"),
+        ([{"hello": 1}], "record 1: unknown record format"),
+        ([[1, 2]], "record 1: expected an object"),
         ({"not": "a list"}, "expected a JSON list"),
     ],
 )
@@ -61,11 +61,57 @@ def test_malformed_records_name_file_record_and_field(tmp_path, records, message
 
 def test_invalid_json_and_encoding(tmp_path):
     (tmp_path / "bad.json").write_text("[{")
-    with pytest.raises(DataError, match="bad.json: not valid UTF-8 JSON"):
+    with pytest.raises(DataError, match="bad.json: not valid JSON"):
         load_cases(tmp_path / "bad.json")
     (tmp_path / "latin.json").write_bytes('[{"prompt": "caf\xe9"}]'.encode("latin-1"))
-    with pytest.raises(DataError, match="latin.json"):
+    with pytest.raises(DataError, match="latin.json: not UTF-8"):
         load_cases(tmp_path / "latin.json")
+
+
+def test_own_csv_and_jsonl(tmp_path):
+    (tmp_path / "edits.csv").write_text(
+        "prompt,target_new,subject,rephrase_prompt,locality_prompt,locality_ground_truth\n"
+        "The Eiffel Tower is located in,Rome,Eiffel Tower,The Eiffel Tower stands in,The Louvre is in,Paris\n"
+        "The capital of Japan is,Kyoto,,,,\n",
+        encoding="utf-8",
+    )
+    cases = load_cases(tmp_path / "edits.csv")
+    assert [c.edit.target_new for c in cases] == ["Rome", "Kyoto"]
+    assert cases[0].rephrases[0].prompt == "The Eiffel Tower stands in" and cases[0].out_of_scope[0].answer == "Paris"
+    assert cases[1].edit.subject is None and cases[1].rephrases == () and cases[1].out_of_scope == ()
+    (tmp_path / "edits.jsonl").write_text('{"prompt": "A is", "target_new": "B"}\n\n{"prompt": "C is", "target_new": "D", "rephrase_prompt": ["C was", "C has been"]}\n')
+    cases = load_cases(tmp_path / "edits.jsonl")
+    assert [len(c.rephrases) for c in cases] == [0, 2]
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "A is", "target_new": "B"}\n{oops\n')
+    with pytest.raises(DataError, match="broken.jsonl line 2"):
+        load_cases(tmp_path / "broken.jsonl")
+
+
+def test_easyedit_editor_arguments(tmp_path):
+    arguments = {
+        "prompts": ["The mother tongue of Danielle Darrieux is", "Toko Yasuda plays the"],
+        "target_new": ["English", "piano"],
+        "ground_truth": ["French", "guitar"],
+        "subject": ["Danielle Darrieux", "Toko Yasuda"],
+        "rephrase_prompts": ["Danielle Darrieux speaks", "Toko Yasuda is great at the"],
+        "locality_inputs": {"neighborhood": {"prompt": ["Michel Rocard speaks", "John Lennon plays the"], "ground_truth": ["French", "guitar"]}},
+    }
+    (tmp_path / "easyedit.json").write_text(json.dumps(arguments))
+    cases = load_cases(tmp_path / "easyedit.json")
+    assert cases[1].edit.target_true == "guitar" and cases[1].out_of_scope[0].prompt == "John Lennon plays the"
+    arguments["target_new"] = ["English"]
+    (tmp_path / "easyedit.json").write_text(json.dumps(arguments))
+    with pytest.raises(DataError, match="'target_new' has 1 items"):
+        load_cases(tmp_path / "easyedit.json")
+
+
+def test_oversized_files_are_refused(tmp_path, monkeypatch):
+    import searc.data
+
+    monkeypatch.setattr(searc.data, "MAX_FILE_BYTES", 100)
+    (tmp_path / "big.json").write_text(json.dumps([{"prompt": "x" * 200, "target_new": "y"}]))
+    with pytest.raises(DataError, match="big.json: .* limit"):
+        load_cases(tmp_path / "big.json")
 
 
 def test_calibration_pairs_have_both_labels():
