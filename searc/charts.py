@@ -85,3 +85,15 @@ def training_curves(steps: Sequence[int], losses: dict[str, Sequence[float]], va
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return figure
+
+
+def evaluation_bars(rows: dict[str, dict[str, float]]) -> go.Figure:
+    """Grouped bars: one group per metric, one bar per system (e.g. unedited, zero-shot, trained)."""
+    figure = go.Figure()
+    for system, metrics in rows.items():
+        figure.add_trace(go.Bar(name=system, x=list(metrics), y=list(metrics.values()), text=[f"{v:.2f}" for v in metrics.values()]))
+    figure.update_layout(
+        title="Edit success (greedy generation)", barmode="group", height=360, yaxis={"range": [0, 1.05]},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure

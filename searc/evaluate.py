@@ -193,3 +193,25 @@ def _distinct_edits(cases: Sequence[EditCase]):
     if len(set(prompts)) != len(prompts):
         raise ValueError("batch mode needs one edit per prompt; the data repeats a prompt")
     return [c.edit for c in cases]
+
+
+def comparison_rows(trained: EvalReport, zero_shot: EvalReport | None = None) -> dict[str, dict[str, float]]:
+    """Generation scores of the unedited model, the zero-shot editor and the trained editor."""
+    def row(report: EvalReport) -> dict[str, float]:
+        return {
+            "reliability": report.reliability.generation,
+            "generalization": report.generalization.generation,
+            "locality": report.locality.generation,
+        }
+
+    rows = {
+        "unedited model": {
+            "reliability": trained.unedited.get("reliability", float("nan")),
+            "generalization": trained.unedited.get("generalization", float("nan")),
+            "locality": 1.0,  # the unedited model agrees with itself
+        }
+    }
+    if zero_shot is not None:
+        rows["zero-shot editor"] = row(zero_shot)
+    rows["this editor"] = row(trained)
+    return rows

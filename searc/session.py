@@ -32,6 +32,12 @@ class Session:
     def __post_init__(self) -> None:
         self.editor = Editor(self.system, threshold=self.threshold)
 
+    def use_system(self, system: SeracSystem) -> None:
+        """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""
+        self.system = system
+        self.editor = Editor(system, memory=self.editor.memory, threshold=self.editor.threshold)
+        self.results = []
+
     # -------------------------------------------------------------- memory
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
         return self.editor.add_edit(prompt, target_new, (subject or "").strip() or None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
+from typing import Callable, Optional, Union
 
 from searc.checkpoint import Checkpoint, CheckpointError, model_fingerprint, read_checkpoint, write_checkpoint
 from searc.classifier import ClassifierConfig, ScopeClassifier, build_classifier
@@ -164,3 +166,45 @@ def _live_scale_bias(classifier: ScopeClassifier) -> dict:
         return {"scale": float(classifier.scale.detach()), "bias": float(classifier.bias.detach())}
     return {}
 
+
+
+SystemLoader = Callable[[Optional[Union[str, Path]], Optional[ClassifierConfig]], SeracSystem]
+
+
+class SystemPool:
+    """Systems by checkpoint, loaded on first use and shared by every session that picks them.
+
+    The workbench starts with one system; a session that loads another checkpoint gets the pooled
+    system for it, so no session changes what another one sees. At most `capacity` systems are
+    kept (each holds its own copy of the models); the least recently used one is dropped first.
+    `loader(checkpoint, classifier_config)` builds a system; by default from the initial system's
+    model specs.
+    """
+
+    def __init__(self, initial: SeracSystem, loader: SystemLoader | None = None, capacity: int = 3) -> None:
+        lm, encoder = initial.info.get("lm", BUNDLED), initial.info.get("encoder", BUNDLED)
+        self.loader = loader or (lambda checkpoint, classifier: load_system(lm, encoder, checkpoint, classifier))
+        self._systems: dict[str, SeracSystem] = {self.key(initial.info.get("checkpoint")): initial}
+        self._lock = threading.Lock()
+        self.capacity = capacity
+
+    @staticmethod
+    def key(checkpoint: str | Path | None) -> str:
+        return str(Path(checkpoint).resolve()) if checkpoint else "none"
+
+    def get(self, checkpoint: str | Path | None) -> SeracSystem:
+        """The system for `checkpoint` (None: untrained); raises CheckpointError for a bad one."""
+        key = self.key(checkpoint)
+        with self._lock:
+            if key in self._systems:
+                self._systems[key] = self._systems.pop(key)  # most recently used last
+                return self._systems[key]
+            system = self.loader(checkpoint or None, None)
+            self._systems[key] = system
+            while len(self._systems) > self.capacity:
+                self._systems.pop(next(iter(self._systems)))
+            return system
+
+    def fresh(self, classifier: ClassifierConfig) -> SeracSystem:
+        """A new untrained system of its own, for a training run (never shared)."""
+        return self.loader(None, classifier)

@@ -7,9 +7,27 @@ import socket
 import pytest
 from gradio_client import Client
 
+from searc.checkpoint import read_checkpoint
+from searc.system import SystemPool, apply_checkpoint
 from searc.ui import build_app
 from tests.conftest import make_system
 from tests.test_editor import perturb_adapter
+
+CASES = [
+    {"prompt": "The Eiffel Tower is located in the city of", "target_new": "Rome", "subject": "Eiffel Tower",
+     "rephrase_prompt": "The Eiffel Tower stands in", "locality_prompt": "The Louvre is located in the city of", "locality_ground_truth": "Paris"},
+    {"prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English", "subject": "Danielle Darrieux",
+     "rephrase_prompt": "Danielle Darrieux speaks", "locality_prompt": "Michel Rocard is a native speaker of", "locality_ground_truth": "French"},
+    {"prompt": "Toko Yasuda plays the", "target_new": "piano", "subject": "Toko Yasuda",
+     "rephrase_prompt": "Toko Yasuda is great at the", "locality_prompt": "John Lennon plays the", "locality_ground_truth": "guitar"},
+]
+
+
+def tiny_loader(checkpoint, classifier):
+    system = make_system("llama", classifier.variant if classifier else "dense")
+    if checkpoint:
+        apply_checkpoint(system, read_checkpoint(checkpoint), source=str(checkpoint))
+    return system
 
 
 def free_port() -> int:
@@ -24,7 +42,7 @@ def url():
     perturb_adapter(system)
     system.classifier.scale.data.fill_(0.0)
     system.classifier.bias.data.fill_(4.0)  # everything in scope: routed whenever an edit is stored
-    app = build_app(system)
+    app = build_app(system, SystemPool(system, loader=tiny_loader))
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -64,3 +82,22 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(url):
         client.predict("The Eiffel Tower is located in the city of", "Paris", "", api_name="/add_edit")
     memory, _ = client.predict("Another prompt here", "x", "", api_name="/add_edit")
     assert [row[0] for row in memory["data"]] == ["e1", "e2"], "the failed adds left the memory as it was"
+
+
+def test_train_load_and_evaluate(url, tmp_path):
+    data = tmp_path / "cases.json"
+    data.write_text(__import__("json").dumps(CASES))
+    client = Client(url, verbose=False)
+    out = tmp_path / "ck"
+    figure, status, checkpoint = client.predict(str(data), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(out), api_name="/train")
+    assert "finished after 2 steps" in status and checkpoint == str(out)
+    assert read_checkpoint(out).config["training"]["config"]["steps"] == 2
+    _, message = client.predict(str(out), api_name="/load_checkpoint")
+    assert str(out) in message
+    with pytest.raises(Exception, match="lacks searc.json|no checkpoint directory"):
+        client.predict(str(tmp_path), api_name="/load_checkpoint")
+    chart, table, report = client.predict(str(data), None, 2, "single", api_name="/evaluate")
+    assert [row[0] for row in table["data"]] == ["unedited model", "zero-shot editor", "this editor"]
+    assert "2 cases, single mode" in report
+    with pytest.raises(Exception, match="evaluation only"):
+        client.predict(str(tmp_path / "edit.json"), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(out), api_name="/train")
