@@ -42,6 +42,16 @@ class Session:
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
         return self.editor.add_edit(prompt, target_new, (subject or "").strip() or None)
 
+    def load_lesson(self, lesson) -> None:
+        """Replace the memory with a lesson's edits (all validated before anything is cleared)."""
+        from searc.memory import EditMemory
+
+        fresh = EditMemory()
+        fresh.add(list(lesson.edits), self.system.classifier)
+        self.editor.memory = fresh
+        self.editor.threshold = check_threshold(lesson.threshold)
+        self.results = []
+
     def remove_edit(self, edit_id: str) -> Edit:
         return self.editor.remove_edit((edit_id or "").strip())
 

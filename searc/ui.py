@@ -19,6 +19,7 @@ from searc.classifier import ClassifierConfig
 from searc.data import DataError, load_cases
 from searc.editor import SeracSystem
 from searc.evaluate import comparison_rows, evaluate
+from searc.lessons import load_lessons
 from searc.session import Session
 from searc.system import SystemPool
 from searc.train import TrainConfig, train
@@ -124,7 +125,17 @@ def make_handlers(system: SeracSystem):
         except ValueError as error:
             _fail(error)
 
-    return add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect
+    def load_lesson(state, title):
+        session = _session(state, system)
+        lesson = next((l for l in load_lessons() if l.title == title), None)
+        if lesson is None:
+            _fail(ValueError("pick a lesson"))
+        session.load_lesson(lesson)
+        labels = "\n".join(f"- {'in scope' if p.in_scope else 'out of scope'}: {p.prompt}" for p in lesson.probes)
+        text = f"**{lesson.title}.** {lesson.point}\n\nProbes:\n{labels}\n\nNow open the Probe tab and press Probe."
+        return session, session.memory_table(), lesson.probes_text(), lesson.threshold, text
+
+    return add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect, load_lesson
 
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
@@ -196,7 +207,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
 
 def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
     pool = pool or SystemPool(system)
-    add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect = make_handlers(system)
+    add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system)
     run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool)
     checkpoint = system.info.get("checkpoint") or "none (untrained: calibrated encoder + instruct model)"
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
@@ -237,6 +248,12 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
                 targets = gr.Textbox(label="Targets to score (one per line), e.g. old and new answer", value="Paris\nRome", lines=2, scale=2)
                 inspect_button = gr.Button("Show per-token NLL", scale=1)
             nll = gr.Plot(label="Per-token NLL", elem_id="nll")
+        with gr.Tab("Lessons"):
+            lesson_titles = [lesson.title for lesson in load_lessons()]
+            with gr.Row():
+                lesson = gr.Dropdown(lesson_titles, value=lesson_titles[0] if lesson_titles else None, label="Scenario", scale=3)
+                lesson_button = gr.Button("Load into Edit and Probe", variant="primary", scale=1)
+            lesson_text = gr.Markdown()
         with gr.Tab("Train"):
             gr.Markdown("Train the scope classifier and the counterfactual model jointly on edit cases. "
                         "About 4 s per step on 2 CPU cores; the best checkpoint is written atomically.")
@@ -282,6 +299,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
         )
         threshold.release(reroute, [state, threshold], probe_outputs_list, api_name="reroute")
         inspect_button.click(inspect, [state, inspect_probe, targets], [nll], api_name="inspect")
+        lesson_button.click(load_lesson, [state, lesson], [state, memory, probes, threshold, lesson_text], api_name="load_lesson")
         train_button.click(
             run_training,
             [state, train_path, val_path, train_upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir],

@@ -71,3 +71,19 @@ def test_export_is_reloadable_json(system):
     session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
     exported = json.loads(session.export_json())
     assert exported == [{"prompt": "The Eiffel Tower is located in the city of", "target_new": "Rome", "subject": "Eiffel Tower", "id": "e1"}]
+
+
+def test_every_lesson_loads_and_replaces_the_memory(system):
+    from searc.lessons import load_lessons
+
+    lessons = load_lessons()
+    assert len(lessons) >= 4
+    assert any(p.in_scope for lesson in lessons for p in lesson.probes)
+    assert any(not p.in_scope for lesson in lessons for p in lesson.probes)
+    session = Session(system)
+    session.add_edit("Something unrelated is", "here")
+    for lesson in lessons:
+        session.load_lesson(lesson)
+        assert [e.prompt for e in session.editor.edits] == [e.prompt for e in lesson.edits]
+        assert session.editor.threshold == lesson.threshold
+        assert len(session.probe(lesson.probes_text(), lesson.threshold)) == len(lesson.probes)

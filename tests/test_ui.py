@@ -51,7 +51,8 @@ def url():
 
 def test_named_endpoints(url):
     endpoints = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/add_edit", "/probe", "/reroute", "/inspect", "/remove_edit", "/clear_edits", "/export_edits"} <= set(endpoints)
+    assert {"/add_edit", "/probe", "/reroute", "/inspect", "/remove_edit", "/clear_edits", "/export_edits",
+            "/train", "/evaluate", "/load_checkpoint", "/load_lesson"} <= set(endpoints)
 
 
 def test_add_edit_then_probe_reads_the_routed_output(url):

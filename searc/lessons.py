@@ -1,0 +1,48 @@
+"""Ready teaching scenarios (assets/lessons/*.json): edits, probes labelled in or out of scope, and
+the one point each scenario makes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from searc.memory import Edit
+
+LESSONS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lessons"
+
+
+@dataclass(frozen=True)
+class LabelledProbe:
+    prompt: str
+    in_scope: bool
+
+
+@dataclass(frozen=True)
+class Lesson:
+    title: str
+    point: str
+    threshold: float
+    edits: tuple[Edit, ...]
+    probes: tuple[LabelledProbe, ...]
+
+    def probes_text(self) -> str:
+        return "\n".join(p.prompt for p in self.probes)
+
+
+def load_lesson(path: Path) -> Lesson:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return Lesson(
+            title=data["title"],
+            point=data["point"],
+            threshold=float(data.get("threshold", 0.5)),
+            edits=tuple(Edit(e["prompt"], e["target_new"], e.get("subject")) for e in data["edits"]),
+            probes=tuple(LabelledProbe(p["prompt"], bool(p["in_scope"])) for p in data["probes"]),
+        )
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"lesson {path.name}: missing or malformed field {error}") from None
+
+
+def load_lessons(directory: Path = LESSONS_DIR) -> list[Lesson]:
+    return [load_lesson(path) for path in sorted(directory.glob("*.json"))]
