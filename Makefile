@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.searc-installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast screenshots clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not integration and not browser"
 
+
+screenshots: setup
+	$(PY) -m tests.screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache
