@@ -46,24 +46,24 @@ def scope_heatmap(results: Sequence[ProbeResult], edits: Sequence[Edit], thresho
 
 
 def nll_chart(comparisons: Sequence[TargetComparison]) -> go.Figure:
-    """Per-token NLL of each target: base model vs edited system, one group of bars per target."""
-    figure = go.Figure()
-    for comparison in comparisons:
-        labels = [f"{_short(comparison.target, 20)} | {i}:{t!r}" for i, t in enumerate(comparison.tokens)]
-        figure.add_trace(go.Bar(name=f"base · {_short(comparison.prompt, 24)}", x=labels, y=comparison.base_nll, marker_color="#9aa5b1"))
-        figure.add_trace(
-            go.Bar(
-                name=f"edited{' (routed)' if comparison.routed else ''} · {_short(comparison.prompt, 24)}",
-                x=labels,
-                y=comparison.edited_nll,
-                marker_color="#1f6feb" if comparison.routed else "#6e7781",
-            )
-        )
+    """Per-token NLL of each target after one probe: base model vs edited system, bars side by side."""
+    labels = [f"{_short(c.target, 20)} · {t.strip() or repr(t)}" for c in comparisons for t in c.tokens]
+    base = [v for c in comparisons for v in c.base_nll]
+    edited = [v for c in comparisons for v in c.edited_nll]
+    routed = any(c.routed for c in comparisons)
+    figure = go.Figure(
+        [
+            go.Bar(name="base model", x=labels, y=base, marker_color="#9aa5b1"),
+            go.Bar(name="edited system" + (" (routed)" if routed else " (not routed: = base)"), x=labels, y=edited, marker_color="#1f6feb"),
+        ]
+    )
+    prompt = _short(comparisons[0].prompt, 60) if comparisons else ""
     figure.update_layout(
-        title="Per-token NLL (nats): base model vs edited system",
+        title=f"Per-token NLL (nats) after “{prompt}”: base model vs edited system",
         barmode="group",
         height=360,
         yaxis={"title": "NLL"},
+        xaxis={"title": "target · token"},
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return figure

@@ -90,7 +90,7 @@ class Session:
         rows = [
             [
                 r.prompt,
-                f"{r.best_edit.id}: {r.best_edit.prompt} -> {r.best_edit.target_new}" if r.best_edit else "",
+                f"{r.best_edit.id} → {r.best_edit.target_new}" if r.best_edit else "",
                 round(r.score, 3),
                 "yes" if r.routed else "no",
                 r.base_output,

@@ -240,7 +240,10 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
                     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Routing threshold")
                     probe_button = gr.Button("Probe", variant="primary")
             probe_status = gr.Markdown()
-            results = gr.Dataframe(label="Results", interactive=False, wrap=True, elem_id="results")
+            results = gr.Dataframe(
+                label="Results", interactive=False, wrap=True, elem_id="results",
+                column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
+            )
             heatmap = gr.Plot(label="Scope scores", elem_id="heatmap")
             why = gr.Markdown(label="Why was each probe routed or not?")
             with gr.Row():

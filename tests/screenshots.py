@@ -6,6 +6,7 @@ lesson, probes, and saves one PNG per tab to assets/screenshots/.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("tab", name="Lessons").click()
+        page.get_by_label("Scenario").click()
+        page.get_by_role("option", name="Many edits at once").click()
         page.get_by_role("button", name="Load into Edit and Probe").click()
         page.get_by_text("Now open the Probe tab").wait_for(timeout=60_000)
         page.screenshot(path=str(OUT / "lessons.png"), full_page=True)
@@ -39,7 +42,7 @@ def main() -> None:
         page.screenshot(path=str(OUT / "edit.png"), full_page=True)
         page.get_by_role("tab", name="Probe").click()
         page.get_by_role("button", name="Probe", exact=True).click()
-        page.get_by_text("routed to the counterfactual model").wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"^\d+ probes, \d+ routed")).wait_for(timeout=120_000)
         page.locator("#nll .plot-container").wait_for(timeout=60_000)
         page.screenshot(path=str(OUT / "probe.png"), full_page=True)
         page.get_by_role("tab", name="Train").click()
