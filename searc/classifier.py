@@ -99,7 +99,11 @@ class ScopeClassifier(nn.Module):
             return torch.sigmoid(self.logits(list(inputs), keys)).float().cpu()
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
-        """Logits of aligned (edit_i, input_i) pairs, differentiable: the training path."""
+        """Logits of aligned (edit_i, input_i) pairs, differentiable."""
+        raise NotImplementedError
+
+    def matrix_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        """[n_edits, n_inputs] logits of every pair, differentiable: the training path."""
         raise NotImplementedError
 
 
@@ -134,6 +138,9 @@ class DenseScopeClassifier(ScopeClassifier):
         edit_embeddings = self.embed([scope_text(e) for e in edits])
         input_embeddings = self.embed(inputs)
         return self.similarity_logits((edit_embeddings * input_embeddings).sum(-1))
+
+    def matrix_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        return self.similarity_logits(self.embed([scope_text(e) for e in edits]) @ self.embed(inputs).T)
 
 
 class CrossScopeClassifier(ScopeClassifier):
@@ -185,6 +192,11 @@ class CrossScopeClassifier(ScopeClassifier):
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
         return self._forward_pairs(self.edit_keys(edits), self._tokenize_inputs(inputs))
+
+    def matrix_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
+        edit_ids, input_ids = self.edit_keys(edits), self._tokenize_inputs(inputs)
+        pairs = [(e, x) for e in edit_ids for x in input_ids]
+        return self._forward_pairs([e for e, _ in pairs], [x for _, x in pairs]).view(len(edits), len(inputs))
 
 
 def calibrate(classifier: DenseScopeClassifier, pairs: Sequence[tuple[Edit, str, bool]], steps: int = 200) -> tuple[float, float]:

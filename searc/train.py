@@ -4,9 +4,10 @@ Each step samples a batch of edit cases.
 - Counterfactual loss: NLL (`masked_log_probs`) of target_new followed by end-of-sequence on the
   in-scope probes (the edit prompt and its rephrases), with the gold edit in the counterfactual
   model's context. The end-of-sequence token teaches it to stop after the answer.
-- Classifier loss: class-balanced BCE on (edit, input) pairs. Positives are the in-scope probes;
-  negatives are the case's out-of-scope probes (same relation, other subject: hard negatives)
-  and the other edits' prompts in the batch.
+- Classifier loss: class-balanced BCE on every (edit, input) pair of the batch: each edit against
+  every in-scope and out-of-scope probe of every case in the batch. Positives are an edit's own
+  in-scope probes; negatives are its out-of-scope probes (same relation, other subject: hard
+  negatives) and all other edits' probes, as when many edits share the memory.
 loss = c_edit * NLL + c_cls * BCE, one AdamW over the LoRA parameters and the classifier's
 trainable parameters. `train` is a generator of `TrainEvent`s (what the UI plots live); the
 best checkpoint by validation score is written atomically, so cancelling loses nothing.
@@ -87,6 +88,18 @@ def counterfactual_examples(cases: Sequence[EditCase], rng: random.Random, drop_
     return inputs, targets
 
 
+def scope_matrix(cases: Sequence[EditCase]) -> tuple[list[str], torch.Tensor]:
+    """Every probe of the batch and the [n_cases, n_probes] in-scope labels of each case's edit."""
+    inputs, owners = [], []
+    for index, case in enumerate(cases):
+        inputs += [p.prompt for p in case.in_scope]
+        owners += [index] * len(case.in_scope)
+        inputs += [p.prompt for p in case.out_of_scope]
+        owners += [-1] * len(case.out_of_scope)
+    labels = torch.tensor(owners)[None, :] == torch.arange(len(cases))[:, None]
+    return inputs, labels.float()
+
+
 def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:
     """In-scope pairs (prompt and rephrases) and out-of-scope pairs (hard and other-edit negatives)."""
     pairs = [(case.edit, case.edit.prompt, True) for case in cases]
@@ -115,16 +128,15 @@ def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random
     inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
     cf = system.counterfactual
     stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
-    pairs = classifier_pairs(cases)
-    logits = system.classifier.pair_logits([e for e, _, _ in pairs], [x for _, x, _ in pairs])
-    labels = torch.tensor([float(label) for *_, label in pairs], device=logits.device)
-    bce = balanced_bce(logits, labels)
+    probes, labels = scope_matrix(cases)
+    logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
+    bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
     return {
         "loss": config.c_edit * stats.nll + config.c_cls * bce,
         "nll": stats.nll,
         "bce": bce,
         "token_accuracy": stats.token_accuracy,
-        "examples": torch.tensor(float(len(inputs) + len(pairs))),
+        "examples": torch.tensor(float(len(inputs) + labels.numel())),
     }
 
 
@@ -205,7 +217,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
     record = {"config": asdict(config), "train_cases": len(train_cases)}
-    step = 0
+    completed = 0
     for step in range(1, config.steps + 1):
         if stop is not None and stop.is_set():
             break
@@ -223,6 +235,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         classifier.weights_changed()
+        completed = step
         examples = totals.pop("examples")
         yield TrainEvent(
             "step", step, config.steps, losses=totals,
@@ -242,4 +255,4 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
                 yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message="early stop")
                 return
     message = "cancelled" if stop is not None and stop.is_set() else "finished"
-    yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)
+    yield TrainEvent("done", completed, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)

@@ -93,3 +93,13 @@ def test_calibration_separates_classes():
     assert scale > 0
     with pytest.raises(ValueError):
         calibrate(classifier, same)
+
+
+@pytest.mark.parametrize("variant", ["dense", "cross"])
+def test_matrix_logits_agree_with_pair_logits(variant):
+    classifier = make_system(variant=variant).classifier
+    with torch.no_grad():
+        matrix = classifier.matrix_logits(EDITS, PROBES)
+        assert matrix.shape == (len(EDITS), len(PROBES))
+        for i, edit in enumerate(EDITS):
+            assert classifier.pair_logits([edit] * len(PROBES), PROBES).tolist() == pytest.approx(matrix[i].tolist(), abs=1e-5)

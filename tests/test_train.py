@@ -1,0 +1,101 @@
+"""Joint training on a tiny model: losses, events, reproducibility, cancelling, checkpoints."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from searc.checkpoint import read_checkpoint
+from searc.data import EditCase, Probe
+from searc.memory import Edit
+from searc.train import TrainConfig, balanced_bce, scope_matrix, train
+from tests.conftest import make_system
+
+WORDS = ["Rome", "English", "piano", "Sweden", "Sheffield", "Tokyo", "French", "guitar"]
+CASES = [
+    EditCase(
+        Edit(f"The fact number {i} about {w} is", WORDS[(i + 1) % len(WORDS)], subject=w),
+        (Probe(f"The fact number {i} about {w} is", WORDS[(i + 1) % len(WORDS)]), Probe(f"Fact {i} on {w} says", WORDS[(i + 1) % len(WORDS)])),
+        (Probe(f"The fact number {i} about someone else is", w),),
+    )
+    for i, w in enumerate(WORDS)
+]
+CONFIG = TrainConfig(steps=4, batch_edits=3, val_every=2, val_cases=4, seed=3)
+
+
+def run(config: TrainConfig = CONFIG, out=None, stop=None, variant: str = "dense"):
+    system = make_system("llama", variant)
+    return system, list(train(system, CASES, CASES[:4], config, out=out, stop=stop))
+
+
+def test_events_losses_and_best_checkpoint(tmp_path):
+    system, events = run(out=tmp_path / "ck")
+    kinds = [e.kind for e in events]
+    assert kinds == ["step", "step", "validation", "step", "step", "validation", "done"]
+    steps = [e for e in events if e.kind == "step"]
+    assert all({"loss", "nll", "bce", "token_accuracy"} <= set(e.losses) and e.examples_per_s > 0 for e in steps)
+    for e in steps:
+        assert e.losses["loss"] == pytest.approx(CONFIG.c_edit * e.losses["nll"] + CONFIG.c_cls * e.losses["bce"], rel=1e-5)
+    validation = [e for e in events if e.kind == "validation"]
+    assert {"classifier_auroc", "classifier_accuracy", "edit_success", "generalization", "locality_routing", "score"} <= set(validation[0].metrics)
+    saved = read_checkpoint(tmp_path / "ck")
+    best = max(validation, key=lambda e: e.metrics["score"])
+    assert saved.config["metrics"]["score"] == best.metrics["score"]
+    assert not system.classifier.training and not system.counterfactual.model.training
+
+
+def test_training_is_seeded_and_reproducible():
+    _, first = run()
+    _, second = run()
+    assert [e.losses for e in first if e.kind == "step"] == [e.losses for e in second if e.kind == "step"]
+    _, other_seed = run(TrainConfig(steps=4, batch_edits=3, val_every=2, val_cases=4, seed=4))
+    assert [e.losses for e in first if e.kind == "step"] != [e.losses for e in other_seed if e.kind == "step"]
+
+
+def test_training_changes_the_adapter_and_classifier_but_not_the_base_model():
+    system = make_system("llama")
+    base_before = {n: p.clone() for n, p in system.counterfactual.model.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.clone() for n, p in system.counterfactual.model.named_parameters() if "lora_B" in n}
+    frozen_before = system.classifier.encoder.encoder.layer[0].attention.self.query.weight.clone()
+    list(train(system, CASES, CASES[:4], TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2)))
+    after = dict(system.counterfactual.model.named_parameters())
+    assert all(torch.equal(p, after[n]) for n, p in base_before.items()), "base weights must never change"
+    assert any(not torch.equal(p, after[n]) for n, p in lora_before.items())
+    assert torch.equal(frozen_before, system.classifier.encoder.encoder.layer[0].attention.self.query.weight)
+
+
+def test_cross_encoder_trains_too(tmp_path):
+    _, events = run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2), out=tmp_path / "ck", variant="cross")
+    assert events[-1].kind == "done" and read_checkpoint(tmp_path / "ck").config["classifier"]["variant"] == "cross"
+
+
+def test_stop_event_cancels_and_keeps_the_last_good_checkpoint(tmp_path):
+    stop = threading.Event()
+    system = make_system("llama")
+    events = []
+    for event in train(system, CASES, CASES[:4], TrainConfig(steps=50, batch_edits=3, val_every=2, val_cases=2), out=tmp_path / "ck", stop=stop):
+        events.append(event)
+        if event.kind == "validation":
+            stop.set()
+    assert events[-1].kind == "done" and events[-1].message == "cancelled" and events[-1].step == 2
+    assert read_checkpoint(tmp_path / "ck").config["training"]["step"] == 2
+
+
+def test_scope_matrix_labels_each_edit_own_probes():
+    probes, labels = scope_matrix(CASES[:2])
+    assert probes == [p.prompt for c in CASES[:2] for p in (*c.in_scope, *c.out_of_scope)]
+    assert labels.tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0]]
+
+
+def test_balanced_bce_weighs_classes_equally():
+    logits = torch.tensor([5.0, -5.0, -5.0, -5.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert float(balanced_bce(logits, labels)) == pytest.approx(float(balanced_bce(torch.tensor([5.0, -5.0]), torch.tensor([1.0, 0.0]))))
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_edits=-1), dict(lr=0.0), dict(c_edit=0.0, c_cls=0.0), dict(c_cls=-1.0)])
+def test_bad_configs_are_refused(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
