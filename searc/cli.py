@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
     probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
     probe.add_argument("--probe", action="append", default=[], metavar="PROMPT", help="a probe prompt (repeatable)")
-    probe.add_argument("--threshold", default="0.5", help="routing threshold in [0, 1] (default 0.5)")
+    probe.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
     probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
     probe.add_argument("--json", action="store_true", help="print a JSON list")
     model_options(probe)
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
     model_options(evaluate)
 
+    tune = sub.add_parser("tune", help="re-tune a checkpoint's routing threshold on validation cases (all edits in memory)")
+    tune.add_argument("--checkpoint", required=True)
+    tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
+    tune.add_argument("--limit", type=int, default=200)
+
     calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
     calibrate.add_argument("--data", required=True)
     calibrate.add_argument("--limit", type=int, default=2000)
@@ -95,11 +100,12 @@ def run_probe(args: argparse.Namespace) -> int:
     from searc.editor import Editor
     from searc.system import load_system
 
-    threshold = parse_threshold(args.threshold)
+    threshold = parse_threshold(args.threshold) if args.threshold is not None else None
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
         raise UsageError("searc probe: give at least one --probe")
     system = load_system(args.lm, args.encoder, args.checkpoint)
+    threshold = threshold if threshold is not None else system.info.get("threshold", 0.5)
     editor = Editor(system, threshold=threshold, routing="soft" if args.soft else "hard")
     try:
         editor.add_edits(edits)
@@ -194,7 +200,26 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"probe": run_probe, "eval": run_eval, "train": run_train, "calibrate": run_calibrate}
+def run_tune(args: argparse.Namespace) -> int:
+    from searc.data import load_cases
+    from searc.system import load_system, save_checkpoint
+    from searc.train import tune_threshold
+
+    if Path(args.val).name == "edit.json":
+        raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
+    try:
+        cases = load_cases(args.val, limit=args.limit)
+    except OSError as error:
+        raise UsageError(f"searc tune: cannot read {args.val}: {error.strerror}") from None
+    system = load_system(checkpoint=args.checkpoint)
+    tuned = tune_threshold(system, cases)
+    metrics = {**system.info.get("metrics", {}), **tuned, "threshold_cases": len(cases)}
+    save_checkpoint(system, args.checkpoint, tuned["threshold"], training=system.info.get("training"), metrics=metrics)
+    print(json.dumps(tuned))
+    return 0
+
+
+COMMANDS = {"probe": run_probe, "eval": run_eval, "tune": run_tune, "train": run_train, "calibrate": run_calibrate}
 
 
 def quiet_libraries() -> None:

@@ -26,11 +26,12 @@ def split_lines(text: str | None) -> list[str]:
 @dataclass
 class Session:
     system: SeracSystem
-    threshold: float = 0.5
+    threshold: float | None = None  # default: the checkpoint's tuned threshold, else 0.5
     results: list[ProbeResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.editor = Editor(self.system, threshold=self.threshold)
+        threshold = self.threshold if self.threshold is not None else self.system.info.get("threshold", 0.5)
+        self.editor = Editor(self.system, threshold=threshold)
 
     def use_system(self, system: SeracSystem) -> None:
         """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""

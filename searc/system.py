@@ -152,7 +152,13 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         raise CheckpointError(f"checkpoint {source}: {error}") from None
     new.eval()
     system.classifier = new
-    system.info = {**system.info, "checkpoint": source, "threshold": config["threshold"], "metrics": config.get("metrics", {})}
+    system.info = {
+        **system.info,
+        "checkpoint": source,
+        "threshold": config["threshold"],
+        "metrics": config.get("metrics", {}),
+        "training": config.get("training", {}),
+    }
 
 
 def _fresh_encoder_copy(classifier: ScopeClassifier):

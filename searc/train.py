@@ -45,7 +45,7 @@ class TrainConfig:
     val_every: int = 50
     val_cases: int = 64
     patience: int = 4  # validations without improvement before stopping early
-    threshold: float = 0.5
+    threshold: float = 0.5  # for the pairwise validation metrics; checkpoints store the tuned one
     seed: int = 0
     max_grad_norm: float = 1.0
 
@@ -140,6 +140,34 @@ def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random
     }
 
 
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@torch.no_grad()
+def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
+    """The routing threshold that best separates in-scope from out-of-scope probes with *all*
+    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (routed
+    to the probe's own edit) and batch locality (out-of-scope probes not routed) is maximised."""
+    from searc.editor import Editor
+
+    editor = Editor(system)
+    editor.add_edits([case.edit for case in cases])
+    probes, labels = scope_matrix(cases)
+    scores = editor.scores(probes)  # [n_probes, n_edits]
+    best_scores, best_edit = scores.max(dim=1)
+    owner = labels.argmax(0)
+    in_scope = labels.any(0)
+    right_edit = best_edit == owner
+    candidates = []
+    for threshold in THRESHOLD_GRID:
+        routed = best_scores >= threshold
+        recall = float((routed & right_edit)[in_scope].float().mean())
+        locality = float((~routed[~in_scope]).float().mean()) if (~in_scope).any() else 1.0
+        candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
+    _, _, threshold, recall, locality = max(candidates)
+    return {"threshold": threshold, "batch_recall": recall, "batch_locality": locality}
+
+
 @torch.no_grad()
 def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -> dict[str, float]:
     """Classifier AUROC/accuracy on held-out pairs, teacher-forced edit success of the counterfactual model."""
@@ -171,8 +199,9 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
             with cf.active():
                 hits += float(cf.target_log_probs(cf.make_batch(inputs[i : i + 32], targets[i : i + 32])).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / max(len(inputs), 1)
-    balanced_accuracy = 0.5 * (metrics["classifier_recall"] + metrics["locality_routing"])
-    metrics["score"] = (balanced_accuracy + 0.5 * (metrics["edit_success"] + metrics["generalization"])) / 2
+    metrics.update(tune_threshold(system, cases))
+    batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
+    metrics["score"] = (batch_accuracy + 0.5 * (metrics["edit_success"] + metrics["generalization"])) / 2
     return metrics
 
 
@@ -247,7 +276,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
             if improved:
                 best_score, stale = metrics["score"], 0
                 if out is not None:
-                    best_path = str(save_checkpoint(system, out, config.threshold, training=record | {"step": step}, metrics=metrics))
+                    best_path = str(save_checkpoint(system, out, metrics["threshold"], training=record | {"step": step}, metrics=metrics))
             else:
                 stale += 1
             yield TrainEvent("validation", step, config.steps, metrics=metrics, elapsed_s=time.perf_counter() - started, checkpoint=best_path)

@@ -237,7 +237,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
             with gr.Row():
                 probes = gr.Textbox(label="Probe prompts (one per line)", value=EXAMPLE_PROBES, lines=5, scale=3)
                 with gr.Column(scale=1):
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Routing threshold")
+                    threshold = gr.Slider(0.0, 1.0, value=system.info.get("threshold", 0.5), step=0.01, label="Routing threshold")
                     probe_button = gr.Button("Probe", variant="primary")
             probe_status = gr.Markdown()
             results = gr.Dataframe(
