@@ -99,3 +99,21 @@ def test_balanced_bce_weighs_classes_equally():
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("negative_score, expected", [(0.3, 0.5), (0.6, 0.65), (0.95, 0.5)])
+def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, expected):
+    from searc.editor import Editor
+    from searc.train import tune_threshold
+
+    cases = CASES[:3]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))  # [n_probes, n_edits]
+    fake[~labels.any(0), 0] = negative_score  # out-of-scope probes look like edit 0
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    tuned = tune_threshold(make_system("llama"), cases)
+    assert tuned["threshold"] == expected
+    if negative_score < 0.9:
+        assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
+    else:  # negatives score above positives: no threshold separates them
+        assert tuned["batch_recall"] + tuned["batch_locality"] == pytest.approx(1.0)
