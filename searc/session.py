@@ -53,6 +53,15 @@ class Session:
         self.editor.threshold = check_threshold(lesson.threshold)
         self.results = []
 
+    def import_edits(self, path: str) -> list[Edit]:
+        """Add every edit of a data file (any format `load_cases` reads), all or nothing."""
+        from searc.data import load_cases
+
+        cases = load_cases(path)
+        if not cases:
+            raise ValueError("the file holds no edits")
+        return self.editor.add_edits([case.edit for case in cases])
+
     def remove_edit(self, edit_id: str) -> Edit:
         return self.editor.remove_edit((edit_id or "").strip())
 

@@ -96,6 +96,16 @@ def make_handlers(system: SeracSystem):
         session.clear()
         return memory_outputs(session, "Memory cleared")
 
+    def import_edits(state, path):
+        session = _session(state, system)
+        if not path:
+            _fail(ValueError("choose a .json, .jsonl or .csv file to import"))
+        try:
+            stored = session.import_edits(path)
+        except (ValueError, OSError) as error:  # DataError is a ValueError
+            _fail(error)
+        return memory_outputs(session, f"Imported {len(stored)} edits")
+
     def export_edits(state):
         session = _session(state, system)
         path = Path(tempfile.mkdtemp(prefix="searc-export-")) / "edits.json"
@@ -135,14 +145,14 @@ def make_handlers(system: SeracSystem):
         text = f"**{lesson.title}.** {lesson.point}\n\nProbes:\n{labels}\n\nNow open the Probe tab and press Probe."
         return session, session.memory_table(), lesson.probes_text(), lesson.threshold, text
 
-    return add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect, load_lesson
+    return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson
 
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
     """Training, evaluation and checkpoint loading: long-running, cancellable."""
     stops: dict[int, threading.Event] = {}
 
-    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir):
+    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir, progress=gr.Progress()):
         session = _session(state, system)
         try:
             config = TrainConfig(steps=int(steps), batch_edits=int(batch_edits), lr=float(lr), c_edit=float(c_edit),
@@ -157,6 +167,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
         stop = stops[id(session)] = threading.Event()
         steps_seen, losses, val_steps, metrics = [], {"loss": [], "nll": [], "bce": []}, [], {"score": [], "classifier_auroc": [], "generalization": []}
         for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop):
+            progress(event.step / event.total_steps, desc="training")
             if event.kind == "step":
                 steps_seen.append(event.step)
                 for key in losses:
@@ -207,7 +218,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
 
 def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
     pool = pool or SystemPool(system)
-    add_edit, remove_edit, clear_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system)
+    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system)
     run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool)
     checkpoint = system.info.get("checkpoint") or "none (untrained: calibrated encoder + instruct model)"
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
@@ -231,6 +242,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
             with gr.Row():
                 remove_id = gr.Textbox(label="Edit id to remove", placeholder="e1", scale=1)
                 remove_button = gr.Button("Remove edit", scale=1)
+                import_file = gr.File(label="Import edits (.json/.jsonl/.csv, any supported format)", type="filepath", scale=2)
                 export_file = gr.File(label="Exported memory", scale=2)
             edit_status = gr.Markdown()
         with gr.Tab("Probe"):
@@ -288,6 +300,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
                 eval_limit = gr.Number(label="Cases", value=10, precision=0, scale=1)
                 eval_mode = gr.Radio(["single", "batch"], value="single", label="Edits in memory", scale=1)
                 eval_button = gr.Button("Evaluate", variant="primary", scale=1)
+                eval_stop = gr.Button("Stop", scale=1)
             eval_chart = gr.Plot(label="Comparison", elem_id="eval_chart")
             eval_table = gr.Dataframe(headers=["system", "reliability", "generalization", "locality"], interactive=False)
             eval_report = gr.Code(label="Full report (this editor)", language=None)
@@ -296,6 +309,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
         remove_button.click(remove_edit, [state, remove_id], [state, memory, edit_status], api_name="remove_edit")
         clear_button.click(clear_edits, [state], [state, memory, edit_status], api_name="clear_edits")
         export_button.click(export_edits, [state], [export_file], api_name="export_edits")
+        import_file.upload(import_edits, [state, import_file], [state, memory, edit_status], api_name="import_edits")
         probe_outputs_list = [state, results, heatmap, why, inspect_probe, probe_status]
         probe_button.click(probe, [state, probes, threshold], probe_outputs_list, api_name="probe").then(
             inspect, [state, inspect_probe, targets], [nll], api_name=False
@@ -311,8 +325,9 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
         )
         stop_button.click(stop_training, [state], [train_status], api_name=False)
         load_button.click(load_checkpoint, [state, checkpoint_path], [state, memory, load_status], api_name="load_checkpoint")
-        eval_button.click(
+        evaluation = eval_button.click(
             run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode], [state, eval_chart, eval_table, eval_report],
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
+        eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)
     return app

@@ -44,3 +44,15 @@ def test_a_missing_model_path_is_one_line(capsys):
     assert main(["probe", "--lm", "/nowhere/model.gguf", "--edit", "a|b", "--probe", "x", "--checkpoint", "none"]) == 2
     err = capsys.readouterr().err
     assert "no GGUF file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_app_help_lists_the_launch_options():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    completed = subprocess.run([sys.executable, str(app), "--help"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0
+    for option in ("--host", "--port", "--checkpoint", "--lm", "--encoder", "--share", "--auth"):
+        assert option in completed.stdout

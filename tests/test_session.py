@@ -87,3 +87,15 @@ def test_every_lesson_loads_and_replaces_the_memory(system):
         assert [e.prompt for e in session.editor.edits] == [e.prompt for e in lesson.edits]
         assert session.editor.threshold == lesson.threshold
         assert len(session.probe(lesson.probes_text(), lesson.threshold)) == len(lesson.probes)
+
+
+def test_import_edits_from_a_file_is_all_or_nothing(system, tmp_path):
+    session = Session(system)
+    session.add_edit("Toko Yasuda plays the", "piano")
+    path = tmp_path / "edits.json"
+    path.write_text(json.dumps([{"prompt": "The capital of Japan is", "target_new": "Kyoto"}, {"prompt": "Toko Yasuda plays the", "target_new": "drums"}]))
+    with pytest.raises(ValueError, match="already stored"):
+        session.import_edits(str(path))
+    assert [e.target_new for e in session.editor.edits] == ["piano"]
+    path.write_text(json.dumps([{"prompt": "The capital of Japan is", "target_new": "Kyoto", "subject": "Japan"}]))
+    assert [e.subject for e in session.import_edits(str(path))] == ["Japan"]

@@ -52,7 +52,7 @@ def url():
 def test_named_endpoints(url):
     endpoints = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/add_edit", "/probe", "/reroute", "/inspect", "/remove_edit", "/clear_edits", "/export_edits",
-            "/train", "/evaluate", "/load_checkpoint", "/load_lesson"} <= set(endpoints)
+            "/train", "/evaluate", "/load_checkpoint", "/load_lesson", "/import_edits"} <= set(endpoints)
 
 
 def test_add_edit_then_probe_reads_the_routed_output(url):
@@ -102,3 +102,19 @@ def test_train_load_and_evaluate(url, tmp_path):
     assert "2 cases, single mode" in report
     with pytest.raises(Exception, match="evaluation only"):
         client.predict(str(tmp_path / "edit.json"), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(out), api_name="/train")
+
+
+def test_import_edits_all_or_nothing(url, tmp_path):
+    from gradio_client import handle_file
+
+    client = Client(url, verbose=False)
+    good = tmp_path / "edits.csv"
+    good.write_text("prompt,target_new\nThe capital of Japan is,Kyoto\nToko Yasuda plays the,piano\n")
+    memory, message = client.predict(handle_file(str(good)), api_name="/import_edits")
+    assert message == "Imported 2 edits" and [row[2] for row in memory["data"]] == ["Kyoto", "piano"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "A new prompt", "target_new": "x"}\n{"prompt": "", "target_new": "y"}\n')
+    with pytest.raises(Exception, match="bad.jsonl record 2"):
+        client.predict(handle_file(str(bad)), api_name="/import_edits")
+    memory, _ = client.predict("one more prompt", "z", "", api_name="/add_edit")
+    assert [row[2] for row in memory["data"]] == ["Kyoto", "piano", "z"], "nothing of the bad file was imported"
