@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from searc.checkpoint import CheckpointError
+from searc.classifier import ClassifierConfig
 from searc.data import DataError
 from searc.memory import Edit
 from searc.models import ModelNotFound
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val", required=True, help="validation cases")
     train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
     train.add_argument("--variant", choices=["dense", "cross"], default="dense")
+    train.add_argument("--trainable-layers", type=int, default=ClassifierConfig.trainable_layers,
+                       help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
     for name, default in asdict(TrainConfig()).items():
         train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
@@ -146,7 +149,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from searc.classifier import ClassifierConfig
     from searc.data import load_cases
     from searc.system import load_system
     from searc.train import train
@@ -158,7 +160,10 @@ def run_train(args: argparse.Namespace) -> int:
     if Path(args.data).name == "edit.json" or Path(args.val).name == "edit.json":
         raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
     train_cases, val_cases = load_cases(args.data, limit=args.limit), load_cases(args.val)
-    system = load_system(args.lm, args.encoder, checkpoint=None, classifier=ClassifierConfig(variant=args.variant))
+    if args.trainable_layers < 0:
+        raise UsageError("searc train: --trainable-layers must be 0 or more")
+    classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers)
+    system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
     for event in train(system, train_cases, val_cases, config, out=args.out):
         if event.kind == "step":
             losses = " ".join(f"{k}={v:.3f}" for k, v in event.losses.items())
