@@ -123,7 +123,10 @@ def make_handlers(system: SeracSystem):
 
     def reroute(state, threshold):
         session = _session(state, system)
-        session.reroute(threshold)
+        try:
+            session.reroute(threshold)
+        except ValueError as error:
+            _fail(error)
         return probe_outputs(session, f"Re-routed at threshold {threshold:.2f} (no model was run)")
 
     def inspect(state, probe_prompt, targets_text):

@@ -118,3 +118,13 @@ def test_import_edits_all_or_nothing(url, tmp_path):
         client.predict(handle_file(str(bad)), api_name="/import_edits")
     memory, _ = client.predict("one more prompt", "z", "", api_name="/add_edit")
     assert [row[2] for row in memory["data"]] == ["Kyoto", "piano", "z"], "nothing of the bad file was imported"
+
+
+def test_reroute_with_a_bad_threshold_is_a_clear_error(url):
+    client = Client(url, verbose=False)
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
+    client.predict("The Eiffel Tower stands in", 0.5, api_name="/probe")
+    with pytest.raises(Exception, match="greater than maximum value 1.0|threshold must be a number in"):
+        client.predict(7.0, api_name="/reroute")
+    table, *_ = client.predict(0.99, api_name="/reroute")
+    assert dict(zip(table["headers"], table["data"][0]))["routed"] == "no"
