@@ -42,6 +42,7 @@ class TrainConfig:
     c_edit: float = 1.0
     c_cls: float = 1.0
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
+    hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
     val_every: int = 50
     val_cases: int = 64
     patience: int = 4  # validations without improvement before stopping early
@@ -53,6 +54,8 @@ class TrainConfig:
         for name in ("steps", "batch_edits", "accumulate", "val_every", "val_cases", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction!r}")
         for name in ("lr", "classifier_lr", "calibration_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -104,6 +107,43 @@ def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:
     """In-scope pairs (prompt and rephrases) and out-of-scope pairs (hard and other-edit negatives)."""
     pairs = [(case.edit, case.edit.prompt, True) for case in cases]
     return pairs + calibration_pairs(list(cases))
+
+
+class BatchSampler:
+    """Batches of edit cases where part of each batch are the nearest neighbours of a random seed case.
+
+    Neighbours are found once, by the untrained encoder's cosine similarity of the edit prompts:
+    "BMW M54, developed by" next to "BMW N54 is produced by". With the classifier's loss over every
+    pair of the batch, they become the hard negatives that batch evaluation (many edits in memory)
+    punishes."""
+
+    def __init__(self, cases: Sequence[EditCase], system: SeracSystem, config: TrainConfig, rng: random.Random) -> None:
+        self.cases, self.rng, self.config = list(cases), rng, config
+        self.size = min(config.batch_edits, len(self.cases))
+        n_hard = int(round(self.size * config.hard_fraction))
+        self.neighbours: list[list[int]] = [[] for _ in self.cases]
+        if n_hard > 1 and hasattr(system.classifier, "embed"):
+            with torch.no_grad():
+                embeddings = torch.cat(
+                    [system.classifier.embed([c.edit.prompt for c in self.cases[i : i + 256]]).float().cpu() for i in range(0, len(self.cases), 256)]
+                )
+            for start in range(0, len(self.cases), 1024):
+                similarity = embeddings[start : start + 1024] @ embeddings.T
+                similarity[torch.arange(similarity.shape[0]), torch.arange(start, start + similarity.shape[0])] = -2.0
+                top = similarity.topk(min(n_hard - 1, len(self.cases) - 1), dim=1).indices
+                for row, indices in enumerate(top.tolist()):
+                    self.neighbours[start + row] = indices
+
+    def sample(self) -> list[EditCase]:
+        seed = self.rng.randrange(len(self.cases))
+        chosen = [seed, *self.neighbours[seed]][: self.size]
+        taken = set(chosen)
+        while len(chosen) < self.size:
+            index = self.rng.randrange(len(self.cases))
+            if index not in taken:
+                chosen.append(index)
+                taken.add(index)
+        return [self.cases[i] for i in chosen]
 
 
 def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -246,6 +286,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
     record = {"config": asdict(config), "train_cases": len(train_cases)}
+    sampler = BatchSampler(train_cases, system, config, rng)
     completed = 0
     for step in range(1, config.steps + 1):
         if stop is not None and stop.is_set():
@@ -256,7 +297,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
         totals: dict[str, float] = {}
         with cf.active():
             for _ in range(config.accumulate):
-                losses = losses_on(system, rng.sample(list(train_cases), min(config.batch_edits, len(train_cases))), rng, config)
+                losses = losses_on(system, sampler.sample(), rng, config)
                 (losses["loss"] / config.accumulate).backward()
                 for key, value in losses.items():
                     totals[key] = totals.get(key, 0.0) + float(value.detach()) / (1 if key == "examples" else config.accumulate)

@@ -117,3 +117,24 @@ def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, exp
         assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
     else:  # negatives score above positives: no threshold separates them
         assert tuned["batch_recall"] + tuned["batch_locality"] == pytest.approx(1.0)
+
+
+def test_batches_hold_the_seed_case_nearest_neighbours():
+    import random
+
+    from searc.train import BatchSampler
+
+    system = make_system("llama")
+    cases = CASES * 1  # 8 cases
+    sampler = BatchSampler(cases, system, TrainConfig(batch_edits=4, hard_fraction=0.5), random.Random(0))
+    with torch.no_grad():
+        embeddings = system.classifier.embed([c.edit.prompt for c in cases])
+    similarity = embeddings @ embeddings.T
+    similarity.fill_diagonal_(-2.0)
+    assert [n[0] for n in sampler.neighbours] == similarity.argmax(1).tolist()
+    batch = sampler.sample()
+    assert len(batch) == 4 and len({id(c) for c in batch}) == 4
+    seed = cases.index(batch[0])
+    assert batch[1] is cases[sampler.neighbours[seed][0]]
+    plain = BatchSampler(cases, system, TrainConfig(batch_edits=4, hard_fraction=0.0), random.Random(0))
+    assert all(n == [] for n in plain.neighbours) and len(plain.sample()) == 4
