@@ -42,7 +42,7 @@ class ClassifierConfig:
     max_length: int = 128  # tokens per text (dense) or per pair (cross)
     scale: float = ZERO_SHOT_SCALE
     bias: float = ZERO_SHOT_BIAS
-    trainable_layers: int = 1  # top encoder layers fine-tuned (the rest stay as shipped, and out of checkpoints)
+    trainable_layers: int = 2  # top encoder layers fine-tuned (the rest stay as shipped, and out of checkpoints)
 
     def to_dict(self) -> dict:
         return asdict(self)

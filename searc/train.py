@@ -37,7 +37,7 @@ class TrainConfig:
     batch_edits: int = 8  # edit cases per step; each gives 2+ counterfactual examples and 4+ classifier pairs
     accumulate: int = 1  # micro-batches per optimizer step
     lr: float = 5e-4  # LoRA
-    classifier_lr: float = 5e-5  # encoder layers of the classifier
+    classifier_lr: float = 1e-4  # encoder layers of the classifier
     calibration_lr: float = 1e-2  # the dense classifier's scale and bias
     c_edit: float = 1.0
     c_cls: float = 1.0

@@ -123,7 +123,7 @@ def make_system(arch: str = "llama", variant: str = "dense", padding_side: str =
         tokenizer,
         make_encoder(len(encoder_tokenizer), seed),
         encoder_tokenizer,
-        ClassifierConfig(variant=variant),
+        ClassifierConfig(variant=variant, trainable_layers=1),  # of the tiny encoder's 2 layers
         counterfactual_model=cf_model,
         counterfactual_tokenizer=make_lm_tokenizer(padding_side) if cf_model is not None else None,
     )
