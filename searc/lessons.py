@@ -22,7 +22,7 @@ class LabelledProbe:
 class Lesson:
     title: str
     point: str
-    threshold: float
+    threshold: float | None  # None: keep the session's (the checkpoint's tuned) threshold
     edits: tuple[Edit, ...]
     probes: tuple[LabelledProbe, ...]
 
@@ -36,7 +36,7 @@ def load_lesson(path: Path) -> Lesson:
         return Lesson(
             title=data["title"],
             point=data["point"],
-            threshold=float(data.get("threshold", 0.5)),
+            threshold=float(data["threshold"]) if "threshold" in data else None,
             edits=tuple(Edit(e["prompt"], e["target_new"], e.get("subject")) for e in data["edits"]),
             probes=tuple(LabelledProbe(p["prompt"], bool(p["in_scope"])) for p in data["probes"]),
         )

@@ -50,7 +50,8 @@ class Session:
         fresh = EditMemory()
         fresh.add(list(lesson.edits), self.system.classifier)
         self.editor.memory = fresh
-        self.editor.threshold = check_threshold(lesson.threshold)
+        if lesson.threshold is not None:
+            self.editor.threshold = check_threshold(lesson.threshold)
         self.results = []
 
     def import_edits(self, path: str) -> list[Edit]:

@@ -146,7 +146,7 @@ def make_handlers(system: SeracSystem):
         session.load_lesson(lesson)
         labels = "\n".join(f"- {'in scope' if p.in_scope else 'out of scope'}: {p.prompt}" for p in lesson.probes)
         text = f"**{lesson.title}.** {lesson.point}\n\nProbes:\n{labels}\n\nNow open the Probe tab and press Probe."
-        return session, session.memory_table(), lesson.probes_text(), lesson.threshold, text
+        return session, session.memory_table(), lesson.probes_text(), session.editor.threshold, text
 
     return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson
 

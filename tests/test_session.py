@@ -82,11 +82,15 @@ def test_every_lesson_loads_and_replaces_the_memory(system):
     assert any(not p.in_scope for lesson in lessons for p in lesson.probes)
     session = Session(system)
     session.add_edit("Something unrelated is", "here")
+    before = session.editor.threshold
+    assert any(lesson.threshold is None for lesson in lessons) and any(lesson.threshold is not None for lesson in lessons)
     for lesson in lessons:
         session.load_lesson(lesson)
         assert [e.prompt for e in session.editor.edits] == [e.prompt for e in lesson.edits]
-        assert session.editor.threshold == lesson.threshold
-        assert len(session.probe(lesson.probes_text(), lesson.threshold)) == len(lesson.probes)
+        expected = lesson.threshold if lesson.threshold is not None else before
+        assert session.editor.threshold == expected
+        before = session.editor.threshold
+        assert len(session.probe(lesson.probes_text(), session.editor.threshold)) == len(lesson.probes)
 
 
 def test_import_edits_from_a_file_is_all_or_nothing(system, tmp_path):
