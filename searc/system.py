@@ -73,8 +73,9 @@ def load_system(
     """Load models by spec ('bundled', hub id, directory or .gguf) and a checkpoint.
 
     checkpoint: a directory, 'default' (the shipped one, for the bundled models) or None
-    (untrained: calibrated encoder + instruct model reading the edit). With a checkpoint, its own settings (classifier variant, LoRA shape, counterfactual model)
-    decide; `classifier` and `lora` apply to an untrained system.
+    (untrained: calibrated encoder + instruct model reading the edit). With a checkpoint, its
+    own settings (classifier variant, LoRA shape, counterfactual model) decide; `classifier` and
+    `lora` apply to an untrained system.
     """
     checkpoint = resolve_checkpoint(checkpoint, lm, encoder)
     saved = read_checkpoint(checkpoint) if checkpoint else None
@@ -171,7 +172,6 @@ def _live_scale_bias(classifier: ScopeClassifier) -> dict:
     if hasattr(classifier, "scale"):
         return {"scale": float(classifier.scale.detach()), "bias": float(classifier.bias.detach())}
     return {}
-
 
 
 SystemLoader = Callable[[Optional[Union[str, Path]], Optional[ClassifierConfig]], SeracSystem]

@@ -118,7 +118,7 @@ class BatchSampler:
     punishes."""
 
     def __init__(self, cases: Sequence[EditCase], system: SeracSystem, config: TrainConfig, rng: random.Random) -> None:
-        self.cases, self.rng, self.config = list(cases), rng, config
+        self.cases, self.rng = list(cases), rng
         self.size = min(config.batch_edits, len(self.cases))
         n_hard = int(round(self.size * config.hard_fraction))
         self.neighbours: list[list[int]] = [[] for _ in self.cases]
