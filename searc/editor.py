@@ -189,39 +189,53 @@ class Editor:
         """Per-token NLL of `target` after `prompt`, base model vs edited system."""
         prompt = validate_text("prompt", prompt)
         target = validate_text("target", target)
-        _, best_edits, best_scores = self._best([prompt])
-        edit, score = best_edits[0], best_scores[0]
-        routed = edit is not None and score >= self.threshold
-        base = self.system.base.score_targets([prompt], [target])[0]
-        counterfactual = None
-        if edit is not None:
-            counterfactual = self.system.counterfactual.score_targets([counterfactual_input(edit, prompt)], [target])[0]
+        return compare_targets(self.system, [prompt], [target], self.route([prompt]), self.routing)[0]
+
+
+def compare_targets(
+    system: SeracSystem, prompts: Sequence[str], targets: Sequence[str], routes: Sequence[Route], routing: Routing = "hard"
+) -> list[TargetComparison]:
+    """Teacher-forced scoring of each target under the base model and under the edited system,
+    batched: one base pass for all prompts, one counterfactual pass for those with a best edit.
+    The routes may come from different editors, as in `answer`."""
+    base_scores = system.base.score_targets(list(prompts), list(targets))
+    with_edit = [i for i, r in enumerate(routes) if r.best_edit is not None]
+    counterfactual_scores = {}
+    if with_edit:
+        contexts = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in with_edit]
+        counterfactual_scores = dict(zip(with_edit, system.counterfactual.score_targets(contexts, [targets[i] for i in with_edit])))
+    comparisons = []
+    for i, (prompt, target, route, base) in enumerate(zip(prompts, targets, routes, base_scores)):
+        counterfactual = counterfactual_scores.get(i)
         edited, edited_predicted = base.token_nll, base.predicted_ids
-        if edit is not None and self.routing == "soft":
+        if counterfactual is not None and routing == "soft":
             if counterfactual.token_ids != base.token_ids:
                 raise ValueError("soft routing needs the target tokenised the same way by both models")
             mixture = torch.logaddexp(
-                _safe_log(score) + counterfactual.log_probs, _safe_log(1.0 - score) + base.log_probs
+                _safe_log(route.score) + counterfactual.log_probs, _safe_log(1.0 - route.score) + base.log_probs
             )
             target_ids = torch.tensor(base.token_ids).unsqueeze(-1)
             edited = (-mixture.gather(-1, target_ids).squeeze(-1)).tolist()
             edited_predicted = mixture.argmax(-1).tolist()
-        elif routed:
+        elif route.routed:
             edited, edited_predicted = counterfactual.token_nll, counterfactual.predicted_ids
-        return TargetComparison(
-            prompt=prompt,
-            target=target,
-            tokens=base.tokens,
-            base_nll=base.token_nll,
-            edited_nll=edited,
-            counterfactual_nll=counterfactual.token_nll if counterfactual else None,
-            token_ids=base.token_ids,
-            base_predicted=base.predicted_ids,
-            edited_predicted=edited_predicted,
-            routed=routed,
-            score=score,
-            best_edit=edit,
+        comparisons.append(
+            TargetComparison(
+                prompt=prompt,
+                target=target,
+                tokens=base.tokens,
+                base_nll=base.token_nll,
+                edited_nll=edited,
+                counterfactual_nll=counterfactual.token_nll if counterfactual else None,
+                token_ids=base.token_ids,
+                base_predicted=base.predicted_ids,
+                edited_predicted=edited_predicted,
+                routed=route.routed,
+                score=route.score,
+                best_edit=route.best_edit,
+            )
         )
+    return comparisons
 
 
 def answer(

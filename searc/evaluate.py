@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
 from searc.data import EditCase
-from searc.editor import Editor, ProbeResult, SeracSystem, answer
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
 
 Mode = Literal["single", "batch"]
 PROBE_CHUNK = 32
@@ -99,18 +99,25 @@ def starts_with_target(output: str, target: str) -> bool:
 
 
 def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> None:
-    """Route every probe in its own session, then answer all of them in shared generation batches."""
+    """Route every probe once in its own session, then answer and score all of them in shared batches."""
     items = [(editor, probe) for editor, probes in sessions for probe in probes]
     for start in range(0, len(items), PROBE_CHUNK):
         chunk = items[start : start + PROBE_CHUNK]
         routes = [editor.route([probe.prompt])[0] for editor, probe in chunk]
         editor0 = chunk[0][0]
-        results = answer(editor0.system, [p.prompt for _, p in chunk], routes, editor0.threshold, editor0.routing)
-        for (editor, probe), result in zip(chunk, results):
-            _tally_probe(editor, probe, result, tally)
+        prompts = [p.prompt for _, p in chunk]
+        results = answer(editor0.system, prompts, routes, editor0.threshold, editor0.routing)
+        scored = [i for i, (_, p) in enumerate(chunk) if p.answer]
+        comparisons = {}
+        if scored:
+            answers = [chunk[i][1].answer for i in scored]
+            compared = compare_targets(editor0.system, [prompts[i] for i in scored], answers, [routes[i] for i in scored], editor0.routing)
+            comparisons = dict(zip(scored, compared))
+        for i, ((editor, probe), result) in enumerate(zip(chunk, results)):
+            _tally_probe(editor, probe, result, comparisons.get(i), tally)
 
 
-def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, tally: _Tally) -> None:
+def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
     own = editor.memory.edits[probe.edit_index]
     routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
     if probe.kind == "locality":
@@ -122,8 +129,7 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, tally: _Tal
         if probe.kind in ("reliability", "generalization"):
             tally.add("true_routes", float(routed_to_own))
             tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
-    if probe.answer:
-        comparison = editor.score_target(probe.prompt, probe.answer)
+    if comparison is not None:
         if probe.kind == "locality":
             agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
             tally.add("locality_tf", sum(agree) / len(agree))

@@ -118,6 +118,25 @@ def test_score_target_compares_base_and_edited_system():
     assert not kept.routed and kept.edited_nll == kept.base_nll
 
 
+def test_batched_target_comparison_matches_one_probe_at_a_time():
+    from searc.editor import compare_targets
+
+    system = make_system("llama", padding_side="left")
+    perturb_adapter(system)
+    editor = Editor(system)
+    editor.add_edit(*EIFFEL)
+    prompts = [EIFFEL[0], "The capital of Japan is a city called", "Where is the tower?"]
+    targets = ["Rome", "Tokyo", "in Paris, France"]
+    editor.threshold = sorted(r.score for r in editor.route(prompts))[1]  # some routed, some not
+    batched = compare_targets(system, prompts, targets, editor.route(prompts))
+    assert {c.routed for c in batched} == {True, False}
+    for comparison, prompt, target in zip(batched, prompts, targets):
+        alone = editor.score_target(prompt, target)
+        assert comparison.routed == alone.routed and comparison.token_ids == alone.token_ids
+        assert comparison.edited_nll == pytest.approx(alone.edited_nll, abs=1e-4)
+        assert comparison.base_nll == pytest.approx(alone.base_nll, abs=1e-4)
+
+
 def test_soft_routing_mixes_the_two_distributions(monkeypatch):
     system = make_system("llama")
     editor = Editor(system, routing="soft")
