@@ -41,6 +41,7 @@ class TrainConfig:
     calibration_lr: float = 1e-2  # the dense classifier's scale and bias
     c_edit: float = 1.0
     c_cls: float = 1.0
+    c_loc: float = 1.0  # counterfactual model, wrong edit in context: repeat the base model's answer
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
     hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
     val_every: int = 50
@@ -59,8 +60,8 @@ class TrainConfig:
         for name in ("lr", "classifier_lr", "calibration_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.c_edit < 0 or self.c_cls < 0 or self.c_edit + self.c_cls == 0:
-            raise ValueError("c_edit and c_cls must be non-negative and not both zero")
+        if min(self.c_edit, self.c_cls, self.c_loc) < 0 or self.c_edit + self.c_cls + self.c_loc == 0:
+            raise ValueError("c_edit, c_cls and c_loc must be non-negative and not all zero")
 
 
 @dataclass
@@ -163,21 +164,54 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(greater + 0.5 * ties)
 
 
+def locality_examples(
+    system: SeracSystem, cases: Sequence[EditCase], scope_logits: torch.Tensor, rng: random.Random, drop_subject: float
+) -> tuple[list[str], list[str]]:
+    """(inputs, targets): each out-of-scope probe with the batch's edit it is most easily mistaken
+    for (highest classifier logit) in context, and the base model's greedy answer as target.
+
+    The classifier will sometimes route an out-of-scope input; the counterfactual model then
+    sees an edit that does not apply. Trained on these pairs it answers like the base model, so
+    a false route costs no locality. The probes' columns in `scope_logits` follow `scope_matrix`."""
+    columns, prompts = [], []
+    column = 0
+    for case in cases:
+        column += len(case.in_scope)
+        for probe in case.out_of_scope:
+            columns.append(column)
+            prompts.append(probe.prompt)
+            column += 1
+    if not prompts:
+        return [], []
+    nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
+    answers = system.base.generate(prompts)
+    inputs, targets = [], []
+    for prompt, edit_index, generation in zip(prompts, nearest, answers):
+        if generation.text.strip():  # a base model that stops at once gives nothing to imitate
+            inputs.append(counterfactual_input(_edit_for_training(cases[edit_index], rng, drop_subject), prompt))
+            targets.append(generation.text)
+    return inputs, targets
+
+
 def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """Both losses on one micro-batch of cases (differentiable)."""
-    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
+    """The three losses on one micro-batch of cases (differentiable)."""
     cf = system.counterfactual
-    stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
     probes, labels = scope_matrix(cases)
     logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
     bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
-    return {
-        "loss": config.c_edit * stats.nll + config.c_cls * bce,
-        "nll": stats.nll,
-        "bce": bce,
-        "token_accuracy": stats.token_accuracy,
-        "examples": torch.tensor(float(len(inputs) + labels.numel())),
-    }
+    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
+    stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
+    loss = config.c_edit * stats.nll + config.c_cls * bce
+    losses = {"nll": stats.nll, "bce": bce, "token_accuracy": stats.token_accuracy}
+    n_examples = len(inputs) + labels.numel()
+    if config.c_loc > 0:
+        loc_inputs, loc_targets = locality_examples(system, cases, logits, rng, config.drop_subject)
+        if loc_inputs:
+            loc = cf.target_log_probs(cf.make_batch(loc_inputs, loc_targets)).nll
+            loss = loss + config.c_loc * loc
+            losses["loc_nll"] = loc
+            n_examples += len(loc_inputs)
+    return {"loss": loss, **losses, "examples": torch.tensor(float(n_examples))}
 
 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -230,18 +264,28 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
         "classifier_recall": float(predicted[positives].float().mean()),
         "locality_routing": float((~predicted[negatives]).float().mean()),  # out of scope left to the base model
     }
+    probes, _ = scope_matrix(cases)
+    scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
+    loc_inputs, loc_targets = locality_examples(system, cases, scope_logits, random.Random(0), drop_subject=0.0)
+    examples = {
+        "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases]),
+        "generalization": (
+            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases],
+            [p.answer for c in cases for p in c.rephrases],
+        ),
+        "counterfactual_locality": (loc_inputs, loc_targets),  # wrong edit in context, base answer kept
+    }
     cf = system.counterfactual
-    for name, select in (("edit_success", lambda c: c.in_scope[:1]), ("generalization", lambda c: c.in_scope[1:])):
-        inputs = [counterfactual_input(c.edit, p.prompt) for c in cases for p in select(c)]
-        targets = [p.answer for c in cases for p in select(c)]
+    for name, (inputs, targets) in examples.items():
         hits = 0.0
         for i in range(0, len(inputs), 32):
             with cf.active():
                 hits += float(cf.target_log_probs(cf.make_batch(inputs[i : i + 32], targets[i : i + 32])).exact_match) * len(inputs[i : i + 32])
-        metrics[name] = hits / max(len(inputs), 1)
+        metrics[name] = hits / len(inputs) if inputs else 1.0
     metrics.update(tune_threshold(system, cases))
     batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
-    metrics["score"] = (batch_accuracy + 0.5 * (metrics["edit_success"] + metrics["generalization"])) / 2
+    answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_locality"]) / 3
+    metrics["score"] = (batch_accuracy + answers) / 2
     return metrics
 
 
