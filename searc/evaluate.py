@@ -14,6 +14,13 @@ locality, the output is identical to the unedited model's).
 
 Modes: `single` keeps one edit in memory at a time; `batch` stores all the run's edits at once,
 which is where a scope classifier is really tested.
+
+With many edits stored, a dataset's out-of-scope prompt can ask for the very fact that *another*
+stored edit changed: CounterFact has "Hank Aaron professionally plays the sport" as one case's edit
+and "What sport does Hank Aaron play? They play" as another case's locality prompt. The edited
+system is right to answer it with the new target, so such a prompt is not counted in locality: it
+is *claimed* (it names the other edit's subject and expects that edit's old answer). The report
+keeps the count and the locality over all out-of-scope prompts (`locality_all`) beside it.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
-from searc.data import EditCase
+from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
+from searc.memory import Edit
 
 Mode = Literal["single", "batch"]
 PROBE_CHUNK = 32
@@ -41,7 +49,9 @@ class EvalReport:
     mode: str
     reliability: Scored
     generalization: Scored
-    locality: Scored
+    locality: Scored  # out-of-scope prompts that no other stored edit claims
+    locality_all: Scored  # every out-of-scope prompt
+    claimed_locality_prompts: int
     portability: Scored | None
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
@@ -52,10 +62,11 @@ class EvalReport:
 
     def table(self) -> str:
         rows = [("metric", "teacher-forced", "generation")]
-        for name in ("reliability", "generalization", "locality", "portability"):
+        for name in ("reliability", "generalization", "locality", "locality_all", "portability"):
             scored = getattr(self, name)
             if scored is not None:
                 rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
+        rows.append(("claimed locality prompts", "", str(self.claimed_locality_prompts)))
         rows += [(f"classifier {k}", "", f"{v:.3f}") for k, v in self.classifier.items()]
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
         width = max(len(r[0]) for r in rows)
@@ -84,12 +95,23 @@ class _Probe:
     prompt: str
     answer: str
     edit_index: int  # index of the case's edit in the editor's memory
+    claimed: bool = False  # a locality prompt that asks for another stored edit's fact
 
 
-def _probes(case: EditCase, edit_index: int) -> list[_Probe]:
+def claims(edit: Edit, out_of_scope: Probe) -> bool:
+    """Whether `out_of_scope` asks for the fact that `edit` changes: it names the edit's subject
+    and expects the edit's old answer."""
+    if not edit.subject or not edit.target_true:
+        return False
+    return edit.subject.casefold() in out_of_scope.prompt.casefold() and edit.target_true.strip().casefold() == out_of_scope.answer.strip().casefold()
+
+
+def _probes(case: EditCase, edit_index: int, others: Sequence[Edit] = ()) -> list[_Probe]:
     probes = [_Probe("reliability", case.in_scope[0].prompt, case.in_scope[0].answer, edit_index)]
     probes += [_Probe("generalization", p.prompt, p.answer, edit_index) for p in case.rephrases]
-    probes += [_Probe("locality", p.prompt, p.answer, edit_index) for p in case.out_of_scope]
+    probes += [
+        _Probe("locality", p.prompt, p.answer, edit_index, claimed=any(claims(e, p) for e in others)) for p in case.out_of_scope
+    ]
     probes += [_Probe("portability", p.prompt, p.answer, edit_index) for p in case.portability]
     return probes
 
@@ -121,8 +143,11 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
     own = editor.memory.edits[probe.edit_index]
     routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
     if probe.kind == "locality":
-        tally.add("locality_gen", float(result.output == result.base_output))
-        tally.add("false_routes", float(result.routed))
+        tally.add("locality_all_gen", float(result.output == result.base_output))
+        tally.add("claimed", float(probe.claimed))
+        if not probe.claimed:
+            tally.add("locality_gen", float(result.output == result.base_output))
+            tally.add("false_routes", float(result.routed))
     else:
         tally.add(f"{probe.kind}_gen", float(starts_with_target(result.output, probe.answer)))
         tally.add(f"unedited_{probe.kind}", float(starts_with_target(result.base_output, probe.answer)))
@@ -132,7 +157,9 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
     if comparison is not None:
         if probe.kind == "locality":
             agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
-            tally.add("locality_tf", sum(agree) / len(agree))
+            tally.add("locality_all_tf", sum(agree) / len(agree))
+            if not probe.claimed:
+                tally.add("locality_tf", sum(agree) / len(agree))
         else:
             hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
             tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
@@ -172,6 +199,8 @@ def evaluate(
         reliability=Scored(tally.mean("reliability_tf"), tally.mean("reliability_gen")),
         generalization=Scored(tally.mean("generalization_tf"), tally.mean("generalization_gen")),
         locality=Scored(tally.mean("locality_tf"), tally.mean("locality_gen")),
+        locality_all=Scored(tally.mean("locality_all_tf"), tally.mean("locality_all_gen")),
+        claimed_locality_prompts=int(sum(tally.sums.get("claimed", []))),
         portability=Scored(tally.mean("portability_tf"), tally.mean("portability_gen")) if tally.has("portability_gen") else None,
         classifier=classifier,
         unedited=unedited,
@@ -184,13 +213,24 @@ def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, thresh
     """Editors with their memory filled as the mode says, and the probes to ask them."""
     if mode == "batch":
         editor = Editor(system, threshold=threshold)
-        editor.add_edits(_distinct_edits(cases))
-        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i)]
+        edits = editor.add_edits(_distinct_edits(cases))
+        claimants = _claimants(cases, edits)
+        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, claimants[i])]
         return
     for case in cases:
         editor = Editor(system, threshold=threshold)
         editor.add_edits([case.edit])
         yield editor, _probes(case, 0)
+
+
+def _claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edit]]:
+    """For each case, the other stored edits whose subject one of its out-of-scope prompts names."""
+    with_subject = [(j, e, e.subject.casefold()) for j, e in enumerate(edits) if e.subject and e.target_true]
+    result = []
+    for i, case in enumerate(cases):
+        prompts = [p.prompt.casefold() for p in case.out_of_scope]
+        result.append([e for j, e, subject in with_subject if j != i and any(subject in p for p in prompts)])
+    return result
 
 
 def _distinct_edits(cases: Sequence[EditCase]):

@@ -62,3 +62,28 @@ def test_bad_mode_and_empty_cases_are_refused():
         evaluate(system, CASES, mode="bulk")
     with pytest.raises(ValueError):
         evaluate(system, [])
+
+
+def test_a_locality_prompt_asking_for_another_stored_edit_fact_is_claimed_in_batch_mode():
+    from searc.evaluate import claims
+
+    aaron = EditCase(
+        Edit("Hank Aaron professionally plays the sport", "basketball", subject="Hank Aaron", target_true="baseball"),
+        (Probe("Hank Aaron professionally plays the sport", "basketball"),),
+        (Probe("Babe Ruth professionally plays the sport", "baseball"),),
+    )
+    ruth = EditCase(
+        Edit("Babe Ruth is a native speaker of", "French", subject="Babe Ruth", target_true="English"),
+        (Probe("Babe Ruth is a native speaker of", "French"),),
+        (Probe("What sport does Hank Aaron play? They play", "baseball"),),  # aaron's fact
+    )
+    assert claims(aaron.edit, ruth.out_of_scope[0]) and not claims(ruth.edit, aaron.out_of_scope[0])
+    assert not claims(aaron.edit, Probe("Hank Aaron was born in", "Mobile"))  # same subject, other fact
+    always = system_with_bias(8.0)
+    batch = evaluate(always, [aaron, ruth], mode="batch")
+    assert batch.claimed_locality_prompts == 1
+    assert batch.locality_all.generation <= batch.locality.generation
+    single = evaluate(always, [aaron, ruth], mode="single")  # one edit stored: nothing to claim
+    assert single.claimed_locality_prompts == 0
+    never = evaluate(system_with_bias(-8.0), [aaron, ruth], mode="batch")
+    assert never.locality.generation == never.locality_all.generation == 1.0
