@@ -124,7 +124,8 @@ def run_probe(args: argparse.Namespace) -> int:
         scores = ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()) or "(no edits)"
         print(f"\nprobe: {result.prompt}")
         print(f"  scores: {scores}")
-        print(f"  routed: {'yes' if result.routed else 'no'} (best {result.score:.3f}, threshold {result.threshold:.2f})")
+        routed = ("yes, but the counterfactual model declined" if result.declined else "yes") if result.routed else "no"
+        print(f"  routed: {routed} (best {result.score:.3f}, threshold {result.threshold:.2f})")
         print(f"  base:           {result.base_output!r}")
         print(f"  counterfactual: {result.counterfactual_output!r}")
         print(f"  output:         {result.output!r}")

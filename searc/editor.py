@@ -3,7 +3,9 @@
 For a probe x and stored edits e_1..e_n the scope classifier gives s_i = p(x in scope of e_i).
 With the best edit e* = argmax s_i:
 - hard routing (default): if s* >= threshold the counterfactual model answers with e* in its
-  context, otherwise the base model answers, untouched;
+  context, otherwise the base model answers, untouched. A trained counterfactual model can also
+  *decline* (end its output at once) when it reads that e* does not apply to x; the base model's
+  answer then stands. This second check is what keeps a false route from costing locality;
 - soft routing (SERAC's mixture): p(y | x) = s* p_cf(y | e*, x) + (1 - s*) p_base(y | x),
   decoded greedily token by token.
 With an empty memory the base model answers, bit for bit.
@@ -22,7 +24,7 @@ import torch
 
 from searc.classifier import ScopeClassifier
 from searc.counterfactual import counterfactual_input
-from searc.lm import LanguageModel
+from searc.lm import LanguageModel, TargetScore
 from searc.memory import Edit, EditMemory, validate_text
 
 Routing = Literal["hard", "soft"]
@@ -59,9 +61,14 @@ class ProbeResult:
     score: float  # best score, 0 with an empty memory
     routed: bool
     base_output: str
-    counterfactual_output: str | None  # computed for routed probes, for all on request
+    counterfactual_output: str | None  # computed for routed probes, for all on request; "" = declined
     output: str
     threshold: float
+
+    @property
+    def declined(self) -> bool:
+        """Routed, but the counterfactual model read the edit as not applying: the base answer stands."""
+        return self.routed and self.counterfactual_output == ""
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +77,7 @@ class ProbeResult:
             "best_edit": self.best_edit.to_dict() if self.best_edit else None,
             "score": self.score,
             "routed": self.routed,
+            "declined": self.declined,
             "base_output": self.base_output,
             "counterfactual_output": self.counterfactual_output,
             "output": self.output,
@@ -81,7 +89,7 @@ class ProbeResult:
         routed = self.best_edit is not None and self.score >= threshold
         if routed and self.counterfactual_output is None:
             raise ValueError("this probe has no counterfactual output; probe again with counterfactual_for_all=True")
-        output = self.counterfactual_output if routed else self.base_output
+        output = self.counterfactual_output if routed and self.counterfactual_output else self.base_output
         return replace(self, routed=routed, output=output, threshold=threshold)
 
     def explanation(self) -> str:
@@ -89,6 +97,9 @@ class ProbeResult:
         if self.best_edit is None:
             return "The memory is empty, so the base model answered."
         nearest = f"The nearest edit is {self.best_edit.id} (\"{self.best_edit.statement()}\") with score {self.score:.3f}"
+        if self.declined:
+            return (f"{nearest}, at or above the threshold {self.threshold:.2f}, but the counterfactual model read that the edit "
+                    "does not apply and declined: the base model answered.")
         if self.routed:
             return f"{nearest}, at or above the threshold {self.threshold:.2f}: the counterfactual model answered with that edit in context."
         return f"{nearest}, below the threshold {self.threshold:.2f}: the probe is out of scope and the base model answered."
@@ -217,7 +228,7 @@ def compare_targets(
             target_ids = torch.tensor(base.token_ids).unsqueeze(-1)
             edited = (-mixture.gather(-1, target_ids).squeeze(-1)).tolist()
             edited_predicted = mixture.argmax(-1).tolist()
-        elif route.routed:
+        elif route.routed and not declines(system.counterfactual, counterfactual):
             edited, edited_predicted = counterfactual.token_nll, counterfactual.predicted_ids
         comparisons.append(
             TargetComparison(
@@ -236,6 +247,11 @@ def compare_targets(
             )
         )
     return comparisons
+
+
+def declines(counterfactual: LanguageModel, score: TargetScore) -> bool:
+    """Teacher-forced view of declining: the counterfactual model's first choice is to end at once."""
+    return bool(score.predicted_ids) and score.predicted_ids[0] == counterfactual.tokenizer.eos_token_id
 
 
 def answer(
@@ -266,7 +282,7 @@ def answer(
         if routing == "soft" and route.best_edit is not None:
             output = soft_generate(system, prompt, route.best_edit, route.score)
         else:
-            output = counterfactual_output if route.routed else base_output
+            output = counterfactual_output if route.routed and counterfactual_output else base_output
         results.append(
             ProbeResult(
                 prompt=prompt,

@@ -105,7 +105,11 @@ class LanguageModel:
         """Causal LMs: ids of "prompt target" and a same-length label list (-100 off the target).
 
         append_eos adds the end-of-sequence token to the target, so a model trained on it stops
-        after the answer instead of running on."""
+        after the answer instead of running on; with an empty target the label is that token alone
+        (the counterfactual model learns to decline an edit that does not apply)."""
+        if not target and append_eos:
+            ids = self.encode(prompt)
+            return ids + [self.tokenizer.eos_token_id], [IGNORE_INDEX] * len(ids) + [self.tokenizer.eos_token_id]
         text, target_start = join_prompt_target(prompt, target)
         if getattr(self.tokenizer, "is_fast", False):
             encoded = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
@@ -142,7 +146,7 @@ class LanguageModel:
         if self.is_seq2seq:
             sources = [self.encode(p) for p in prompts]
             label_rows = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
-            if any(not row for row in label_rows):
+            if any(not row for row in label_rows) and not append_eos:
                 raise ValueError("empty target")
             if append_eos:
                 label_rows = [row + [self.tokenizer.eos_token_id] for row in label_rows]

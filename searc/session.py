@@ -103,9 +103,9 @@ class Session:
                 r.prompt,
                 f"{r.best_edit.id} → {r.best_edit.target_new}" if r.best_edit else "",
                 round(r.score, 3),
-                "yes" if r.routed else "no",
+                ("declined" if r.declined else "yes") if r.routed else "no",
                 r.base_output,
-                r.counterfactual_output or "",
+                "(declined)" if r.declined else r.counterfactual_output or "",
                 r.output,
             ]
             for r in self.results

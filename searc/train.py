@@ -41,7 +41,7 @@ class TrainConfig:
     calibration_lr: float = 1e-2  # the dense classifier's scale and bias
     c_edit: float = 1.0
     c_cls: float = 1.0
-    c_loc: float = 1.0  # counterfactual model, wrong edit in context: repeat the base model's answer
+    c_decline: float = 1.0  # counterfactual model, wrong edit in context: decline (end of sequence at once)
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
     hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
     val_every: int = 50
@@ -60,8 +60,8 @@ class TrainConfig:
         for name in ("lr", "classifier_lr", "calibration_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if min(self.c_edit, self.c_cls, self.c_loc) < 0 or self.c_edit + self.c_cls + self.c_loc == 0:
-            raise ValueError("c_edit, c_cls and c_loc must be non-negative and not all zero")
+        if min(self.c_edit, self.c_cls, self.c_decline) < 0 or self.c_edit + self.c_cls + self.c_decline == 0:
+            raise ValueError("c_edit, c_cls and c_decline must be non-negative and not all zero")
 
 
 @dataclass
@@ -164,15 +164,14 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(greater + 0.5 * ties)
 
 
-def locality_examples(
-    system: SeracSystem, cases: Sequence[EditCase], scope_logits: torch.Tensor, rng: random.Random, drop_subject: float
-) -> tuple[list[str], list[str]]:
-    """(inputs, targets): each out-of-scope probe with the batch's edit it is most easily mistaken
-    for (highest classifier logit) in context, and the base model's greedy answer as target.
+def decline_examples(cases: Sequence[EditCase], scope_logits: torch.Tensor, rng: random.Random, drop_subject: float) -> list[str]:
+    """Counterfactual inputs that pair each out-of-scope probe with the batch's edit it is most
+    easily mistaken for (highest classifier logit). Their target is the end-of-sequence token alone.
 
-    The classifier will sometimes route an out-of-scope input; the counterfactual model then
-    sees an edit that does not apply. Trained on these pairs it answers like the base model, so
-    a false route costs no locality. The probes' columns in `scope_logits` follow `scope_matrix`."""
+    The classifier will sometimes route an out-of-scope input; the counterfactual model then sees
+    an edit that does not apply. Trained to decline at once on these pairs, it hands the probe back
+    to the base model (see `editor.answer`), so a false route costs no locality. The probes'
+    columns in `scope_logits` follow `scope_matrix`."""
     columns, prompts = [], []
     column = 0
     for case in cases:
@@ -182,15 +181,9 @@ def locality_examples(
             prompts.append(probe.prompt)
             column += 1
     if not prompts:
-        return [], []
+        return []
     nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
-    answers = system.base.generate(prompts)
-    inputs, targets = [], []
-    for prompt, edit_index, generation in zip(prompts, nearest, answers):
-        if generation.text.strip():  # a base model that stops at once gives nothing to imitate
-            inputs.append(counterfactual_input(_edit_for_training(cases[edit_index], rng, drop_subject), prompt))
-            targets.append(generation.text)
-    return inputs, targets
+    return [counterfactual_input(_edit_for_training(cases[e], rng, drop_subject), p) for p, e in zip(prompts, nearest)]
 
 
 def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -204,13 +197,13 @@ def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random
     loss = config.c_edit * stats.nll + config.c_cls * bce
     losses = {"nll": stats.nll, "bce": bce, "token_accuracy": stats.token_accuracy}
     n_examples = len(inputs) + labels.numel()
-    if config.c_loc > 0:
-        loc_inputs, loc_targets = locality_examples(system, cases, logits, rng, config.drop_subject)
-        if loc_inputs:
-            loc = cf.target_log_probs(cf.make_batch(loc_inputs, loc_targets)).nll
-            loss = loss + config.c_loc * loc
-            losses["loc_nll"] = loc
-            n_examples += len(loc_inputs)
+    if config.c_decline > 0:
+        decline_inputs = decline_examples(cases, logits, rng, config.drop_subject)
+        if decline_inputs:
+            declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
+            loss = loss + config.c_decline * declined
+            losses["decline_nll"] = declined
+            n_examples += len(decline_inputs)
     return {"loss": loss, **losses, "examples": torch.tensor(float(n_examples))}
 
 
@@ -266,25 +259,27 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
     }
     probes, _ = scope_matrix(cases)
     scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
-    loc_inputs, loc_targets = locality_examples(system, cases, scope_logits, random.Random(0), drop_subject=0.0)
-    examples = {
-        "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases]),
+    decline_inputs = decline_examples(cases, scope_logits, random.Random(0), drop_subject=0.0)
+    examples = {  # (inputs, targets, append_eos)
+        "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
         "generalization": (
             [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases],
             [p.answer for c in cases for p in c.rephrases],
+            False,
         ),
-        "counterfactual_locality": (loc_inputs, loc_targets),  # wrong edit in context, base answer kept
+        "counterfactual_declines": (decline_inputs, [""] * len(decline_inputs), True),  # wrong edit in context
     }
     cf = system.counterfactual
-    for name, (inputs, targets) in examples.items():
+    for name, (inputs, targets, append_eos) in examples.items():
         hits = 0.0
         for i in range(0, len(inputs), 32):
             with cf.active():
-                hits += float(cf.target_log_probs(cf.make_batch(inputs[i : i + 32], targets[i : i + 32])).exact_match) * len(inputs[i : i + 32])
+                batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
+                hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / len(inputs) if inputs else 1.0
     metrics.update(tune_threshold(system, cases))
     batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
-    answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_locality"]) / 3
+    answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
     metrics["score"] = (batch_accuracy + answers) / 2
     return metrics
 

@@ -168,7 +168,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
         out = Path(out_dir.strip() or "runs/workbench-checkpoint")
         trainee = pool.fresh(ClassifierConfig(variant=variant))
         stop = stops[id(session)] = threading.Event()
-        steps_seen, losses, val_steps, metrics = [], {"loss": [], "nll": [], "bce": [], "loc_nll": []}, [], {"score": [], "classifier_auroc": [], "generalization": []}
+        steps_seen, losses, val_steps, metrics = [], {"loss": [], "nll": [], "bce": [], "decline_nll": []}, [], {"score": [], "classifier_auroc": [], "generalization": []}
         for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop):
             progress(event.step / event.total_steps, desc="training")
             if event.kind == "step":

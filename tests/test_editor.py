@@ -137,6 +137,35 @@ def test_batched_target_comparison_matches_one_probe_at_a_time():
         assert comparison.base_nll == pytest.approx(alone.base_nll, abs=1e-4)
 
 
+def test_a_declining_counterfactual_model_hands_the_probe_back_to_the_base_model(monkeypatch):
+    from searc.lm import Generation
+
+    system = make_system("llama")
+    perturb_adapter(system)
+    editor = Editor(system)
+    editor.add_edit(*EIFFEL)
+    set_dense_bias(editor, 8.0)  # everything routed
+    eos = system.counterfactual.tokenizer.eos_token_id
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None: [Generation("", [eos]) for _ in prompts])
+    result = editor.probe([PROBES[1]])[0]
+    assert result.routed and result.declined and result.output == result.base_output
+    assert "declined" in result.explanation() and result.to_json()["declined"] is True
+    assert result.with_threshold(0.1).output == result.base_output
+
+    original = system.counterfactual.score_targets
+
+    def first_choice_is_eos(prompts, targets):
+        scores = original(prompts, targets)
+        for score in scores:
+            score.predicted_ids[0] = eos
+        return scores
+
+    monkeypatch.setattr(system.counterfactual, "score_targets", first_choice_is_eos)
+    comparison = editor.score_target(PROBES[1], "Tokyo")
+    assert comparison.routed and comparison.edited_nll == comparison.base_nll
+    assert comparison.edited_predicted == comparison.base_predicted
+
+
 def test_soft_routing_mixes_the_two_distributions(monkeypatch):
     system = make_system("llama")
     editor = Editor(system, routing="soft")

@@ -35,12 +35,12 @@ def test_events_losses_and_best_checkpoint(tmp_path):
     kinds = [e.kind for e in events]
     assert kinds == ["step", "step", "validation", "step", "step", "validation", "done"]
     steps = [e for e in events if e.kind == "step"]
-    assert all({"loss", "nll", "bce", "loc_nll", "token_accuracy"} <= set(e.losses) and e.examples_per_s > 0 for e in steps)
+    assert all({"loss", "nll", "bce", "decline_nll", "token_accuracy"} <= set(e.losses) and e.examples_per_s > 0 for e in steps)
     for e in steps:
-        expected = CONFIG.c_edit * e.losses["nll"] + CONFIG.c_cls * e.losses["bce"] + CONFIG.c_loc * e.losses["loc_nll"]
+        expected = CONFIG.c_edit * e.losses["nll"] + CONFIG.c_cls * e.losses["bce"] + CONFIG.c_decline * e.losses["decline_nll"]
         assert e.losses["loss"] == pytest.approx(expected, rel=1e-5)
     validation = [e for e in events if e.kind == "validation"]
-    assert {"classifier_auroc", "classifier_accuracy", "edit_success", "generalization", "counterfactual_locality", "locality_routing", "score"} <= set(validation[0].metrics)
+    assert {"classifier_auroc", "classifier_accuracy", "edit_success", "generalization", "counterfactual_declines", "locality_routing", "score"} <= set(validation[0].metrics)
     saved = read_checkpoint(tmp_path / "ck")
     best = max(validation, key=lambda e: e.metrics["score"])
     assert saved.config["metrics"]["score"] == best.metrics["score"]
@@ -96,7 +96,7 @@ def test_balanced_bce_weighs_classes_equally():
     assert float(balanced_bce(logits, labels)) == pytest.approx(float(balanced_bce(torch.tensor([5.0, -5.0]), torch.tensor([1.0, 0.0]))))
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_edits=-1), dict(lr=0.0), dict(c_edit=0.0, c_cls=0.0, c_loc=0.0), dict(c_cls=-1.0), dict(c_loc=-1.0)])
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_edits=-1), dict(lr=0.0), dict(c_edit=0.0, c_cls=0.0, c_decline=0.0), dict(c_cls=-1.0), dict(c_decline=-1.0)])
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -141,34 +141,38 @@ def test_batches_hold_the_seed_case_nearest_neighbours():
     assert all(n == [] for n in plain.neighbours) and len(plain.sample()) == 4
 
 
-def test_locality_examples_pair_each_negative_with_its_likeliest_wrong_edit():
+def test_decline_examples_pair_each_negative_with_its_likeliest_wrong_edit():
     import random
 
     from searc.counterfactual import counterfactual_input
-    from searc.train import locality_examples
+    from searc.train import decline_examples
 
-    system = make_system("llama")
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
     logits = torch.zeros(labels.shape)
     negative_columns = torch.nonzero(~labels.any(0)).flatten().tolist()
-    logits[2, negative_columns[0]] = 3.0  # case 0's out-of-scope probe looks most like edit 2
-    logits[0, negative_columns[1]] = 3.0
-    logits[1, negative_columns[2]] = 3.0
-    inputs, targets = locality_examples(system, cases, logits, random.Random(0), drop_subject=0.0)
-    negatives = [c.out_of_scope[0].prompt for c in cases]
-    answers = [g.text for g in system.base.generate(negatives)]
-    expected = [(counterfactual_input(cases[e].edit, p), a) for e, p, a in zip([2, 0, 1], negatives, answers) if a.strip()]
-    assert expected and list(zip(inputs, targets)) == expected
+    for edit_index, column in zip([2, 0, 1], negative_columns):  # case 0's out-of-scope probe looks most like edit 2, ...
+        logits[edit_index, column] = 3.0
+    inputs = decline_examples(cases, logits, random.Random(0), drop_subject=0.0)
+    assert inputs == [counterfactual_input(cases[e].edit, c.out_of_scope[0].prompt) for e, c in zip([2, 0, 1], cases)]
 
 
-def test_locality_loss_alone_trains_the_adapter_and_nothing_else():
+def test_decline_target_is_the_end_of_sequence_token_alone():
+    cf = make_system("llama").counterfactual
+    batch = cf.make_batch(["New fact: a b.\nComplete: c d"], [""], append_eos=True)
+    labelled = batch.labels[batch.labels != -100].tolist()
+    assert labelled == [cf.tokenizer.eos_token_id]
+    with pytest.raises(ValueError):
+        cf.make_batch(["c d"], [""])  # an empty target needs the end-of-sequence token
+
+
+def test_decline_loss_alone_trains_the_adapter_and_nothing_else():
     system = make_system("llama")
     lora_before = {n: p.clone() for n, p in system.counterfactual.model.named_parameters() if "lora_B" in n}
     head_before = {n: p.clone() for n, p in system.classifier.named_parameters() if p.requires_grad}
-    config = TrainConfig(steps=2, batch_edits=4, val_every=2, val_cases=2, c_edit=0.0, c_cls=0.0, c_loc=1.0)
+    config = TrainConfig(steps=2, batch_edits=4, val_every=2, val_cases=2, c_edit=0.0, c_cls=0.0, c_decline=1.0)
     events = list(train(system, CASES[:4], CASES[:2], config))
-    assert all(e.losses["loss"] == pytest.approx(e.losses["loc_nll"]) for e in events if e.kind == "step")
+    assert all(e.losses["loss"] == pytest.approx(e.losses["decline_nll"]) for e in events if e.kind == "step")
     after = dict(system.counterfactual.model.named_parameters())
     assert any(not torch.equal(p, after[n]) for n, p in lora_before.items())
     classifier_after = dict(system.classifier.named_parameters())
