@@ -7,7 +7,9 @@ Both SERAC variants, initialised from a sentence encoder (all-MiniLM-L6-v2 by de
   probe costs one encoder pass plus a matrix-vector product. Before any training, scale and bias
   are the calibration of the raw encoder (see `calibrate`), which already routes sensibly.
 - cross: encode "[CLS] edit [SEP] probe [SEP]" together and read one logit from a linear head.
-  More accurate after training, one encoder pass per (probe, edit) pair.
+  More accurate after training, but one encoder pass per (probe, edit) pair, so with many edits
+  only the `top_k` edits nearest to the probe (the same encoder reading each text alone, as the
+  dense variant does) are cross-encoded; the others score 0. `top_k = 0` cross-encodes them all.
 
 `scores(inputs, memory)` returns an [n_inputs, n_edits] matrix of probabilities in [0, 1].
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searc.memory import Edit, EditMemory, EmbeddingKeys, ListKeys
+from searc.memory import Edit, EditMemory, EmbeddingKeys, ListKeys, PairKeys
 
 Variant = Literal["dense", "cross"]
 
@@ -43,6 +45,7 @@ class ClassifierConfig:
     scale: float = ZERO_SHOT_SCALE
     bias: float = ZERO_SHOT_BIAS
     trainable_layers: int = 2  # top encoder layers fine-tuned (the rest stay as shipped, and out of checkpoints)
+    top_k: int = 32  # cross: edits cross-encoded per probe, retrieved by embedding; 0 = every edit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +89,18 @@ class ScopeClassifier(nn.Module):
         """What a checkpoint stores: only the tensors training may change."""
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if self.is_trainable(k)}
 
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm mean-pooled embeddings of texts read alone."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.encoder(**batch).last_hidden_state
+        return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
+
+    @torch.inference_mode()
+    def embed_edits(self, edits: Sequence[Edit]) -> torch.Tensor:
+        return torch.cat([self.embed([scope_text(e) for e in chunk]).float().cpu() for chunk in _chunks(edits, 64)])
+
     def weights_changed(self) -> None:
         """Mark stored edit keys stale (after training steps or loading weights)."""
         self.key_version = uuid.uuid4().hex
@@ -113,19 +128,11 @@ class DenseScopeClassifier(ScopeClassifier):
         self.scale = nn.Parameter(torch.tensor(float(config.scale)))
         self.bias = nn.Parameter(torch.tensor(float(config.bias)))
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
-        ).to(self.device)
-        hidden = self.encoder(**batch).last_hidden_state
-        return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
-
     def new_key_store(self) -> EmbeddingKeys:
         return EmbeddingKeys(self.encoder.config.hidden_size)
 
-    @torch.inference_mode()
     def edit_keys(self, edits: Sequence[Edit]) -> torch.Tensor:
-        return torch.cat([self.embed([scope_text(e) for e in chunk]).float().cpu() for chunk in _chunks(edits, 64)])
+        return self.embed_edits(edits)
 
     def similarity_logits(self, similarity: torch.Tensor) -> torch.Tensor:
         return self.scale * similarity + self.bias
@@ -148,12 +155,15 @@ class CrossScopeClassifier(ScopeClassifier):
         super().__init__(encoder, tokenizer, config)
         self.head = nn.Linear(encoder.config.hidden_size, 1)
 
-    def new_key_store(self) -> ListKeys:
-        return ListKeys()
+    def new_key_store(self) -> PairKeys:
+        return PairKeys(ListKeys(), EmbeddingKeys(self.encoder.config.hidden_size))
 
-    def edit_keys(self, edits: Sequence[Edit]) -> list[list[int]]:
+    def edit_token_ids(self, edits: Sequence[Edit]) -> list[list[int]]:
         """Edit prompts tokenised once, without special tokens."""
         return [self.tokenizer(scope_text(e), add_special_tokens=False)["input_ids"] for e in edits]
+
+    def edit_keys(self, edits: Sequence[Edit]) -> tuple[list[list[int]], torch.Tensor]:
+        return self.edit_token_ids(edits), self.embed_edits(edits)
 
     def _pair_batch(self, edit_ids: Sequence[list[int]], input_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """[CLS] edit [SEP] input [SEP], truncating the edit first, right-padded."""
@@ -179,22 +189,34 @@ class CrossScopeClassifier(ScopeClassifier):
     def _tokenize_inputs(self, inputs: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in inputs]
 
-    def logits(self, inputs: list[str], keys: ListKeys) -> torch.Tensor:
+    def candidates(self, inputs: list[str], keys: PairKeys) -> torch.Tensor:
+        """[n_inputs, k] indices of the edits to cross-encode for each input: the `top_k` nearest
+        by embedding, or every edit when `top_k` is 0 or covers the memory."""
+        k = self.config.top_k
+        if not k or k >= len(keys):
+            return torch.arange(len(keys)).expand(len(inputs), -1)
+        similarity = self.embed(inputs).float().cpu() @ keys.embeddings.matrix.T
+        return similarity.topk(k, dim=1).indices
+
+    def logits(self, inputs: list[str], keys: PairKeys) -> torch.Tensor:
+        """Cross-encoded logits for each input's candidate edits; -inf (score 0) elsewhere."""
         input_ids = self._tokenize_inputs(inputs)
-        pairs = [(i, k) for i in range(len(inputs)) for k in range(len(keys))]
-        out = torch.cat(
+        chosen = self.candidates(inputs, keys)
+        pairs = [(i, k) for i, row in enumerate(chosen.tolist()) for k in row]
+        scored = torch.cat(
             [
-                self._forward_pairs([keys[k] for _, k in chunk], [input_ids[i] for i, _ in chunk]).float().cpu()
+                self._forward_pairs([keys.token_ids[k] for _, k in chunk], [input_ids[i] for i, _ in chunk]).float().cpu()
                 for chunk in _chunks(pairs, 256)
             ]
         )
-        return out.view(len(inputs), len(keys))
+        out = torch.full((len(inputs), len(keys)), float("-inf"))
+        return out.scatter_(1, chosen, scored.view(chosen.shape))
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
-        return self._forward_pairs(self.edit_keys(edits), self._tokenize_inputs(inputs))
+        return self._forward_pairs(self.edit_token_ids(edits), self._tokenize_inputs(inputs))
 
     def matrix_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
-        edit_ids, input_ids = self.edit_keys(edits), self._tokenize_inputs(inputs)
+        edit_ids, input_ids = self.edit_token_ids(edits), self._tokenize_inputs(inputs)
         pairs = [(e, x) for e in edit_ids for x in input_ids]
         return self._forward_pairs([e for e, _ in pairs], [x for _, x in pairs]).view(len(edits), len(inputs))
 

@@ -96,6 +96,25 @@ class ListKeys(list):
         del self[index]
 
 
+@dataclass
+class PairKeys:
+    """Cross-encoder keys: each edit's token ids (for pairing) and its embedding (for retrieval)."""
+
+    token_ids: ListKeys
+    embeddings: EmbeddingKeys
+
+    def append(self, keys: tuple[list, torch.Tensor]) -> None:
+        self.token_ids.append(keys[0])
+        self.embeddings.append(keys[1])
+
+    def delete(self, index: int) -> None:
+        self.token_ids.delete(index)
+        self.embeddings.delete(index)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
 class KeyedClassifier(Protocol):
     """What the memory needs from a scope classifier."""
 

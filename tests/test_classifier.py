@@ -103,3 +103,37 @@ def test_matrix_logits_agree_with_pair_logits(variant):
         assert matrix.shape == (len(EDITS), len(PROBES))
         for i, edit in enumerate(EDITS):
             assert classifier.pair_logits([edit] * len(PROBES), PROBES).tolist() == pytest.approx(matrix[i].tolist(), abs=1e-5)
+
+
+def test_cross_encoder_scores_only_the_top_k_retrieved_edits():
+    from dataclasses import replace
+
+    system = make_system(variant="cross")
+    classifier = system.classifier
+    edits = EDITS + [Edit("Toko Yasuda was born in", "Tokyo"), Edit("UniFirst makes uniforms in", "Ohio")]
+    memory = EditMemory()
+    memory.add(edits, classifier)
+    classifier.config = replace(classifier.config, top_k=0)
+    exhaustive = classifier.scores(PROBES, memory)
+    classifier.config = replace(classifier.config, top_k=2)
+    top2 = classifier.scores(PROBES, memory)
+    with torch.no_grad():
+        nearest = (classifier.embed(PROBES) @ classifier.embed([e.prompt for e in edits]).T).topk(2, dim=1).indices
+    for row in range(len(PROBES)):
+        chosen = set(nearest[row].tolist())
+        assert set(torch.nonzero(top2[row]).flatten().tolist()) <= chosen
+        for column in range(len(edits)):
+            expected = exhaustive[row, column] if column in chosen else 0.0
+            assert float(top2[row, column]) == pytest.approx(float(expected), abs=1e-5)
+    classifier.config = replace(classifier.config, top_k=len(edits))  # k covers the memory: every edit
+    assert torch.allclose(classifier.scores(PROBES, memory), exhaustive, atol=1e-6)
+
+
+def test_cross_encoder_keys_follow_removals():
+    classifier = make_system(variant="cross").classifier
+    memory = EditMemory()
+    stored = memory.add(EDITS, classifier)
+    memory.remove(stored[0].id)
+    assert len(memory.keys) == 2 and len(memory.keys.embeddings) == 2
+    assert torch.allclose(memory.keys.embeddings.matrix, classifier.edit_keys(EDITS[1:])[1])
+    assert memory.keys.token_ids == classifier.edit_token_ids(EDITS[1:])
