@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.searc-installed
 
-.PHONY: setup demo test test-fast screenshots clean
+.PHONY: setup demo test test-fast bench profile screenshots clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not integration and not browser"
 
+# Speed and memory, one table (README "Performance"); JSON in runs/bench.json.
+bench: setup
+	$(PY) -m searc.cli bench --json runs/bench.json $(BENCH_ARGS)
+
+# Where the time goes in a quick benchmark run (pyinstrument is installed on demand).
+profile: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check pyinstrument
+	$(PY) -m pyinstrument -m searc.cli bench --quick --no-cold-start
 
 screenshots: setup
 	$(PY) -m tests.screenshots

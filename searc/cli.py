@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", choices=["dense", "cross"], default="dense")
     train.add_argument("--trainable-layers", type=int, default=ClassifierConfig.trainable_layers,
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
+    train.add_argument("--top-k", type=int, default=ClassifierConfig.top_k, help="cross: edits cross-encoded per probe (0 = all)")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
     for name, default in asdict(TrainConfig()).items():
         train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--checkpoint", required=True)
     tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
     tune.add_argument("--limit", type=int, default=200)
+
+    bench = sub.add_parser("bench", help="measure speed and memory of editing, probing and training (a table)")
+    bench.add_argument("--json", metavar="OUT", default=None, help="also write the measurements as JSON")
+    bench.add_argument("--data-dir", default="../shared/data", help="the shared data directory (CounterFact train/val/edit)")
+    bench.add_argument("--cross-checkpoint", default=None, help="a trained cross-encoder checkpoint (default: untrained)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, a minute or two: a smoke run, not the figures")
+    bench.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
 
     calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
     calibrate.add_argument("--data", required=True)
@@ -161,9 +169,9 @@ def run_train(args: argparse.Namespace) -> int:
     if Path(args.data).name == "edit.json" or Path(args.val).name == "edit.json":
         raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
     train_cases, val_cases = load_cases(args.data, limit=args.limit), load_cases(args.val)
-    if args.trainable_layers < 0:
-        raise UsageError("searc train: --trainable-layers must be 0 or more")
-    classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers)
+    if args.trainable_layers < 0 or args.top_k < 0:
+        raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
+    classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
     system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
     for event in train(system, train_cases, val_cases, config, out=args.out):
         if event.kind == "step":
@@ -225,7 +233,29 @@ def run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"probe": run_probe, "eval": run_eval, "tune": run_tune, "train": run_train, "calibrate": run_calibrate}
+def run_bench(args: argparse.Namespace) -> int:
+    from searc.bench import QUICK, BenchSizes, run_bench as bench
+    from searc.system import load_system
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "counterfact" / "train.json").is_file():
+        raise UsageError(f"searc bench: no CounterFact data under {data_dir} (see --data-dir)")
+    report = bench(
+        load_system,
+        data_dir,
+        QUICK if args.quick else BenchSizes(),
+        cross_checkpoint=args.cross_checkpoint,
+        cold_start=not args.no_cold_start,
+        progress=lambda stage: print(f"... {stage}", file=sys.stderr, flush=True),
+    )
+    print(report.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+    return 0
+
+
+COMMANDS = {"bench": run_bench, "probe": run_probe, "eval": run_eval, "tune": run_tune, "train": run_train, "calibrate": run_calibrate}
 
 
 def quiet_libraries() -> None:
