@@ -254,6 +254,17 @@ def declines(counterfactual: LanguageModel, score: TargetScore) -> bool:
     return bool(score.predicted_ids) and score.predicted_ids[0] == counterfactual.tokenizer.eos_token_id
 
 
+def first_token_declines(system: SeracSystem, prompts: Sequence[str], edits: Sequence[Edit], chunk: int = 32) -> list[bool]:
+    """Whether the counterfactual model, each edit in context, declines each prompt (its first token ends the output)."""
+    eos = system.counterfactual.tokenizer.eos_token_id
+    inputs = [counterfactual_input(edit, prompt) for prompt, edit in zip(prompts, edits)]
+    declined = []
+    for start in range(0, len(inputs), chunk):
+        for generation in system.counterfactual.generate(inputs[start : start + chunk], max_new_tokens=1):
+            declined.append(generation.token_ids[:1] == [eos])
+    return declined
+
+
 def answer(
     system: SeracSystem,
     prompts: Sequence[str],

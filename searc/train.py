@@ -213,26 +213,29 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 @torch.no_grad()
 def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
     """The routing threshold that best separates in-scope from out-of-scope probes with *all*
-    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (routed
-    to the probe's own edit) and batch locality (out-of-scope probes not routed) is maximised."""
-    from searc.editor import Editor
+    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (answered
+    from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
+    maximised. A route the counterfactual model declines leaves the probe to the base model, as
+    it does when the system answers (`editor.answer`)."""
+    from searc.editor import Editor, first_token_declines
 
     editor = Editor(system)
     editor.add_edits([case.edit for case in cases])
     probes, labels = scope_matrix(cases)
     scores = editor.scores(probes)  # [n_probes, n_edits]
     best_scores, best_edit = scores.max(dim=1)
+    declined = torch.tensor(first_token_declines(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
     owner = labels.argmax(0)
     in_scope = labels.any(0)
     right_edit = best_edit == owner
     candidates = []
     for threshold in THRESHOLD_GRID:
-        routed = best_scores >= threshold
-        recall = float((routed & right_edit)[in_scope].float().mean())
-        locality = float((~routed[~in_scope]).float().mean()) if (~in_scope).any() else 1.0
+        answered = (best_scores >= threshold) & ~declined
+        recall = float((answered & right_edit)[in_scope].float().mean())
+        locality = float((~answered[~in_scope]).float().mean()) if (~in_scope).any() else 1.0
         candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
     _, _, threshold, recall, locality = max(candidates)
-    return {"threshold": threshold, "batch_recall": recall, "batch_locality": locality}
+    return {"threshold": threshold, "batch_recall": recall, "batch_locality": locality, "declined_routes": float(declined[~in_scope].float().mean())}
 
 
 @torch.no_grad()

@@ -177,3 +177,20 @@ def test_decline_loss_alone_trains_the_adapter_and_nothing_else():
     assert any(not torch.equal(p, after[n]) for n, p in lora_before.items())
     classifier_after = dict(system.classifier.named_parameters())
     assert all(torch.equal(p, classifier_after[n]) for n, p in head_before.items())
+
+
+def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
+    import searc.editor
+    from searc.editor import Editor
+    from searc.train import tune_threshold
+
+    cases = CASES[:3]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
+    fake[~labels.any(0), 0] = 0.95  # out-of-scope probes outscore every in-scope one ...
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    # ... but the counterfactual model declines them all
+    monkeypatch.setattr(searc.editor, "first_token_declines", lambda system, prompts, edits: [p in out_of_scope for p in prompts])
+    tuned = tune_threshold(make_system("llama"), cases)
+    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_routes"] == 1.0
