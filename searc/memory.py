@@ -15,6 +15,7 @@ from typing import Any, Iterator, Protocol
 import torch
 
 MAX_TEXT_CHARS = 1000  # longer prompts/targets are refused: far past the encoder's 256-token window
+MAX_EDITS = 100_000  # per memory: dense scoring stays under 300 ms a probe here (see `searc bench`)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class EditMemory:
     edits: list[Edit] = field(default_factory=list)
     keys: KeyStore | None = None
     key_version: str | None = None
+    max_edits: int = MAX_EDITS
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def __len__(self) -> int:
@@ -147,6 +149,10 @@ class EditMemory:
 
     def check_new(self, edits: list[Edit]) -> list[Edit]:
         """Validated copies of `edits` with fresh ids; raises before anything is stored."""
+        if len(self.edits) + len(edits) > self.max_edits:
+            raise ValueError(
+                f"the memory holds at most {self.max_edits:,} edits; it has {len(self.edits):,} and {len(edits):,} more were given"
+            )
         seen = {edit.prompt.casefold() for edit in self.edits}
         checked = []
         for edit in edits:

@@ -13,9 +13,10 @@ from typing import Sequence
 import pandas as pd
 
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
-from searc.memory import MAX_TEXT_CHARS, Edit, validate_text
+from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
 
 MAX_TARGETS = 8
+MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps every session light
 
 
 def split_lines(text: str | None) -> list[str]:
@@ -31,7 +32,7 @@ class Session:
 
     def __post_init__(self) -> None:
         threshold = self.threshold if self.threshold is not None else self.system.info.get("threshold", 0.5)
-        self.editor = Editor(self.system, threshold=threshold)
+        self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS), threshold=threshold)
 
     def use_system(self, system: SeracSystem) -> None:
         """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""
@@ -45,9 +46,7 @@ class Session:
 
     def load_lesson(self, lesson) -> None:
         """Replace the memory with a lesson's edits (all validated before anything is cleared)."""
-        from searc.memory import EditMemory
-
-        fresh = EditMemory()
+        fresh = EditMemory(max_edits=MAX_SESSION_EDITS)
         fresh.add(list(lesson.edits), self.system.classifier)
         self.editor.memory = fresh
         if lesson.threshold is not None:

@@ -89,3 +89,13 @@ def test_embedding_keys_grow_contiguously():
     keys.delete(0)
     keys.delete(50)
     assert keys.matrix[:, 0].tolist() == [float(i) for i in range(1, 100) if i != 51]
+
+
+def test_a_full_memory_refuses_more_and_keeps_what_it_has():
+    memory, classifier = EditMemory(max_edits=3), CountingClassifier()
+    memory.add([Edit(f"Fact {i} is", "x") for i in range(2)], classifier)
+    with pytest.raises(ValueError, match="at most 3 edits"):
+        memory.add([Edit("Fact 2 is", "x"), Edit("Fact 3 is", "x")], classifier)
+    assert [e.prompt for e in memory] == ["Fact 0 is", "Fact 1 is"] and len(memory.keys) == 2
+    memory.add([Edit("Fact 2 is", "x")], classifier)
+    assert len(memory) == 3
