@@ -150,6 +150,7 @@ FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], EditCase]]] = {
     "flat": (("prompt", "target_new"), _flat),
 }
 MAX_FILE_BYTES = 50_000_000
+ARCHIVE_MAGIC = {b"PK\x03\x04": "ZIP", b"\x1f\x8b": "gzip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
 
 
 def detect_format(record: dict, where: str) -> str:
@@ -165,15 +166,22 @@ def read_records(path: Path) -> list:
     """Raw records of a .json, .jsonl or .csv file."""
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"{path.name}: {path.stat().st_size / 1e6:.0f} MB is over the {MAX_FILE_BYTES / 1e6:.0f} MB limit")
+    raw = path.read_bytes()
+    for magic, kind in ARCHIVE_MAGIC.items():
+        if raw.startswith(magic):
+            raise DataError(f"{path.name}: a {kind} archive, not a {path.suffix or 'text'} file; unpack it first")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path.name}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise DataError(f"{path.name}: a CSV file needs a header row")
-        return [{k: v for k, v in row.items() if k is not None} for row in reader]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            if not reader.fieldnames:
+                raise DataError(f"{path.name}: a CSV file needs a header row")
+            return [{k: v for k, v in row.items() if k is not None} for row in reader]
+        except csv.Error as error:
+            raise DataError(f"{path.name} line {reader.line_num}: not valid CSV ({error})") from None
     if path.suffix.lower() == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
