@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from searc.cli import quiet_libraries
 from searc.models import BUNDLED
 from searc.system import DEFAULT_CHECKPOINT, load_system
-from searc.ui import build_app
+from searc.ui import DEMO_UPLOAD_BYTES, build_app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,21 +20,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encoder", default=BUNDLED, help="classifier encoder: 'bundled', a hub id or a directory")
     parser.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    parser.add_argument("--auth-file", metavar="PATH", help="require a login from this file: one USER:PASS per line")
+    parser.add_argument("--demo-mode", action="store_true",
+                        help=f"public demo: no training, no checkpoint or data paths, uploads up to {DEMO_UPLOAD_BYTES // 1000} kB")
     return parser.parse_args(argv)
+
+
+def parse_login(text: str, where: str) -> tuple[str, str]:
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password:
+        raise SystemExit(f"{where} expects USER:PASS")
+    return user, password
+
+
+def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """The accepted (user, password) pairs, or None for an open app."""
+    pairs = [parse_login(args.auth, "--auth")] if args.auth else []
+    if args.auth_file:
+        try:
+            lines = Path(args.auth_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise SystemExit(f"--auth-file: cannot read {args.auth_file}: {error}") from None
+        pairs += [parse_login(line, f"--auth-file line {n}") for n, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+        if not pairs:
+            raise SystemExit(f"--auth-file: {args.auth_file} holds no USER:PASS line")
+    return pairs or None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("--auth expects USER:PASS")
-        auth = (user, password)
+    auth = logins(args)
     quiet_libraries()
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    app = build_app(system)
-    app.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth)
+    app = build_app(system, demo_mode=args.demo_mode)
+    app.queue(default_concurrency_limit=2).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        max_file_size=DEMO_UPLOAD_BYTES if args.demo_mode else None,
+    )
 
 
 if __name__ == "__main__":

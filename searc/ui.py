@@ -25,6 +25,8 @@ from searc.system import SystemPool
 from searc.train import TrainConfig, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEMO_UPLOAD_BYTES = 1_000_000  # --demo-mode: larger uploads are refused (Gradio's own limit is set to match)
+DEMO_EVAL_CASES = 20  # --demo-mode: cases per evaluation
 
 EXAMPLE_PROBES = "\n".join(
     [
@@ -40,11 +42,21 @@ def _session(state: Session | None, system: SeracSystem) -> Session:
     return state if state is not None else Session(system)
 
 
-def _cases(path: str, upload: str | None, limit: int | None = None):
-    """Cases from an uploaded file, else from a path on the server."""
+def check_upload(path: str, demo_mode: bool) -> None:
+    """Uploads are read from the temporary file Gradio made; in demo mode only small ones."""
+    if demo_mode and Path(path).stat().st_size > DEMO_UPLOAD_BYTES:
+        raise ValueError(f"this demo takes uploads up to {DEMO_UPLOAD_BYTES // 1000:,} kB")
+
+
+def _cases(path: str, upload: str | None, limit: int | None = None, demo_mode: bool = False):
+    """Cases from an uploaded file, else from a path on the server (never in demo mode)."""
     source = upload or (path or "").strip()
     if not source:
         raise ValueError("choose a data file (a path on the server or an upload)")
+    if demo_mode and not upload:
+        raise ValueError("this demo reads uploaded files only, not paths on the server")
+    if upload:
+        check_upload(upload, demo_mode)
     try:
         return load_cases(source, limit=limit)
     except OSError as error:
@@ -72,7 +84,7 @@ def probe_outputs(session: Session, message: str):
     )
 
 
-def make_handlers(system: SeracSystem):
+def make_handlers(system: SeracSystem, demo_mode: bool = False):
     """Handlers bound to the shared system."""
 
     def add_edit(state, prompt, target, subject):
@@ -101,6 +113,7 @@ def make_handlers(system: SeracSystem):
         if not path:
             _fail(ValueError("choose a .json, .jsonl or .csv file to import"))
         try:
+            check_upload(path, demo_mode)
             stored = session.import_edits(path)
         except (ValueError, OSError) as error:  # DataError is a ValueError
             _fail(error)
@@ -151,12 +164,14 @@ def make_handlers(system: SeracSystem):
     return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson
 
 
-def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
+def make_heavy_handlers(system: SeracSystem, pool: SystemPool, demo_mode: bool = False):
     """Training, evaluation and checkpoint loading: long-running, cancellable."""
     stops: dict[int, threading.Event] = {}
 
     def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir, progress=gr.Progress()):
         session = _session(state, system)
+        if demo_mode:
+            _fail(ValueError("training is switched off in this demo (it writes checkpoints on the server)"))
         try:
             config = TrainConfig(steps=int(steps), batch_edits=int(batch_edits), lr=float(lr), c_edit=float(c_edit),
                                  c_cls=float(c_cls), val_every=max(1, int(steps) // 4), val_cases=32)
@@ -192,8 +207,11 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
 
     def load_checkpoint(state, path):
         session = _session(state, system)
+        path = (path or "").strip()
+        if demo_mode and path not in ("", "default"):
+            _fail(ValueError("this demo loads only the shipped checkpoint ('default') or none (empty)"))
         try:
-            session.use_system(pool.get(path.strip() or None))
+            session.use_system(pool.get(path or None))
         except CheckpointError as error:
             _fail(error)
         return session, session.memory_table(), f"This session now uses checkpoint: {session.system.info.get('checkpoint') or 'none (untrained)'}"
@@ -201,7 +219,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
         session = _session(state, system)
         try:
-            cases = _cases(data_path, upload, limit=int(limit))
+            cases = _cases(data_path, upload, limit=min(int(limit), DEMO_EVAL_CASES) if demo_mode else int(limit), demo_mode=demo_mode)
         except (ValueError, DataError) as error:
             _fail(error)
         untrained = pool.get(None)
@@ -219,10 +237,12 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool):
     return run_training, stop_training, load_checkpoint, run_evaluation
 
 
-def build_app(system: SeracSystem, pool: SystemPool | None = None) -> gr.Blocks:
+def build_app(system: SeracSystem, pool: SystemPool | None = None, demo_mode: bool = False) -> gr.Blocks:
+    """The workbench. demo_mode, for a public demo: no training, no checkpoint paths, no server
+    paths for data, uploads up to DEMO_UPLOAD_BYTES, evaluations up to DEMO_EVAL_CASES cases."""
     pool = pool or SystemPool(system)
-    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system)
-    run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool)
+    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system, demo_mode)
+    run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool, demo_mode)
     checkpoint = system.info.get("checkpoint") or "none (untrained: calibrated encoder + instruct model)"
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
         state = gr.State(None)

@@ -128,3 +128,37 @@ def test_reroute_with_a_bad_threshold_is_a_clear_error(url):
         client.predict(7.0, api_name="/reroute")
     table, *_ = client.predict(0.99, api_name="/reroute")
     assert dict(zip(table["headers"], table["data"][0]))["routed"] == "no"
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    system = make_system("llama")
+    app = build_app(system, SystemPool(system, loader=tiny_loader), demo_mode=True)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_demo_mode_refuses_training_paths_and_big_uploads(demo_url, tmp_path):
+    from gradio_client import handle_file
+
+    from searc.ui import DEMO_UPLOAD_BYTES
+
+    data = tmp_path / "cases.json"
+    data.write_text(__import__("json").dumps(CASES))
+    client = Client(demo_url, verbose=False)
+    with pytest.raises(Exception, match="training is switched off"):
+        client.predict(str(data), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(tmp_path / "ck"), api_name="/train")
+    assert not (tmp_path / "ck").exists()
+    with pytest.raises(Exception, match="only the shipped checkpoint"):
+        client.predict(str(tmp_path), api_name="/load_checkpoint")
+    with pytest.raises(Exception, match="uploaded files only"):
+        client.predict(str(data), None, 2, "single", api_name="/evaluate")
+    big = tmp_path / "big.jsonl"
+    line = '{"prompt": "%s", "target_new": "x"}\n'
+    big.write_text("".join(line % f"prompt number {i}" for i in range(DEMO_UPLOAD_BYTES // 40)))
+    with pytest.raises(Exception, match="uploads up to|size"):
+        client.predict(handle_file(str(big)), api_name="/import_edits")
+    memory, message = client.predict(handle_file(str(data)), api_name="/import_edits")  # small uploads are fine
+    assert message == "Imported 3 edits"

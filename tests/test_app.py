@@ -1,0 +1,59 @@
+"""app.py: logins from --auth and --auth-file, and a login-protected app over HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_module():
+    spec = importlib.util.spec_from_file_location("searc_app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_logins_from_flag_and_file(tmp_path):
+    app = app_module()
+    assert app.logins(app.parse_args([])) is None
+    assert app.logins(app.parse_args(["--auth", "ann:secret"])) == [("ann", "secret")]
+    file = tmp_path / "logins"
+    file.write_text("# teachers\nann:secret\n\nbob:pa:ss\n")
+    assert app.logins(app.parse_args(["--auth-file", str(file)])) == [("ann", "secret"), ("bob", "pa:ss")]
+
+
+@pytest.mark.parametrize("content, message", [("ann\n", "line 1 expects USER:PASS"), ("# nothing\n", "holds no USER:PASS"), (None, "cannot read")])
+def test_bad_login_files_stop_the_app_with_a_message(tmp_path, content, message):
+    app = app_module()
+    file = tmp_path / "logins"
+    if content is not None:
+        file.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        app.logins(app.parse_args(["--auth-file", str(file)]))
+
+
+def test_a_protected_app_turns_away_the_wrong_login():
+    from gradio_client import Client
+
+    from searc.system import SystemPool
+    from searc.ui import build_app
+    from tests.conftest import make_system
+    from tests.test_ui import free_port, tiny_loader
+
+    system = make_system("llama")
+    app = build_app(system, SystemPool(system, loader=tiny_loader))
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, auth=[("ann", "secret")])
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(Exception):
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        client = Client(url, auth=("ann", "secret"), verbose=False)
+        memory, _ = client.predict("The capital of Japan is", "Kyoto", "", api_name="/add_edit")
+        assert memory["data"][0][2] == "Kyoto"
+    finally:
+        app.close()
