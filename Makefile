@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.searc-installed
 
-.PHONY: setup demo test test-fast bench profile screenshots clean
+.PHONY: setup demo test test-fast bench profile load-test screenshots clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: setup
 profile: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check pyinstrument
 	$(PY) -m pyinstrument -m searc.cli bench --quick --no-cold-start
+
+# 20 concurrent sessions against the real app for 60 s: errors, isolation, latency percentiles.
+load-test: setup
+	$(PY) -m tests.load --clients 20 --seconds 60
 
 screenshots: setup
 	$(PY) -m tests.screenshots
