@@ -18,7 +18,7 @@ from typing import Sequence
 from searc.checkpoint import CheckpointError
 from searc.classifier import ClassifierConfig
 from searc.data import DataError
-from searc.memory import Edit
+from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
 from searc.train import TrainConfig
 
@@ -115,6 +115,12 @@ def run_probe(args: argparse.Namespace) -> int:
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
         raise UsageError("searc probe: give at least one --probe")
+    try:  # everything a user typed is checked before minutes go into loading models
+        EditMemory().check_new(edits)
+        for probe in args.probe:
+            validate_text("probe", probe)
+    except ValueError as error:
+        raise UsageError(f"searc probe: {error}") from None
     system = load_system(args.lm, args.encoder, args.checkpoint)
     threshold = threshold if threshold is not None else system.info.get("threshold", 0.5)
     editor = Editor(system, threshold=threshold, routing="soft" if args.soft else "hard")

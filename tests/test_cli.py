@@ -24,6 +24,13 @@ from searc.cli import main, parse_edit
         (["train", "--data", "../shared/data/counterfact/edit.json", "--val", "y.json"], "evaluation only"),
         (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
         (["eval", "--data", "/nonexistent/file.json", "--checkpoint", "none"], "cannot read"),
+        (["probe", "--edit", "x" * 100_000 + "|Rome", "--probe", "x"], "the limit is 1000"),
+        (["probe", "--edit", "a bell \x07 rings|Rome", "--probe", "x"], "control characters"),
+        (["probe", "--edit", "Rome|rome", "--probe", "x"], "equals the prompt"),
+        (["probe", "--edit", "The sky is|red", "--edit", "the sky is|blue", "--probe", "x"], "already stored"),
+        (["probe", "--edit", "a|b", "--probe", "   "], "probe is empty"),
+        (["probe", "--edit", "a|b", "--probe", "y" * 100_000], "the limit is 1000"),
+        (["bench", "--data-dir", "/nowhere"], "no CounterFact data"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
