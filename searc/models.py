@@ -114,7 +114,7 @@ def load_language_model(spec: str = BUNDLED, dtype: torch.dtype = torch.float32)
     name, kwargs = _from_pretrained_kwargs(resolved)
     config = AutoConfig.from_pretrained(name, **kwargs)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(name, dtype=dtype, **kwargs).eval()
+    model = auto.from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs).eval()  # never pickled weights
     return model, AutoTokenizer.from_pretrained(name, **kwargs)
 
 
@@ -158,7 +158,7 @@ def load_gguf_cached(gguf: Path, dtype: torch.dtype = torch.float32):
         shutil.rmtree(entry, ignore_errors=True)
     if not entry.exists():
         build_gguf_cache(gguf, entry, dtype)
-    model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, local_files_only=True, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(entry, local_files_only=True)
 
 
@@ -201,4 +201,4 @@ def load_encoder(spec: str = BUNDLED):
     if resolved.gguf is not None:
         raise ModelNotFound("the classifier encoder must be a Hugging Face encoder, not a GGUF file")
     name, kwargs = _from_pretrained_kwargs(resolved)
-    return AutoModel.from_pretrained(name, **kwargs).eval(), AutoTokenizer.from_pretrained(name, **kwargs)
+    return AutoModel.from_pretrained(name, use_safetensors=True, **kwargs).eval(), AutoTokenizer.from_pretrained(name, **kwargs)

@@ -57,3 +57,9 @@ def test_a_protected_app_turns_away_the_wrong_login():
         assert memory["data"][0][2] == "Kyoto"
     finally:
         app.close()
+
+
+def test_the_app_binds_this_machine_only_by_default():
+    app = app_module()
+    args = app.parse_args([])
+    assert args.host == "127.0.0.1" and not args.share and not args.demo_mode
