@@ -8,13 +8,20 @@ Each step samples a batch of edit cases.
   every in-scope and out-of-scope probe of every case in the batch. Positives are an edit's own
   in-scope probes; negatives are its out-of-scope probes (same relation, other subject: hard
   negatives) and all other edits' probes, as when many edits share the memory.
-loss = c_edit * NLL + c_cls * BCE, one AdamW over the LoRA parameters and the classifier's
-trainable parameters. `train` is a generator of `TrainEvent`s (what the UI plots live); the
-best checkpoint by validation score is written atomically, so cancelling loses nothing.
+- Decline loss: each out-of-scope probe with the batch's edit the classifier most confuses it
+  with in context; the target is end-of-sequence alone, so the counterfactual model learns to
+  hand back a probe the edit does not cover (see `editor.answer`).
+loss = c_edit * NLL + c_cls * BCE + c_decline * decline NLL, one AdamW over the LoRA parameters and
+the classifier's trainable parameters. `train` is a generator of `TrainEvent`s (what the UI plots
+live); the best checkpoint by validation score is written atomically, so cancelling loses nothing.
+
+The same code runs under `accelerate launch` (several processes, GPUs or machines): see
+`_train_loop` for how the micro-batches are shared out and the gradients averaged.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -50,11 +57,14 @@ class TrainConfig:
     threshold: float = 0.5  # for the pairwise validation metrics; checkpoints store the tuned one
     seed: int = 0
     max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "bf16" or "fp16" where the device supports it (Accelerate autocast)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_edits", "accumulate", "val_every", "val_cases", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction!r}")
         for name in ("lr", "classifier_lr", "calibration_lr"):
@@ -316,19 +326,56 @@ def train(
         ],
         weight_decay=0.0,
     )
+    accelerator = _accelerator(config)
+    _move(system, accelerator.device)
     try:
-        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop)
+        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator)
     finally:
         classifier.eval()
         cf.model.eval()
 
 
-def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop) -> Iterator[TrainEvent]:
+def _accelerator(config: TrainConfig):
+    """Hugging Face Accelerate decides the device, the processes and mixed precision: one CPU or
+    GPU when run directly, every process of an `accelerate launch` (DDP, multi-node) otherwise."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def _move(system: SeracSystem, device: torch.device) -> None:
+    for module in {id(m): m for m in (system.base.model, system.counterfactual.model, system.classifier)}.values():
+        module.to(device)
+
+
+def _average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> None:
+    """Gradients averaged over processes, once per step, as DDP would. The models are used through
+    views (adapter on and off) and the classifier's own methods, not one module's forward, so
+    DDP's hooks cannot do it; one flat all-reduce through Accelerate does."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
+        param.grad = chunk.view_as(param).clone()
+
+
+LOSS_KEYS = ("loss", "nll", "bce", "decline_nll", "token_accuracy", "examples")
+
+
+def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator) -> Iterator[TrainEvent]:
+    """Each step draws `processes * accumulate` micro-batches from one shared random stream, so every
+    process agrees on them; a process computes only its own. A single process with `accumulate`
+    equal to that product therefore takes exactly the same steps (tests/test_distributed.py).
+    Every process validates (the weights are the same everywhere); only the main one writes
+    checkpoints and yields events."""
     classifier, cf, rng = system.classifier, system.counterfactual, random.Random(config.seed)
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
-    record = {"config": asdict(config), "train_cases": len(train_cases)}
+    record = {"config": asdict(config), "train_cases": len(train_cases), "processes": world}
     sampler = BatchSampler(train_cases, system, config, rng)
+    params = lora_params + classifier.trainable_parameters()
     completed = 0
     for step in range(1, config.steps + 1):
         if stop is not None and stop.is_set():
@@ -336,35 +383,52 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
         cf.model.train()
         classifier.train()
         step_started = time.perf_counter()
-        totals: dict[str, float] = {}
+        micro_batches = [(sampler.sample(), rng.getrandbits(63)) for _ in range(world * config.accumulate)]
+        totals = torch.zeros(len(LOSS_KEYS))
         with cf.active():
-            for _ in range(config.accumulate):
-                losses = losses_on(system, sampler.sample(), rng, config)
+            for cases, seed in micro_batches[rank * config.accumulate : (rank + 1) * config.accumulate]:
+                torch.manual_seed(seed)  # dropout masks too depend on the micro-batch, not on the process
+                with accelerator.autocast():
+                    losses = losses_on(system, cases, random.Random(seed), config)
                 (losses["loss"] / config.accumulate).backward()
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + float(value.detach()) / (1 if key == "examples" else config.accumulate)
-        torch.nn.utils.clip_grad_norm_(lora_params + classifier.trainable_parameters(), config.max_grad_norm)
+                totals += torch.tensor([float(losses[k].detach()) if k in losses else float("nan") for k in LOSS_KEYS])
+        _average_gradients(params, accelerator)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         classifier.weights_changed()
         completed = step
-        examples = totals.pop("examples")
-        yield TrainEvent(
-            "step", step, config.steps, losses=totals,
-            examples_per_s=examples / (time.perf_counter() - step_started), elapsed_s=time.perf_counter() - started,
-        )
+        totals = accelerator.reduce(totals.to(accelerator.device), reduction="mean").cpu() / config.accumulate if world > 1 else totals / config.accumulate
+        logged = {k: float(v) for k, v in zip(LOSS_KEYS, totals) if not math.isnan(float(v))}
+        examples = logged.pop("examples") * config.accumulate * world
+        if main:
+            yield TrainEvent(
+                "step", step, config.steps, losses=logged,
+                examples_per_s=examples / (time.perf_counter() - step_started), elapsed_s=time.perf_counter() - started,
+            )
         if step % config.val_every == 0 or step == config.steps:
             metrics = validate(system, val_cases, config.threshold)
             improved = metrics["score"] > best_score
             if improved:
                 best_score, stale = metrics["score"], 0
-                if out is not None:
+                if out is not None and main:
                     best_path = str(save_checkpoint(system, out, metrics["threshold"], training=record | {"step": step}, metrics=metrics))
             else:
                 stale += 1
-            yield TrainEvent("validation", step, config.steps, metrics=metrics, elapsed_s=time.perf_counter() - started, checkpoint=best_path)
+            if main:
+                yield TrainEvent("validation", step, config.steps, metrics=metrics, elapsed_s=time.perf_counter() - started, checkpoint=best_path)
             if stale >= config.patience:
-                yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message="early stop")
+                if main:
+                    yield TrainEvent("done", step, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message="early stop")
                 return
     message = "cancelled" if stop is not None and stop.is_set() else "finished"
-    yield TrainEvent("done", completed, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)
+    if main:
+        yield TrainEvent("done", completed, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)
+
+
+if __name__ == "__main__":  # `accelerate launch -m searc.train --data ... --val ...` runs `searc train` in every process
+    import sys
+
+    from searc.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -66,11 +66,16 @@ def make_lm_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
 
 @functools.cache
 def _wordpiece_json() -> str:
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A BERT-style WordPiece vocabulary built, not trained: the corpus's words, and its characters
+    alone and as continuations. The same in every process (the trainer breaks ties at random,
+    which the multi-process training test cannot have)."""
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted({word for line in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(line)})
+    characters = sorted({c for line in CORPUS for c in line if not c.isspace()})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *characters, *(f"##{c}" for c in characters), *(w for w in words if len(w) > 1)]
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(tokens))}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    tokenizer.train_from_iterator(CORPUS, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
