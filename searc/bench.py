@@ -225,6 +225,7 @@ class BenchSizes:
     train_steps: int = 6
     eval_cases: int = 20
     cold_starts: int = 3
+    texts: int | None = None  # distinct prompts encoded for keys (None: all CounterFact train/val prompts)
 
 
 QUICK = BenchSizes(scoring=(10, 1_000), edits=1_000, recall_edits=200, recall_probes=5, repeats=5, train_steps=3, eval_cases=4, cold_starts=1)
@@ -246,7 +247,7 @@ def run_bench(
     report = BenchReport(machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     train_cases = load_cases(data_dir / "counterfact" / "train.json")
     val_cases = load_cases(data_dir / "counterfact" / "val.json")
-    texts = list(dict.fromkeys(p.prompt for c in train_cases + val_cases for p in c.in_scope))
+    texts = list(dict.fromkeys(p.prompt for c in val_cases + train_cases for p in c.in_scope))[: sizes.texts]
     probes = [p.prompt for c in val_cases for p in c.rephrases]
     if cold_start:
         progress("cold start")

@@ -8,7 +8,7 @@ from searc.bench import BenchSizes, PrecomputedKeys, filled_memory, run_bench
 from searc.classifier import ClassifierConfig
 from tests.conftest import make_system, require_shared_data
 
-SIZES = BenchSizes(scoring=(10, 100), edits=100, recall_edits=20, recall_probes=4, repeats=2, train_steps=3, eval_cases=2)
+SIZES = BenchSizes(scoring=(10, 100), edits=100, recall_edits=20, recall_probes=4, repeats=2, train_steps=3, eval_cases=2, texts=300)
 
 
 def tiny_loader(checkpoint="default", classifier: ClassifierConfig | None = None):
