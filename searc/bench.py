@@ -297,7 +297,7 @@ def run_bench(
         cross, note = load(checkpoint=None, classifier=ClassifierConfig(variant="cross")), "untrained cross-encoder"
     cross_keys = PrecomputedKeys(cross.classifier, texts)
     scoring_rows(report, cross_keys, texts, probes, sizes.scoring, max(3, sizes.repeats // 2))
-    recall_edits = [c.edit.prompt for c in val_cases[: sizes.recall_edits]]
+    recall_edits = list({c.edit.prompt.casefold(): c.edit.prompt for c in val_cases[: sizes.recall_edits]}.values())  # one edit per prompt
     recall_probes = [c.rephrases[0].prompt for c in val_cases[: sizes.recall_probes] if c.rephrases]
     naive_cross_rows(report, cross_keys, texts, probes, sizes.edits, recall_edits, recall_probes, note)
     del cross, cross_keys
