@@ -155,10 +155,11 @@ def scoring_rows(report: BenchReport, keys: PrecomputedKeys, texts: Sequence[str
 
 def naive_cross_rows(
     report: BenchReport, keys: PrecomputedKeys, texts: Sequence[str], probes: Sequence[str], n: int,
-    recall_edits: Sequence[str], recall_probes: Sequence[str], note: str,
+    recall_edits: Sequence[str], recall_probes: Sequence[tuple[str, str]], note: str,
 ) -> None:
     """EasyEdit-style scoring (cross-encode every edit) at N, and how often top-k retrieval keeps
-    the edit that exhaustive cross-encoding ranks first (edits: prompts; probes: their rephrases)."""
+    the edit that exhaustive cross-encoding ranks first, and the probe's own edit (edits:
+    validation prompts; probes: (rephrase, its own edit's prompt))."""
     classifier = keys.classifier
     top_k = classifier.config.top_k
     memory = filled_memory(keys, texts, n)
@@ -167,15 +168,18 @@ def naive_cross_rows(
         naive = median_ms(lambda: classifier.scores([probes[0]], memory), 1)
         report.add(f"naive cross scoring (every edit), 1 probe vs {n:,} edits", naive, note="EasyEdit's SERAC scores every stored edit")
         small = filled_memory(keys, recall_edits, len(recall_edits))
-        exhaustive = classifier.scores(list(recall_probes), small).argmax(1)
+        exhaustive = classifier.scores([probe for probe, _ in recall_probes], small).argmax(1)
     finally:
         classifier.config = replace(classifier.config, top_k=top_k)
     top = report.value(f"cross scoring, 1 probe vs {n:,} edits")
     report.add(f"naive / top-{top_k} time at {n:,} edits", naive / top, unit="x")
-    candidates = classifier.candidates(list(recall_probes), small.ensure_keys(classifier))
+    candidates = classifier.candidates([probe for probe, _ in recall_probes], small.ensure_keys(classifier))
     found = (candidates == exhaustive[:, None]).any(1).float().mean()
-    report.add(f"top-{top_k} recall of the exhaustive best edit", float(found), unit="",
-               note=f"{len(recall_probes)} probes, {len(recall_edits):,} edits, {note}")
+    sample = f"{len(recall_probes)} probes, {len(recall_edits):,} edits"
+    report.add(f"top-{top_k} recall of the exhaustive best edit", float(found), unit="", note=f"{sample}, {note}")
+    index = {edit.prompt: i for i, edit in enumerate(small.edits)}
+    own = torch.tensor([index[prompt] for _, prompt in recall_probes])
+    report.add(f"top-{top_k} recall of the probe's own edit", float((candidates == own[:, None]).any(1).float().mean()), unit="", note=sample)
 
 
 def editing_rows(report: BenchReport, system: SeracSystem, keys: PrecomputedKeys, texts: Sequence[str], n: int, repeats: int) -> None:
@@ -298,7 +302,8 @@ def run_bench(
     cross_keys = PrecomputedKeys(cross.classifier, texts)
     scoring_rows(report, cross_keys, texts, probes, sizes.scoring, max(3, sizes.repeats // 2))
     recall_edits = list({c.edit.prompt.casefold(): c.edit.prompt for c in val_cases[: sizes.recall_edits]}.values())  # one edit per prompt
-    recall_probes = [c.rephrases[0].prompt for c in val_cases[: sizes.recall_probes] if c.rephrases]
+    stored = set(recall_edits)
+    recall_probes = [(c.rephrases[0].prompt, c.edit.prompt) for c in val_cases if c.rephrases and c.edit.prompt in stored][: sizes.recall_probes]
     naive_cross_rows(report, cross_keys, texts, probes, sizes.edits, recall_edits, recall_probes, note)
     del cross, cross_keys
     progress("training and evaluation")

@@ -28,6 +28,7 @@ def test_bench_measures_everything_it_promises():
         "cross scoring, 1 probe vs 100 edits",
         "naive cross scoring (every edit), 1 probe vs 100 edits",
         "top-32 recall of the exhaustive best edit",
+        "top-32 recall of the probe's own edit",
         "training throughput",
         "evaluation throughput",
         "peak memory of the benchmark process",
