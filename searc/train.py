@@ -174,26 +174,21 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(greater + 0.5 * ties)
 
 
-def decline_examples(cases: Sequence[EditCase], scope_logits: torch.Tensor, rng: random.Random, drop_subject: float) -> list[str]:
+def decline_examples(
+    cases: Sequence[EditCase], probes: Sequence[str], labels: torch.Tensor, scope_logits: torch.Tensor, rng: random.Random, drop_subject: float
+) -> list[str]:
     """Counterfactual inputs that pair each out-of-scope probe with the batch's edit it is most
     easily mistaken for (highest classifier logit). Their target is the end-of-sequence token alone.
 
     The classifier will sometimes route an out-of-scope input; the counterfactual model then sees
     an edit that does not apply. Trained to decline at once on these pairs, it hands the probe back
-    to the base model (see `editor.answer`), so a false route costs no locality. The probes'
-    columns in `scope_logits` follow `scope_matrix`."""
-    columns, prompts = [], []
-    column = 0
-    for case in cases:
-        column += len(case.in_scope)
-        for probe in case.out_of_scope:
-            columns.append(column)
-            prompts.append(probe.prompt)
-            column += 1
-    if not prompts:
+    to the base model (see `editor.answer`), so a false route costs no locality. `probes`, `labels`
+    and the columns of `scope_logits` are those of `scope_matrix(cases)`."""
+    columns = torch.nonzero(~labels.bool().any(0)).flatten().tolist()  # in scope of no edit
+    if not columns:
         return []
     nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
-    return [counterfactual_input(_edit_for_training(cases[e], rng, drop_subject), p) for p, e in zip(prompts, nearest)]
+    return [counterfactual_input(_edit_for_training(cases[e], rng, drop_subject), probes[c]) for c, e in zip(columns, nearest)]
 
 
 def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -208,7 +203,7 @@ def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random
     losses = {"nll": stats.nll, "bce": bce, "token_accuracy": stats.token_accuracy}
     n_examples = len(inputs) + labels.numel()
     if config.c_decline > 0:
-        decline_inputs = decline_examples(cases, logits, rng, config.drop_subject)
+        decline_inputs = decline_examples(cases, probes, labels, logits, rng, config.drop_subject)
         if decline_inputs:
             declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
             loss = loss + config.c_decline * declined
@@ -270,9 +265,9 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
         "classifier_recall": float(predicted[positives].float().mean()),
         "locality_routing": float((~predicted[negatives]).float().mean()),  # out of scope left to the base model
     }
-    probes, _ = scope_matrix(cases)
+    probes, scope_labels = scope_matrix(cases)
     scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
-    decline_inputs = decline_examples(cases, scope_logits, random.Random(0), drop_subject=0.0)
+    decline_inputs = decline_examples(cases, probes, scope_labels, scope_logits, random.Random(0), drop_subject=0.0)
     examples = {  # (inputs, targets, append_eos)
         "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
         "generalization": (

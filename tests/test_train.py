@@ -153,7 +153,7 @@ def test_decline_examples_pair_each_negative_with_its_likeliest_wrong_edit():
     negative_columns = torch.nonzero(~labels.any(0)).flatten().tolist()
     for edit_index, column in zip([2, 0, 1], negative_columns):  # case 0's out-of-scope probe looks most like edit 2, ...
         logits[edit_index, column] = 3.0
-    inputs = decline_examples(cases, logits, random.Random(0), drop_subject=0.0)
+    inputs = decline_examples(cases, probes, labels, logits, random.Random(0), drop_subject=0.0)
     assert inputs == [counterfactual_input(cases[e].edit, c.out_of_scope[0].prompt) for e, c in zip([2, 0, 1], cases)]
 
 
