@@ -172,31 +172,40 @@ class LanguageModel:
         )
 
     # ----------------------------------------------------------------- forward passes
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Logits aligned with `batch.labels` before any shift. Call inside `active()`."""
+    def target_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the labels aligned with them (before any shift). Call inside `active()`.
+
+        A decoder-only model projects onto the vocabulary only from the position before the
+        earliest target token to the end (`logits_to_keep`): with a 49k vocabulary, full logits for
+        the prompt tokens, which carry no label, were most of a training step's memory."""
         if self.is_seq2seq:
-            return self.model(
+            logits = self.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=batch.decoder_input_ids
             ).logits
-        return self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+            return logits, batch.labels
+        length = batch.labels.shape[1]
+        first_target = int((batch.labels != IGNORE_INDEX).float().argmax(-1).min())
+        keep = min(length, length - first_target + 1)
+        logits = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, logits_to_keep=keep
         ).logits
+        return logits, batch.labels[:, length - keep :]
 
     def target_log_probs(self, batch: Batch) -> TargetLogProbs:
         """Differentiable target statistics (used by training); call inside `active()`."""
-        return masked_log_probs(self.logits(batch), batch.labels, shift=not self.is_seq2seq)
+        return masked_log_probs(*self.target_logits(batch), shift=not self.is_seq2seq)
 
     @torch.inference_mode()
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
         """Per-token NLL of each target after its prompt."""
         batch = self.make_batch(prompts, targets)
         with self.active():
-            logits = self.logits(batch)
+            logits, labels = self.target_logits(batch)
         shift = not self.is_seq2seq
-        stats = masked_log_probs(logits, batch.labels, shift=shift)
+        stats = masked_log_probs(logits, labels, shift=shift)
         aligned_logits = logits[:, :-1] if shift else logits
         scores = []
-        for row_nll, row_mask, row_logits, row_labels in zip(stats.token_nll, stats.mask, aligned_logits, batch.labels[:, 1:] if shift else batch.labels):
+        for row_nll, row_mask, row_logits, row_labels in zip(stats.token_nll, stats.mask, aligned_logits, labels[:, 1:] if shift else labels):
             ids = row_labels[row_mask].tolist()
             scores.append(
                 TargetScore(
