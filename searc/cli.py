@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--top-k", type=int, default=ClassifierConfig.top_k, help="cross: edits cross-encoded per probe (0 = all)")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
     for name, default in asdict(TrainConfig()).items():
-        train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if isinstance(default, bool):
+            train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
+        else:
+            train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     train.add_argument("--lm", default="bundled")
     train.add_argument("--encoder", default="bundled")
 
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", default="../shared/data", help="the shared data directory (CounterFact train/val/edit)")
     bench.add_argument("--cross-checkpoint", default=None, help="a trained cross-encoder checkpoint (default: untrained)")
     bench.add_argument("--quick", action="store_true", help="small sizes, a minute or two: a smoke run, not the figures")
-    bench.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+    bench.add_argument("--no-processes", action="store_true", help="skip the rows that start searc processes (cold start, process memory)")
 
     calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
     calibrate.add_argument("--data", required=True)
@@ -251,7 +254,7 @@ def run_bench(args: argparse.Namespace) -> int:
         data_dir,
         QUICK if args.quick else BenchSizes(),
         cross_checkpoint=args.cross_checkpoint,
-        cold_start=not args.no_cold_start,
+        processes=not args.no_processes,
         progress=lambda stage: print(f"... {stage}", file=sys.stderr, flush=True),
     )
     print(report.table())

@@ -21,13 +21,14 @@ The same code runs under `accelerate launch` (several processes, GPUs or machine
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,14 +58,15 @@ class TrainConfig:
     threshold: float = 0.5  # for the pairwise validation metrics; checkpoints store the tuned one
     seed: int = 0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # "bf16" or "fp16" where the device supports it (Accelerate autocast)
+    mixed_precision: str = "no"  # "bf16" where the device supports it (Accelerate autocast)
+    gradient_checkpointing: bool = False  # recompute the LM's activations in backward: ~half the memory, ~25% slower
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_edits", "accumulate", "val_every", "val_cases", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("no", "bf16"):  # fp16 would need loss scaling, which the loop does not do
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction!r}")
         for name in ("lr", "classifier_lr", "calibration_lr"):
@@ -191,25 +193,37 @@ def decline_examples(
     return [counterfactual_input(_edit_for_training(cases[e], rng, drop_subject), probes[c]) for c, e in zip(columns, nearest)]
 
 
-def losses_on(system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The three losses on one micro-batch of cases (differentiable)."""
+def backward_on(
+    system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig, scale: float,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Back-propagate the three losses of one micro-batch (times `scale`) and return their values.
+
+    The decline examples' language-model pass runs after the first backward has freed the edit
+    examples' activations, so only one pass's activations are held at a time (the decline inputs
+    depend on the classifier's logits, not on their gradient). Forward passes run under
+    `autocast` (mixed precision), backward passes outside it."""
     cf = system.counterfactual
     probes, labels = scope_matrix(cases)
-    logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
-    bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
     inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
-    stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
-    loss = config.c_edit * stats.nll + config.c_cls * bce
-    losses = {"nll": stats.nll, "bce": bce, "token_accuracy": stats.token_accuracy}
+    with autocast():
+        logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
+        bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
+        stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
+        loss = config.c_edit * stats.nll + config.c_cls * bce
+    (loss * scale).backward()
+    losses = {name: float(value.detach()) for name, value in (("loss", loss), ("nll", stats.nll), ("bce", bce), ("token_accuracy", stats.token_accuracy))}
     n_examples = len(inputs) + labels.numel()
     if config.c_decline > 0:
-        decline_inputs = decline_examples(cases, probes, labels, logits, rng, config.drop_subject)
+        decline_inputs = decline_examples(cases, probes, labels, logits.detach(), rng, config.drop_subject)
         if decline_inputs:
-            declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
-            loss = loss + config.c_decline * declined
-            losses["decline_nll"] = declined
+            with autocast():
+                declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
+            (config.c_decline * declined * scale).backward()
+            losses["decline_nll"] = float(declined.detach())
+            losses["loss"] += config.c_decline * losses["decline_nll"]
             n_examples += len(decline_inputs)
-    return {"loss": loss, **losses, "examples": torch.tensor(float(n_examples))}
+    return {**losses, "examples": float(n_examples)}
 
 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -323,9 +337,13 @@ def train(
     )
     accelerator = _accelerator(config)
     _move(system, accelerator.device)
+    if config.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad trick
+        cf.model.activation_checkpointing_enable({"use_reentrant": False})
     try:
         yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator)
     finally:
+        if config.gradient_checkpointing:
+            cf.model.activation_checkpointing_disable()
         classifier.eval()
         cf.model.eval()
 
@@ -383,10 +401,8 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
         with cf.active():
             for cases, seed in micro_batches[rank * config.accumulate : (rank + 1) * config.accumulate]:
                 torch.manual_seed(seed)  # dropout masks too depend on the micro-batch, not on the process
-                with accelerator.autocast():
-                    losses = losses_on(system, cases, random.Random(seed), config)
-                (losses["loss"] / config.accumulate).backward()
-                totals += torch.tensor([float(losses[k].detach()) if k in losses else float("nan") for k in LOSS_KEYS])
+                losses = backward_on(system, cases, random.Random(seed), config, 1 / config.accumulate, accelerator.autocast)
+                totals += torch.tensor([losses.get(k, float("nan")) for k in LOSS_KEYS])
         _average_gradients(params, accelerator)
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

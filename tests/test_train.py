@@ -55,6 +55,24 @@ def test_training_is_seeded_and_reproducible():
     assert [e.losses for e in first if e.kind == "step"] != [e.losses for e in other_seed if e.kind == "step"]
 
 
+def test_gradient_checkpointing_takes_the_same_steps():
+    """Recomputing activations in backward saves memory and changes nothing else."""
+    plain, plain_events = run()
+    checkpointed = make_system("llama")
+    language_model = checkpointed.counterfactual.model.base_model.model
+    checkpointed_events, switched_on = [], []
+    for event in train(checkpointed, CASES, CASES[:4], TrainConfig(**{**CONFIG.__dict__, "gradient_checkpointing": True})):
+        checkpointed_events.append(event)
+        switched_on.append(language_model.is_activation_checkpointing)
+    assert switched_on[0] and not language_model.is_activation_checkpointing  # on while training, off after
+    for a, b in zip([e for e in plain_events if e.kind == "step"], [e for e in checkpointed_events if e.kind == "step"]):
+        assert a.losses == pytest.approx(b.losses, rel=1e-4, abs=1e-6)
+    lora = {n: p for n, p in plain.counterfactual.model.named_parameters() if "lora_" in n}
+    for name, param in checkpointed.counterfactual.model.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(param, lora[name], rtol=1e-4, atol=1e-6)
+
+
 def test_training_changes_the_adapter_and_classifier_but_not_the_base_model():
     system = make_system("llama")
     base_before = {n: p.clone() for n, p in system.counterfactual.model.named_parameters() if "lora_" not in n}
@@ -96,7 +114,7 @@ def test_balanced_bce_weighs_classes_equally():
     assert float(balanced_bce(logits, labels)) == pytest.approx(float(balanced_bce(torch.tensor([5.0, -5.0]), torch.tensor([1.0, 0.0]))))
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_edits=-1), dict(lr=0.0), dict(c_edit=0.0, c_cls=0.0, c_decline=0.0), dict(c_cls=-1.0), dict(c_decline=-1.0)])
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_edits=-1), dict(lr=0.0), dict(c_edit=0.0, c_cls=0.0, c_decline=0.0), dict(c_cls=-1.0), dict(c_decline=-1.0), dict(mixed_precision="fp16")])
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
