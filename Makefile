@@ -36,7 +36,7 @@ bench: setup
 # Where the time goes in a quick benchmark run (pyinstrument is installed on demand).
 profile: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check pyinstrument
-	$(PY) -m pyinstrument -m searc.cli bench --quick --no-cold-start
+	$(PY) -m pyinstrument -m searc.cli bench --quick --no-processes
 
 # 20 concurrent sessions against the real app for 60 s: errors, isolation, latency percentiles.
 load-test: setup

@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,30 +86,6 @@ def median_ms(fn: Callable[[], object], repeats: int, setup: Callable[[], object
 
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
-
-
-class RssPeak:
-    """The highest resident set size of this process while the block runs (sampled every 20 ms)."""
-
-    def __enter__(self) -> "RssPeak":
-        self.peak_mib, self._stop = _rss_mib(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak_mib = max(self.peak_mib, _rss_mib())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mib = max(self.peak_mib, _rss_mib())
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class PrecomputedKeys:
@@ -211,18 +186,35 @@ def editing_rows(report: BenchReport, system: SeracSystem, keys: PrecomputedKeys
 
 def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSystem, train_cases: Sequence[EditCase], eval_cases: Sequence[EditCase], steps: int) -> None:
     config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2)
-    with RssPeak() as memory:
-        events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
+    events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
     report.add("training throughput", statistics.median(e.examples_per_s for e in events), unit="examples/s",
                note=f"batch of 8 edits, median of {len(events)} steps")
     elapsed = [e.elapsed_s for e in events]
     report.add("training step", statistics.median(b - a for a, b in zip(elapsed, elapsed[1:])) * 1000)
-    report.add("peak memory while training (whole process)", memory.peak_mib, unit="MiB",
-               note="EasyEdit's SERAC: 5.6 GiB on the same model and data (brief)")
     started = time.perf_counter()
     evaluate(system, eval_cases, mode="single", threshold=system.info.get("threshold", 0.5))
     report.add("evaluation throughput", len(eval_cases) / (time.perf_counter() - started), unit="cases/s",
                note=f"{len(eval_cases)} CounterFact cases, single mode, both scorings")
+
+
+def training_process_peak_mib(data_dir: Path, steps: int, *options: str) -> float:
+    """Peak resident memory of a `searc train` process (models loaded, `steps` steps, validation)."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "searc.cli", "train", "--data", str(data_dir / "counterfact" / "train.json"),
+                   "--val", str(data_dir / "counterfact" / "val.json"), "--limit", "200", "--steps", str(steps),
+                   "--val-every", str(steps), "--val-cases", "2", "--out", out, *options]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"training process failed: {process.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def training_memory_rows(report: BenchReport, data_dir: Path, steps: int) -> None:
+    note = "batch of 8 edits; EasyEdit's SERAC: 5.6 GiB on the same model and data (brief)"
+    report.add("peak memory of a training process", training_process_peak_mib(data_dir, steps), unit="MiB", note=note)
+    report.add("peak memory of a training process, --gradient-checkpointing",
+               training_process_peak_mib(data_dir, steps, "--gradient-checkpointing"), unit="MiB", note="recomputes activations in backward")
 
 
 def cold_start_seconds(cache: str | None) -> float:
@@ -267,11 +259,13 @@ def run_bench(
     data_dir: Path,
     sizes: BenchSizes = BenchSizes(),
     cross_checkpoint: str | None = None,
-    cold_start: bool = True,
+    processes: bool = True,
     progress: Callable[[str], None] = lambda message: None,
 ) -> BenchReport:
     """Every measurement of the benchmark. `load()` gives the default system, `load(checkpoint=...,
-    classifier=...)` another one; `cross_checkpoint` a trained cross-encoder (else an untrained one)."""
+    classifier=...)` another one; `cross_checkpoint` a trained cross-encoder (else an untrained one).
+    `processes`: also the rows that start `searc` processes on the bundled models (cold start,
+    peak memory of probing and training)."""
     from searc.classifier import ClassifierConfig
 
     started = time.perf_counter()
@@ -280,7 +274,7 @@ def run_bench(
     val_cases = load_cases(data_dir / "counterfact" / "val.json")
     texts = list(dict.fromkeys(p.prompt for c in val_cases + train_cases for p in c.in_scope))[: sizes.texts]
     probes = [p.prompt for c in val_cases for p in c.rephrases]
-    if cold_start:
+    if processes:
         progress("cold start")
         cold_start_rows(report, sizes.cold_starts)
     system = load()
@@ -310,6 +304,10 @@ def run_bench(
     trainee = load(checkpoint=None)
     eval_cases = load_cases(data_dir / "counterfact" / "edit.json", limit=sizes.eval_cases)
     throughput_rows(report, trainee, system, train_cases, eval_cases, sizes.train_steps)
+    del trainee
+    if processes:
+        progress("training processes")
+        training_memory_rows(report, data_dir, sizes.train_steps)
     report.add("peak memory of the benchmark process", peak_rss_mib(), unit="MiB")
     report.seconds = time.perf_counter() - started
     return report

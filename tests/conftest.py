@@ -144,3 +144,15 @@ def require_shared_data() -> Path:
         pytest.fail(f"the shared data directory {SHARED_DATA} is missing (it must sit beside the checkout)")
     return SHARED_DATA
 
+
+
+def save_tiny_models(directory: Path) -> tuple[str, str]:
+    """The tiny Llama and BERT encoder saved as model directories (for `--lm` / `--encoder`)."""
+    lm_dir, encoder_dir = directory / "lm", directory / "encoder"
+    tokenizer = make_lm_tokenizer("left")
+    make_lm("llama", len(tokenizer)).save_pretrained(lm_dir)
+    tokenizer.save_pretrained(lm_dir)
+    encoder_tokenizer = make_encoder_tokenizer()
+    make_encoder(len(encoder_tokenizer)).save_pretrained(encoder_dir)
+    encoder_tokenizer.save_pretrained(encoder_dir)
+    return str(lm_dir), str(encoder_dir)

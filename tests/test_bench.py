@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from searc.bench import BenchSizes, PrecomputedKeys, filled_memory, run_bench
+import pytest
+
+from searc.bench import BenchSizes, PrecomputedKeys, filled_memory, run_bench, training_process_peak_mib
 from searc.classifier import ClassifierConfig
-from tests.conftest import make_system, require_shared_data
+from tests.conftest import make_system, require_shared_data, save_tiny_models
 
 SIZES = BenchSizes(scoring=(10, 100), edits=100, recall_edits=20, recall_probes=4, repeats=2, train_steps=3, eval_cases=2, texts=300)
 
@@ -16,7 +18,7 @@ def tiny_loader(checkpoint="default", classifier: ClassifierConfig | None = None
 
 
 def test_bench_measures_everything_it_promises():
-    report = run_bench(tiny_loader, require_shared_data(), SIZES, cold_start=False)
+    report = run_bench(tiny_loader, require_shared_data(), SIZES, processes=False)
     names = [row.name for row in report.rows]
     expected = [
         "encode edit prompts (keys)",
@@ -48,3 +50,14 @@ def test_filled_memories_reuse_keys_for_distinct_edits():
     assert memory.key_version == classifier.key_version  # no re-keying when scored
     assert memory.edits[3].prompt == texts[0] + " #1"
     assert (memory.keys.matrix[3] - memory.keys.matrix[0]).abs().max() == 0  # a copy shares its text's key
+
+
+def test_training_process_peak_memory_is_read_from_the_finished_process(tmp_path):
+    lm, encoder = save_tiny_models(tmp_path)
+    peak = training_process_peak_mib(require_shared_data(), 1, "--lm", lm, "--encoder", encoder)
+    assert 50 < peak < 4096  # an interpreter with torch loaded, not this test process's own peak
+
+
+def test_a_failed_training_process_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match="training process failed"):
+        training_process_peak_mib(require_shared_data(), 1, "--lm", str(tmp_path / "no-such-model"))
