@@ -67,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(probe)
 
     train = sub.add_parser("train", help="train the scope classifier and the counterfactual model jointly")
-    train.add_argument("--data", required=True, help="training cases (never an edit.json evaluation file)")
+    train.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                       help="training cases, one or more files of any supported format (never an edit.json evaluation file)")
     train.add_argument("--val", required=True, help="validation cases")
     train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
     train.add_argument("--variant", choices=["dense", "cross"], default="dense")
     train.add_argument("--trainable-layers", type=int, default=ClassifierConfig.trainable_layers,
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
     train.add_argument("--top-k", type=int, default=ClassifierConfig.top_k, help="cross: edits cross-encoded per probe (0 = all)")
-    train.add_argument("--limit", type=int, default=None, help="use only the first N training cases")
+    train.add_argument("--limit", type=int, default=None, help="use only the first N training cases of each file")
     for name, default in asdict(TrainConfig()).items():
         if isinstance(default, bool):
             train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
@@ -175,9 +176,10 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
     except ValueError as error:
         raise UsageError(f"searc train: {error}") from None
-    if Path(args.data).name == "edit.json" or Path(args.val).name == "edit.json":
+    if any(Path(path).name == "edit.json" for path in [*args.data, args.val]):
         raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
-    train_cases, val_cases = load_cases(args.data, limit=args.limit), load_cases(args.val)
+    train_cases = [case for path in args.data for case in load_cases(path, limit=args.limit)]
+    val_cases = load_cases(args.val)
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)

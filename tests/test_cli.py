@@ -22,6 +22,7 @@ from searc.cli import main, parse_edit
         (["train", "--data", "x.json", "--val", "y.json", "--steps", "0"], "steps must be a positive integer"),
         (["train", "--data", "x.json", "--val", "y.json", "--steps", "-3"], "steps must be a positive integer"),
         (["train", "--data", "../shared/data/counterfact/edit.json", "--val", "y.json"], "evaluation only"),
+        (["train", "--data", "x.json", "../shared/data/zsre/edit.json", "--val", "y.json"], "evaluation only"),
         (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
         (["eval", "--data", "/nonexistent/file.json", "--checkpoint", "none"], "cannot read"),
         (["probe", "--edit", "x" * 100_000 + "|Rome", "--probe", "x"], "the limit is 1000"),
@@ -40,6 +41,19 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err
     assert "Traceback" not in captured.err
+
+
+def test_training_reads_several_data_files(tmp_path, capsys):
+    from searc.checkpoint import read_checkpoint
+    from tests.conftest import require_shared_data, save_tiny_models
+
+    data = require_shared_data()
+    lm, encoder = save_tiny_models(tmp_path)
+    argv = ["train", "--data", str(data / "counterfact/train.json"), str(data / "zsre/train-1k.json"), "--limit", "5",
+            "--val", str(data / "counterfact/val.json"), "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder,
+            "--out", str(tmp_path / "ck")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "ck").config["training"]["train_cases"] == 10  # 5 of each file
 
 
 def test_edit_parsing_splits_on_the_last_bar():
