@@ -214,8 +214,8 @@ def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, thresh
     if mode == "batch":
         editor = Editor(system, threshold=threshold)
         edits = editor.add_edits(_distinct_edits(cases))
-        claimants = _claimants(cases, edits)
-        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, claimants[i])]
+        others = claimants(cases, edits)
+        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, others[i])]
         return
     for case in cases:
         editor = Editor(system, threshold=threshold)
@@ -223,7 +223,7 @@ def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, thresh
         yield editor, _probes(case, 0)
 
 
-def _claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edit]]:
+def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edit]]:
     """For each case, the other stored edits whose subject one of its out-of-scope prompts names."""
     with_subject = [(j, e, e.subject.casefold()) for j, e in enumerate(edits) if e.subject and e.target_true]
     result = []

@@ -235,8 +235,11 @@ def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, 
     the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (answered
     from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
     maximised. A route the counterfactual model declines leaves the probe to the base model, as
-    it does when the system answers (`editor.answer`)."""
+    it does when the system answers (`editor.answer`). As in evaluation, an out-of-scope prompt
+    that another stored edit claims (`evaluate.claims`) is that edit's own fact and left out of
+    locality."""
     from searc.editor import Editor, first_token_declines
+    from searc.evaluate import claimants, claims
 
     editor = Editor(system)
     editor.add_edits([case.edit for case in cases])
@@ -247,14 +250,23 @@ def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, 
     owner = labels.argmax(0)
     in_scope = labels.any(0)
     right_edit = best_edit == owner
+    claimed = torch.tensor([
+        flag
+        for case, others in zip(cases, claimants(cases, [c.edit for c in cases]))
+        for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
+    ])
+    local = ~in_scope & ~claimed
     candidates = []
     for threshold in THRESHOLD_GRID:
         answered = (best_scores >= threshold) & ~declined
         recall = float((answered & right_edit)[in_scope].float().mean())
-        locality = float((~answered[~in_scope]).float().mean()) if (~in_scope).any() else 1.0
+        locality = float((~answered[local]).float().mean()) if local.any() else 1.0
         candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
     _, _, threshold, recall, locality = max(candidates)
-    return {"threshold": threshold, "batch_recall": recall, "batch_locality": locality, "declined_routes": float(declined[~in_scope].float().mean())}
+    return {
+        "threshold": threshold, "batch_recall": recall, "batch_locality": locality,
+        "declined_routes": float(declined[~in_scope].float().mean()), "claimed_prompts": int(claimed.sum()),
+    }
 
 
 @torch.no_grad()

@@ -212,3 +212,25 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     monkeypatch.setattr(searc.editor, "first_token_declines", lambda system, prompts, edits: [p in out_of_scope for p in prompts])
     tuned = tune_threshold(make_system("llama"), cases)
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_routes"] == 1.0
+
+
+def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
+    """A locality prompt asking for another stored edit's old fact is that edit's own: routing it is right."""
+    from searc.editor import Editor
+    from searc.train import tune_threshold
+
+    subject_case = EditCase(Edit("Toko Yasuda plays the", "guitar", subject="Toko Yasuda", target_true="piano"),
+                            (Probe("Toko Yasuda plays the", "guitar"), Probe("Toko Yasuda performs on the", "guitar")),
+                            (Probe("The instrument of Toko Yasuda's bandmate is the", "bass"),))
+    claiming_case = EditCase(Edit("The fact about Sweden is", "Rome", subject="Sweden"),
+                             (Probe("The fact about Sweden is", "Rome"), Probe("Sweden's fact says", "Rome")),
+                             (Probe("Toko Yasuda is known to play the", "piano"),))  # names Toko Yasuda, expects the old answer
+    cases = [subject_case, claiming_case]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
+    fake[probes.index("Toko Yasuda is known to play the"), 0] = 0.95  # routed to the edit it asks about
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    monkeypatch.setattr("searc.editor.first_token_declines", lambda system, prompts, edits: [False] * len(prompts))
+    tuned = tune_threshold(make_system("llama"), cases)
+    assert tuned["claimed_prompts"] == 1
+    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
