@@ -364,7 +364,13 @@ def _accelerator(config: TrainConfig):
     """Hugging Face Accelerate decides the device, the processes and mixed precision: one CPU or
     GPU when run directly, every process of an `accelerate launch` (DDP, multi-node) otherwise."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision; a later training run in the same process (the workbench, a notebook) may ask for
+    # one. Only that part is reset: the process group of a launched run stays as it is.
+    if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
 

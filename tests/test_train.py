@@ -234,3 +234,15 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     tuned = tune_threshold(make_system("llama"), cases)
     assert tuned["claimed_prompts"] == 1
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
+
+
+def test_bf16_autocast_trains_close_to_float32():
+    """--mixed-precision bf16 (Accelerate's autocast; here on the CPU) runs the forwards in bfloat16:
+    the losses move a little, not a lot, and training still moves the adapter."""
+    _, plain_events = run()
+    system, bf16_events = run(TrainConfig(**{**CONFIG.__dict__, "mixed_precision": "bf16"}))
+    plain = [e.losses["nll"] for e in plain_events if e.kind == "step"]
+    bf16 = [e.losses["nll"] for e in bf16_events if e.kind == "step"]
+    assert plain != bf16, "autocast must have run the forwards in bfloat16"
+    assert bf16 == pytest.approx(plain, rel=0.1)
+    assert all(p.dtype == torch.float32 for p in system.counterfactual.model.parameters())  # weights stay float32
