@@ -197,45 +197,62 @@ def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSyst
                note=f"{len(eval_cases)} CounterFact cases, single mode, both scorings")
 
 
-def training_process_peak_mib(data_dir: Path, steps: int, *options: str) -> float:
-    """Peak resident memory of a `searc train` process (models loaded, `steps` steps, validation)."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "searc.cli", "train", "--data", str(data_dir / "counterfact" / "train.json"),
-                   "--val", str(data_dir / "counterfact" / "val.json"), "--limit", "200", "--steps", str(steps),
-                   "--val-every", str(steps), "--val-cases", "2", "--out", out, *options]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        if status != 0:
-            raise RuntimeError(f"training process failed: {process.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024
-
-
 def training_memory_rows(report: BenchReport, data_dir: Path, steps: int) -> None:
     note = "batch of 8 edits; EasyEdit's SERAC: 5.6 GiB on the same model and data (brief)"
-    report.add("peak memory of a training process", training_process_peak_mib(data_dir, steps), unit="MiB", note=note)
+    report.add("peak memory of a training process", training_process(data_dir, steps).peak_mib, unit="MiB", note=note)
     report.add("peak memory of a training process, --gradient-checkpointing",
-               training_process_peak_mib(data_dir, steps, "--gradient-checkpointing"), unit="MiB", note="recomputes activations in backward")
+               training_process(data_dir, steps, "--gradient-checkpointing").peak_mib, unit="MiB", note="recomputes activations in backward")
 
 
-def cold_start_seconds(cache: str | None) -> float:
-    """Process start to the first probe answered (a `searc probe` run), in seconds."""
+# Runs `searc ARGS` and prints the process's own peak resident memory (VmHWM) as it ends. The
+# parent's rusage cannot give it: Linux carries a forking parent's peak into the child's maxrss.
+_REPORT_PEAK = (
+    "import re, sys\n"
+    "from searc.cli import main\n"
+    "status = main(sys.argv[1:])\n"
+    "print('\\nVmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    "sys.exit(status)\n"
+)
+
+
+@dataclass
+class ProcessRun:
+    seconds: float  # process start to exit
+    peak_mib: float  # the process's own peak resident memory
+
+
+def run_searc(args: Sequence[str], env: dict[str, str] | None = None) -> ProcessRun:
+    """One `searc` command in a fresh Python process."""
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-c", _REPORT_PEAK, *args], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"searc {args[0]} process failed: {completed.stderr[-2000:]}")
+    return ProcessRun(seconds, int(completed.stdout.rsplit("VmHWM", 1)[1]) / 1024)
+
+
+def cold_start(cache: str | None) -> ProcessRun:
+    """Process start to the first probe answered (a `searc probe` run)."""
     env = dict(os.environ)
     if cache is not None:
         env["SEARC_CACHE"] = cache
-    command = [sys.executable, "-m", "searc.cli", "probe", "--edit", "The Eiffel Tower is located in the city of|Rome",
-               "--probe", "The Eiffel Tower stands in"]
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    return run_searc(["probe", "--edit", "The Eiffel Tower is located in the city of|Rome", "--probe", "The Eiffel Tower stands in"], env)
 
 
 def cold_start_rows(report: BenchReport, repeats: int) -> None:
-    warm = statistics.median(cold_start_seconds(None) for _ in range(repeats))
-    report.add("cold start to first probe, warm model cache", warm, unit="s", below=10.0)
+    warm = [cold_start(None) for _ in range(repeats)]
+    report.add("cold start to first probe, warm model cache", statistics.median(r.seconds for r in warm), unit="s", below=10.0)
     with tempfile.TemporaryDirectory() as empty:
-        report.add("cold start to first probe, empty model cache", cold_start_seconds(empty), unit="s",
+        report.add("cold start to first probe, empty model cache", cold_start(empty).seconds, unit="s",
                    note="GGUF dequantised and cached once")
-    report.add("peak memory of a probe process", peak_rss_mib(resource.RUSAGE_CHILDREN), unit="MiB")
+    report.add("peak memory of a probe process", max(r.peak_mib for r in warm), unit="MiB")
+
+
+def training_process(data_dir: Path, steps: int, *options: str) -> ProcessRun:
+    """A `searc train` process: models loaded, `steps` steps, one small validation."""
+    with tempfile.TemporaryDirectory() as out:
+        return run_searc(["train", "--data", str(data_dir / "counterfact" / "train.json"), "--val", str(data_dir / "counterfact" / "val.json"),
+                          "--limit", "200", "--steps", str(steps), "--val-every", str(steps), "--val-cases", "2", "--out", out, *options])
 
 
 @dataclass

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from searc.bench import BenchSizes, PrecomputedKeys, filled_memory, run_bench, training_process_peak_mib
+from searc.bench import BenchSizes, PrecomputedKeys, filled_memory, run_bench, training_process
 from searc.classifier import ClassifierConfig
 from tests.conftest import make_system, require_shared_data, save_tiny_models
 
@@ -52,12 +53,15 @@ def test_filled_memories_reuse_keys_for_distinct_edits():
     assert (memory.keys.matrix[3] - memory.keys.matrix[0]).abs().max() == 0  # a copy shares its text's key
 
 
-def test_training_process_peak_memory_is_read_from_the_finished_process(tmp_path):
+def test_a_training_process_reports_its_own_peak_memory(tmp_path):
+    """Not the parent's: Linux carries a forking parent's peak into its child's rusage."""
     lm, encoder = save_tiny_models(tmp_path)
-    peak = training_process_peak_mib(require_shared_data(), 1, "--lm", lm, "--encoder", encoder)
-    assert 50 < peak < 4096  # an interpreter with torch loaded, not this test process's own peak
+    ballast = torch.ones(2**28)  # 1 GiB held by this process while the child runs
+    run = training_process(require_shared_data(), 1, "--lm", lm, "--encoder", encoder)
+    assert 50 < run.peak_mib < 1024 and run.seconds > 0
+    del ballast
 
 
-def test_a_failed_training_process_says_why(tmp_path):
-    with pytest.raises(RuntimeError, match="training process failed"):
-        training_process_peak_mib(require_shared_data(), 1, "--lm", str(tmp_path / "no-such-model"))
+def test_a_failed_process_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match="searc train process failed"):
+        training_process(require_shared_data(), 1, "--lm", str(tmp_path / "no-such-model"))
