@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
     train.add_argument("--top-k", type=int, default=ClassifierConfig.top_k, help="cross: edits cross-encoded per probe (0 = all)")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training cases of each file")
+    train.add_argument("--skip-bad-records", action="store_true",
+                       help="leave out malformed records (counted on stderr) instead of stopping at the first")
     for name, default in asdict(TrainConfig()).items():
         if isinstance(default, bool):
             train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
@@ -168,7 +170,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from searc.data import load_cases
+    from searc.data import DataError, load_cases
     from searc.system import load_system
     from searc.train import train
 
@@ -178,8 +180,15 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"searc train: {error}") from None
     if any(Path(path).name == "edit.json" for path in [*args.data, args.val]):
         raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
-    train_cases = [case for path in args.data for case in load_cases(path, limit=args.limit)]
-    val_cases = load_cases(args.val)
+    skipped: list[str] | None = [] if args.skip_bad_records else None
+    try:
+        train_cases = [case for path in args.data for case in load_cases(path, limit=args.limit, skipped=skipped)]
+        val_cases = load_cases(args.val, skipped=skipped)
+    except DataError as error:
+        hint = "" if args.skip_bad_records else " (--skip-bad-records leaves malformed records out)"
+        raise UsageError(f"searc train: {error}{hint}") from None
+    if skipped:
+        print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)

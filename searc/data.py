@@ -222,15 +222,24 @@ def _transpose_easyedit(data: dict, name: str) -> list[dict]:
     return records
 
 
-def load_cases(path: str | Path, limit: int | None = None) -> list[EditCase]:
-    """All cases of a file, all or nothing; errors name file, record and field."""
+def load_cases(path: str | Path, limit: int | None = None, skipped: list[str] | None = None) -> list[EditCase]:
+    """All cases of a file, all or nothing; errors name file, record and field.
+
+    With a `skipped` list, a malformed record is left out and its error appended there instead
+    (real datasets have a few: zsRE's train split has records without a new target); a file
+    that cannot be read at all still raises."""
     path = Path(path)
     records = read_records(path)
     records = records[:limit] if limit is not None else records
     cases = []
     for index, record in enumerate(records):
         where = f"{path.name} record {index + 1}"
-        cases.append(FORMATS[detect_format(record, where)][1](record, where))
+        try:
+            cases.append(FORMATS[detect_format(record, where)][1](record, where))
+        except DataError as error:
+            if skipped is None:
+                raise
+            skipped.append(str(error))
     return cases
 
 

@@ -49,6 +49,8 @@ def test_training_reads_several_data_files(tmp_path, capsys):
 
     data = require_shared_data()
     lm, encoder = save_tiny_models(tmp_path)
+    bad = ["train", "--data", str(data / "zsre/train-1k.json"), "--val", str(data / "counterfact/val.json"), "--lm", lm]
+    assert main(bad) == 2 and "--skip-bad-records" in capsys.readouterr().err  # two zsRE records have no new target
     argv = ["train", "--data", str(data / "counterfact/train.json"), str(data / "zsre/train-1k.json"), "--limit", "5",
             "--val", str(data / "counterfact/val.json"), "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder,
             "--out", str(tmp_path / "ck")]

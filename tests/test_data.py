@@ -59,6 +59,27 @@ def test_malformed_records_name_file_record_and_field(tmp_path, records, message
     assert "broken.json" in str(info.value)
 
 
+def test_malformed_records_can_be_skipped_and_counted(tmp_path):
+    path = tmp_path / "mixed.json"
+    good = {"prompt": "The sky is", "target_new": "green"}
+    path.write_text(json.dumps([good, {"prompt": "p2", "target_new": ""}, {"hello": 1}, {**good, "prompt": "Grass is"}]))
+    skipped: list[str] = []
+    cases = load_cases(path, skipped=skipped)
+    assert [c.edit.prompt for c in cases] == ["The sky is", "Grass is"]
+    assert len(skipped) == 2 and "record 2: field 'target_new'" in skipped[0] and "record 3" in skipped[1]
+    path.write_text("not json")
+    with pytest.raises(DataError, match="not valid JSON"):  # an unreadable file is not a record to skip
+        load_cases(path, skipped=[])
+
+
+def test_shared_zsre_train_split_has_two_records_without_a_new_target():
+    skipped: list[str] = []
+    cases = load_cases(require_shared_data() / "zsre" / "train-1k.json", skipped=skipped)
+    assert len(cases) == 998 and len(skipped) == 2 and all("field 'alt'" in message for message in skipped)
+    with pytest.raises(DataError, match="field 'alt'"):
+        load_cases(require_shared_data() / "zsre" / "train-1k.json")
+
+
 def test_invalid_json_and_encoding(tmp_path):
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(DataError, match="bad.json: not valid JSON"):
