@@ -268,7 +268,7 @@ class BenchSizes:
     texts: int | None = None  # distinct prompts encoded for keys (None: all CounterFact train/val prompts)
 
 
-QUICK = BenchSizes(scoring=(10, 1_000), edits=1_000, recall_edits=200, recall_probes=5, repeats=5, train_steps=3, eval_cases=4, cold_starts=1)
+QUICK = BenchSizes(scoring=(10, 1_000), edits=1_000, recall_edits=200, recall_probes=5, repeats=5, train_steps=3, eval_cases=4, cold_starts=1, texts=2_000)
 
 
 def run_bench(
