@@ -185,12 +185,13 @@ def editing_rows(report: BenchReport, system: SeracSystem, keys: PrecomputedKeys
 
 
 def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSystem, train_cases: Sequence[EditCase], eval_cases: Sequence[EditCase], steps: int) -> None:
-    config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2)
-    events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
-    report.add("training throughput", statistics.median(e.examples_per_s for e in events), unit="examples/s",
-               note=f"batch of 8 edits, median of {len(events)} steps")
-    elapsed = [e.elapsed_s for e in events]
-    report.add("training step", statistics.median(b - a for a, b in zip(elapsed, elapsed[1:])) * 1000)
+    for checkpointing, suffix in ((False, ""), (True, ", --gradient-checkpointing")):
+        config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2, gradient_checkpointing=checkpointing)
+        events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
+        report.add("training throughput" + suffix, statistics.median(e.examples_per_s for e in events), unit="examples/s",
+                   note=f"batch of 8 edits, median of {len(events)} steps")
+        elapsed = [e.elapsed_s for e in events]
+        report.add("training step" + suffix, statistics.median(b - a for a, b in zip(elapsed, elapsed[1:])) * 1000)
     started = time.perf_counter()
     evaluate(system, eval_cases, mode="single", threshold=system.info.get("threshold", 0.5))
     report.add("evaluation throughput", len(eval_cases) / (time.perf_counter() - started), unit="cases/s",

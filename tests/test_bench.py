@@ -33,6 +33,7 @@ def test_bench_measures_everything_it_promises():
         "top-32 recall of the exhaustive best edit",
         "top-32 recall of the probe's own edit",
         "training throughput",
+        "training throughput, --gradient-checkpointing",
         "evaluation throughput",
         "peak memory of the benchmark process",
     ]
