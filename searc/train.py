@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # "bf16" where the device supports it (Accelerate autocast)
-    gradient_checkpointing: bool = False  # recompute the LM's activations in backward: ~half the memory, ~25% slower
+    gradient_checkpointing: bool = False  # recompute the LM's activations in backward: less memory, one more forward a step
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_edits", "accumulate", "val_every", "val_cases", "patience"):
