@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in asdict(TrainConfig()).items():
         if isinstance(default, bool):
             train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            train.add_argument(f"--{name.replace('_', '-')}", nargs="*", default=default, metavar="RELATION",
+                               help=f"default: {' '.join(default)}; give none to hold out nothing")
         else:
             train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     train.add_argument("--lm", default="bundled")
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--limit", type=int, default=None, help="first N cases")
     evaluate.add_argument("--mode", choices=["single", "batch"], default="single")
+    evaluate.add_argument("--memory", type=int, default=None, metavar="M",
+                          help="batch mode with the first M edits of the file in memory (one per prompt), the --limit cases probed")
+    evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
+                          help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
     evaluate.add_argument("--threshold", default=None, help="routing threshold (default: the checkpoint's, else 0.5)")
     evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
     model_options(evaluate)
@@ -207,16 +214,29 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from searc.augment import split_by_relation
     from searc.data import load_cases
+    from searc.relations import relation_id
     from searc.evaluate import evaluate
     from searc.system import load_system
 
     if args.limit is not None and args.limit < 1:
         raise UsageError("searc eval: --limit must be at least 1")
+    if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
+        raise UsageError("searc eval: --memory takes a positive number and --mode batch")
     try:
-        cases = load_cases(args.data, limit=args.limit)
+        relations = [relation_id(name) for name in args.relation]
+        cases = load_cases(args.data)
+    except ValueError as error:
+        raise UsageError(f"searc eval: {error}") from None
     except OSError as error:
         raise UsageError(f"searc eval: cannot read {args.data}: {error.strerror}") from None
+    stored = cases[: args.memory] if args.memory else []
+    if relations:
+        cases = split_by_relation(cases, relations)[1]
+    cases = cases[: args.limit]
+    if not cases:
+        raise UsageError(f"searc eval: no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
     threshold = parse_threshold(args.threshold) if args.threshold is not None else system.info.get("threshold", 0.5)
 
@@ -224,7 +244,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
     try:
-        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress)
+        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress, stored=stored)
     except ValueError as error:
         raise UsageError(f"searc eval: {error}") from None
     print(file=sys.stderr)
@@ -235,9 +255,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from searc.augment import augmented_validation
     from searc.data import load_cases
     from searc.system import load_system, save_checkpoint
-    from searc.train import tune_threshold
+    from searc.validation import tune_threshold
 
     if Path(args.val).name == "edit.json":
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
@@ -246,6 +267,9 @@ def run_tune(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"searc tune: cannot read {args.val}: {error.strerror}") from None
     system = load_system(checkpoint=args.checkpoint)
+    config = (system.info.get("training") or {}).get("config", {})
+    if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
+        cases = augmented_validation(cases, config.get("held_out_relations", ()), config.get("seed", 0))
     tuned = tune_threshold(system, cases)
     metrics = {**system.info.get("metrics", {}), **tuned, "threshold_cases": len(cases)}
     save_checkpoint(system, args.checkpoint, tuned["threshold"], training=system.info.get("training"), metrics=metrics)

@@ -10,7 +10,11 @@ formats are detected from their fields:
   target_true.str}, paraphrase_prompts, neighborhood_prompts;
 - zsRE as released with MEND: src, alt, rephrase, loc, loc_ans (+ portability in EasyEdit's edit set);
 - EasyEdit `editor.edit()` style: prompts, target_new, ground_truth, rephrase_prompts,
-  locality_inputs {name: {prompt, ground_truth}}, subject.
+  locality_inputs {name: {prompt, ground_truth}}, subject;
+- KnowEdit: prompt, target_new, ground_truth, rephrase_prompt, and groups of probes
+  `locality` {Relation_Specificity, Forgetfulness, ...} (out of scope) and `portability`
+  {Subject_Aliasing (in scope: the same fact, the subject named otherwise), Reasoning,
+  Logical_Generalization, ...}; a ground truth is a text, a list of texts or a list of alias lists.
 Loading is all or nothing: any bad record stops it with the file, record number and field.
 """
 
@@ -29,7 +33,13 @@ from searc.memory import Edit
 @dataclass(frozen=True)
 class Probe:
     prompt: str
-    answer: str  # the expected answer (target_new in scope; the true answer out of scope)
+    answer: str  # the expected answer (target_new in scope; the true answer out of scope); "" = unknown
+    aliases: tuple[str, ...] = ()  # other answers that count as right (KnowEdit's alias lists)
+    group: str = ""  # the data's category (KnowEdit: "Relation_Specificity", "Reasoning", ...)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.answer, *self.aliases)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,60 @@ def _easyedit(record: dict, where: str) -> EditCase:
     return EditCase(edit, (Probe(prompt, target), *(Probe(r, target) for r in rephrases)), tuple(out))
 
 
+IN_SCOPE_PORTABILITY = frozenset({"Subject_Aliasing"})  # KnowEdit groups that ask the edited fact itself
+
+
+def _answers(value: Any, where: str) -> tuple[str, ...]:
+    """A ground truth as text, list of texts or list of alias lists: every acceptable answer, first first."""
+    values = value if isinstance(value, list) else [value]
+    flat = [alias for v in values for alias in (v if isinstance(v, list) else [v])]
+    if not flat or not all(isinstance(a, (str, int, float)) and str(a).strip() for a in flat):
+        raise DataError(f"{where}: ground_truth must be text, a list of texts or a list of alias lists")
+    return tuple(dict.fromkeys(str(a).strip() for a in flat))
+
+
+def _groups(record: dict, name: str, where: str) -> list[Probe]:
+    """KnowEdit's {group: [{prompt, ground_truth}, ...]} probes, each tagged with its group."""
+    groups = record.get(name) or {}
+    if not isinstance(groups, dict):
+        raise DataError(f"{where}: field {name!r} must be an object of probe groups")
+    probes = []
+    for group, items in groups.items():
+        items = [items] if isinstance(items, dict) else items
+        if not isinstance(items, list):
+            raise DataError(f"{where}: {name}.{group} must be a list of probes")
+        for number, item in enumerate(items, start=1):
+            at = f"{where}.{name}.{group}[{number}]"
+            if not isinstance(item, dict):
+                raise DataError(f"{at}: expected an object with prompt and ground_truth")
+            prompts = _texts(item, "prompt", at)
+            if not prompts:
+                raise DataError(f"{at}: missing field 'prompt'")
+            answers = _answers(_field(item, "ground_truth", at), at)
+            answers = [answers] * len(prompts) if not isinstance(item["ground_truth"], list) or len(prompts) == 1 else [
+                _answers(a, at) for a in item["ground_truth"]
+            ]
+            if len(answers) != len(prompts):
+                raise DataError(f"{at}: {len(prompts)} prompts but {len(answers)} ground truths")
+            probes += [Probe(p, a[0], a[1:], group) for p, a in zip(prompts, answers)]
+    return probes
+
+
+def _knowedit(record: dict, where: str) -> EditCase:
+    prompt, target = _text(record, "prompt", where), _text(record, "target_new", where)
+    old = _answers(record["ground_truth"], where)[0] if record.get("ground_truth") not in (None, "", []) else None
+    edit = Edit(prompt, target, _optional(record, "subject", where), old)
+    rephrases = [Probe(r, target, group="rephrase") for r in _texts(record, "rephrase_prompt", where)]
+    portability = _groups(record, "portability", where)
+    aliased = tuple(p for p in portability if p.group in IN_SCOPE_PORTABILITY)
+    return EditCase(
+        edit,
+        (Probe(prompt, target), *rephrases, *aliased),
+        tuple(_groups(record, "locality", where)),
+        tuple(p for p in portability if p.group not in IN_SCOPE_PORTABILITY),
+    )
+
+
 def _counterfact_nested(record: dict, where: str) -> EditCase:
     rewrite = _field(record, "requested_rewrite", where)
     if not isinstance(rewrite, dict):
@@ -145,6 +209,8 @@ def _zsre(record: dict, where: str) -> EditCase:
 
 FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], EditCase]]] = {
     "counterfact-nested": (("requested_rewrite",), _counterfact_nested),
+    "knowedit": (("prompt", "target_new", "locality"), _knowedit),
+    "knowedit-portability": (("prompt", "target_new", "portability"), _knowedit),
     "zsre": (("src", "alt", "rephrase"), _zsre),
     "easyedit": (("prompts", "target_new"), _easyedit),
     "flat": (("prompt", "target_new"), _flat),

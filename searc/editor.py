@@ -285,7 +285,9 @@ def answer(
     ]
     counterfactual_outputs: list[str | None] = [None] * len(prompts)
     if wanted:
-        generations = system.counterfactual.generate([counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted])
+        cf = system.counterfactual
+        budget = cf.budget_for([routes[i].best_edit.target_new for i in wanted])  # a long target is finished, not cut
+        generations = cf.generate([counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted], max_new_tokens=budget)
         for i, generation in zip(wanted, generations):
             counterfactual_outputs[i] = generation.text
     results = []

@@ -5,6 +5,9 @@ For each case the edit is stored, then:
 - generalization: the rephrases are answered with target_new;
 - locality: out-of-scope prompts are answered exactly as the unedited model answers them;
 - portability (where the data has it): the one-hop question is answered with its new answer;
+- by group (KnowEdit's categories: rephrase and Subject_Aliasing in generalization,
+  Relation_Specificity in locality, Reasoning and Logical_Generalization in portability), each apart;
+  an answer is right when it starts with any of the probe's acceptable answers (alias lists);
 - classifier: precision and recall of "routed to this probe's own edit".
 
 Scorings: teacher-forced token accuracy (EasyEdit-compatible: argmax == target token at every
@@ -19,8 +22,14 @@ With many edits stored, a dataset's out-of-scope prompt can ask for the very fac
 stored edit changed: CounterFact has "Hank Aaron professionally plays the sport" as one case's edit
 and "What sport does Hank Aaron play? They play" as another case's locality prompt. The edited
 system is right to answer it with the new target, so such a prompt is not counted in locality: it
-is *claimed* (it names the other edit's subject and expects that edit's old answer). The report
-keeps the count and the locality over all out-of-scope prompts (`locality_all`) beside it.
+is *claimed* (it names the other edit's subject and expects that edit's old answer). KnowEdit's
+relation-specificity probes sometimes ask the case's *own* edited fact ("The constellation of
+Butterfly Cluster is" -> the old constellation, beside the edit of that constellation): the case's
+own edit claims those the same way. The report keeps the count and the locality over all
+out-of-scope prompts (`locality_all`) beside it.
+
+`stored` adds edits to batch mode's memory beyond those of the probed cases: 300 cases probed with
+10,000 edits in memory is `evaluate(system, cases[:300], "batch", stored=cases)`.
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ class EvalReport:
     locality_all: Scored  # every out-of-scope prompt
     claimed_locality_prompts: int
     portability: Scored | None
+    groups: dict[str, Scored]  # "metric/group" -> scores of the data's categories (KnowEdit), generation and teacher-forced
+    group_sizes: dict[str, int]
+    edits_in_memory: int
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
     seconds: float
@@ -66,12 +78,13 @@ class EvalReport:
             scored = getattr(self, name)
             if scored is not None:
                 rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
+        rows += [(f"{name} (n={self.group_sizes[name]})", f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}") for name, scored in self.groups.items()]
         rows.append(("claimed locality prompts", "", str(self.claimed_locality_prompts)))
         rows += [(f"classifier {k}", "", f"{v:.3f}") for k, v in self.classifier.items()]
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
-        return "\n".join(lines + [f"{self.n_cases} cases, {self.mode} mode, {self.seconds:.0f} s"])
+        return "\n".join(lines + [f"{self.n_cases} cases, {self.mode} mode, {self.edits_in_memory} edits in memory, {self.seconds:.0f} s"])
 
 
 @dataclass
@@ -93,31 +106,42 @@ class _Tally:
 class _Probe:
     kind: str  # reliability | generalization | locality | portability
     prompt: str
-    answer: str
+    answers: tuple[str, ...]  # the first is scored teacher-forced; any counts by generation
     edit_index: int  # index of the case's edit in the editor's memory
-    claimed: bool = False  # a locality prompt that asks for another stored edit's fact
+    group: str = ""
+    claimed: bool = False  # a locality prompt that asks for a stored edit's fact
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0]
 
 
 def claims(edit: Edit, out_of_scope: Probe) -> bool:
     """Whether `out_of_scope` asks for the fact that `edit` changes: it names the edit's subject
-    and expects the edit's old answer."""
+    and expects the edit's old answer (or one of its aliases)."""
     if not edit.subject or not edit.target_true:
         return False
-    return edit.subject.casefold() in out_of_scope.prompt.casefold() and edit.target_true.strip().casefold() == out_of_scope.answer.strip().casefold()
+    old = edit.target_true.strip().casefold()
+    return edit.subject.casefold() in out_of_scope.prompt.casefold() and any(a.strip().casefold() == old for a in out_of_scope.answers)
 
 
-def _probes(case: EditCase, edit_index: int, others: Sequence[Edit] = ()) -> list[_Probe]:
-    probes = [_Probe("reliability", case.in_scope[0].prompt, case.in_scope[0].answer, edit_index)]
-    probes += [_Probe("generalization", p.prompt, p.answer, edit_index) for p in case.rephrases]
+def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[_Probe]:
+    """The case's probes; `claimants` are the stored edits (its own among them) that may claim its locality prompts."""
+    probes = [_Probe("reliability", case.in_scope[0].prompt, case.in_scope[0].answers, edit_index)]
+    probes += [_Probe("generalization", p.prompt, p.answers, edit_index, p.group) for p in case.rephrases]
     probes += [
-        _Probe("locality", p.prompt, p.answer, edit_index, claimed=any(claims(e, p) for e in others)) for p in case.out_of_scope
+        _Probe("locality", p.prompt, p.answers, edit_index, p.group, claimed=any(claims(e, p) for e in claimants)) for p in case.out_of_scope
     ]
-    probes += [_Probe("portability", p.prompt, p.answer, edit_index) for p in case.portability]
+    probes += [_Probe("portability", p.prompt, p.answers, edit_index, p.group) for p in case.portability]
     return probes
 
 
 def starts_with_target(output: str, target: str) -> bool:
     return output.lstrip().startswith(target.strip())
+
+
+def starts_with_any(output: str, answers: Sequence[str]) -> bool:
+    return any(starts_with_target(output, a) for a in answers if a.strip())
 
 
 def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> None:
@@ -142,15 +166,21 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
 def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
     own = editor.memory.edits[probe.edit_index]
     routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
+    group = f"{probe.kind}/{probe.group}" if probe.group else None
     if probe.kind == "locality":
         tally.add("locality_all_gen", float(result.output == result.base_output))
         tally.add("claimed", float(probe.claimed))
         if not probe.claimed:
             tally.add("locality_gen", float(result.output == result.base_output))
             tally.add("false_routes", float(result.routed))
+            if group:
+                tally.add(f"{group}_gen", float(result.output == result.base_output))
     else:
-        tally.add(f"{probe.kind}_gen", float(starts_with_target(result.output, probe.answer)))
-        tally.add(f"unedited_{probe.kind}", float(starts_with_target(result.base_output, probe.answer)))
+        right = float(starts_with_any(result.output, probe.answers))
+        tally.add(f"{probe.kind}_gen", right)
+        tally.add(f"unedited_{probe.kind}", float(starts_with_any(result.base_output, probe.answers)))
+        if group:
+            tally.add(f"{group}_gen", right)
         if probe.kind in ("reliability", "generalization"):
             tally.add("true_routes", float(routed_to_own))
             tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
@@ -160,9 +190,13 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
             tally.add("locality_all_tf", sum(agree) / len(agree))
             if not probe.claimed:
                 tally.add("locality_tf", sum(agree) / len(agree))
+                if group:
+                    tally.add(f"{group}_tf", sum(agree) / len(agree))
         else:
             hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
             tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
+            if group:
+                tally.add(f"{group}_tf", sum(hits) / len(hits))
 
 
 def evaluate(
@@ -171,15 +205,19 @@ def evaluate(
     mode: Mode = "single",
     threshold: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
+    stored: Sequence[EditCase] = (),
 ) -> EvalReport:
-    """Evaluate `system` on `cases`; see the module docstring."""
+    """Evaluate `system` on `cases`; see the module docstring. `stored`: more cases whose edits
+    batch mode keeps in memory beside the probed cases' own (one per prompt)."""
     if mode not in ("single", "batch"):
         raise ValueError(f"mode must be 'single' or 'batch', got {mode!r}")
     if not cases:
         raise ValueError("no cases to evaluate")
+    if stored and mode != "batch":
+        raise ValueError("more stored edits need batch mode")
     started = time.perf_counter()
     tally = _Tally()
-    sessions = list(_sessions(system, cases, mode, threshold))
+    sessions = list(_sessions(system, cases, mode, threshold, stored))
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
         _score(sessions[start : start + group], tally)
@@ -192,6 +230,7 @@ def evaluate(
         "recall": true / n_in_scope if n_in_scope else float("nan"),
         "false_route_rate": tally.mean("false_routes"),
     }
+    groups = sorted(k[: -len("_gen")] for k in tally.sums if "/" in k and k.endswith("_gen"))
     unedited = {k: tally.mean(f"unedited_{k}") for k in ("reliability", "generalization", "portability") if tally.has(f"unedited_{k}")}
     return EvalReport(
         n_cases=len(cases),
@@ -202,34 +241,39 @@ def evaluate(
         locality_all=Scored(tally.mean("locality_all_tf"), tally.mean("locality_all_gen")),
         claimed_locality_prompts=int(sum(tally.sums.get("claimed", []))),
         portability=Scored(tally.mean("portability_tf"), tally.mean("portability_gen")) if tally.has("portability_gen") else None,
+        groups={name: Scored(tally.mean(f"{name}_tf"), tally.mean(f"{name}_gen")) for name in groups},
+        group_sizes={name: len(tally.sums[f"{name}_gen"]) for name in groups},
+        edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         classifier=classifier,
         unedited=unedited,
         seconds=time.perf_counter() - started,
     )
 
 
-def _sessions(system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float) -> Iterator[tuple[Editor, list[_Probe]]]:
-    # single mode keys each case's edit in its own small memory; batch mode keys them all at once
-    """Editors with their memory filled as the mode says, and the probes to ask them."""
+def _sessions(
+    system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float, stored: Sequence[EditCase] = ()
+) -> Iterator[tuple[Editor, list[_Probe]]]:
+    """Editors with their memory filled as the mode says, and the probes to ask them: single mode
+    keys each case's edit in its own small memory; batch mode keys them all at once."""
     if mode == "batch":
         editor = Editor(system, threshold=threshold)
-        edits = editor.add_edits(_distinct_edits(cases))
-        others = claimants(cases, edits)
-        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, others[i])]
+        edits = editor.add_edits(_distinct_edits(cases) + _more_edits(stored, cases))
+        stored_claimants = claimants(cases, edits)
+        yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, stored_claimants[i])]
         return
     for case in cases:
         editor = Editor(system, threshold=threshold)
         editor.add_edits([case.edit])
-        yield editor, _probes(case, 0)
+        yield editor, _probes(case, 0, editor.edits)
 
 
 def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edit]]:
-    """For each case, the other stored edits whose subject one of its out-of-scope prompts names."""
-    with_subject = [(j, e, e.subject.casefold()) for j, e in enumerate(edits) if e.subject and e.target_true]
+    """For each case, the stored edits (its own included) whose subject one of its out-of-scope prompts names."""
+    with_subject = [(e, e.subject.casefold()) for e in edits if e.subject and e.target_true]
     result = []
-    for i, case in enumerate(cases):
+    for case in cases:
         prompts = [p.prompt.casefold() for p in case.out_of_scope]
-        result.append([e for j, e, subject in with_subject if j != i and any(subject in p for p in prompts)])
+        result.append([e for e, subject in with_subject if any(subject in p for p in prompts)])
     return result
 
 
@@ -239,6 +283,17 @@ def _distinct_edits(cases: Sequence[EditCase]):
     if len(set(prompts)) != len(prompts):
         raise ValueError("batch mode needs one edit per prompt; the data repeats a prompt")
     return [c.edit for c in cases]
+
+
+def _more_edits(stored: Sequence[EditCase], cases: Sequence[EditCase]) -> list[Edit]:
+    """The edits of `stored` on prompts that neither `cases` nor an earlier stored case has."""
+    seen = {c.edit.prompt.casefold() for c in cases}
+    more = []
+    for case in stored:
+        if case.edit.prompt.casefold() not in seen:
+            seen.add(case.edit.prompt.casefold())
+            more.append(case.edit)
+    return more
 
 
 def comparison_rows(trained: EvalReport, zero_shot: EvalReport | None = None) -> dict[str, dict[str, float]]:

@@ -60,3 +60,10 @@ def masked_log_probs(logits: torch.Tensor, labels: torch.Tensor, shift: bool) ->
         token_nll=token_nll,
         mask=mask,
     )
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over positives and over negatives, averaged: neither class dominates."""
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    positive, negative = labels > 0.5, labels <= 0.5
+    return 0.5 * (losses[positive].mean() + losses[negative].mean())

@@ -1,19 +1,21 @@
 """Joint training of the scope classifier and the counterfactual model, as in SERAC's trainer.
 
-Each step samples a batch of edit cases.
+Each step samples a batch of edit cases, augmented with other wordings of each edited fact and
+other facts of each edited subject (`searc.augment`; what a batch is: `searc.batches`).
 - Counterfactual loss: NLL (`masked_log_probs`) of target_new followed by end-of-sequence on the
-  in-scope probes (the edit prompt and its rephrases), with the gold edit in the counterfactual
-  model's context. The end-of-sequence token teaches it to stop after the answer.
+  in-scope probes (the edit prompt and its other wordings), with the gold edit in the
+  counterfactual model's context. The end-of-sequence token teaches it to stop after the answer.
 - Classifier loss: class-balanced BCE on every (edit, input) pair of the batch: each edit against
   every in-scope and out-of-scope probe of every case in the batch. Positives are an edit's own
-  in-scope probes; negatives are its out-of-scope probes (same relation, other subject: hard
-  negatives) and all other edits' probes, as when many edits share the memory.
+  in-scope probes; negatives are its out-of-scope probes (other facts of the same subject; the
+  same relation of other subjects) and all other edits' probes, as when many edits share the memory.
 - Decline loss: each out-of-scope probe with the batch's edit the classifier most confuses it
   with in context; the target is end-of-sequence alone, so the counterfactual model learns to
   hand back a probe the edit does not cover (see `editor.answer`).
 loss = c_edit * NLL + c_cls * BCE + c_decline * decline NLL, one AdamW over the LoRA parameters and
 the classifier's trainable parameters. `train` is a generator of `TrainEvent`s (what the UI plots
-live); the best checkpoint by validation score is written atomically, so cancelling loses nothing.
+live); the best checkpoint by validation score (`searc.validation`) is written atomically, so
+cancelling loses nothing. Relations in `held_out_relations` are left out of training entirely.
 
 The same code runs under `accelerate launch` (several processes, GPUs or machines): see
 `_train_loop` for how the micro-batches are shared out and the gradients averaged.
@@ -26,17 +28,23 @@ import math
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from searc.counterfactual import counterfactual_input
-from searc.data import EditCase, calibration_pairs
+from searc.augment import Augmenter, augmented_validation, split_by_relation
+from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
+from searc.data import EditCase
 from searc.editor import SeracSystem
+from searc.losses import balanced_bce
+from searc.relations import relation_id
 from searc.system import save_checkpoint
+from searc.validation import validate
+
+
+HELD_OUT_RELATIONS = ("P20", "P101", "P449", "P138")  # place of death, field of work, original broadcaster, named after
 
 
 @dataclass
@@ -52,6 +60,12 @@ class TrainConfig:
     c_decline: float = 1.0  # counterfactual model, wrong edit in context: decline (end of sequence at once)
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
     hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
+    augment: bool = True  # other wordings and other facts of each subject (searc.augment)
+    cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
+    declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
+    # CounterFact relations left out of training entirely (their cases and their templates), so that
+    # validation and evaluation can measure relations the editor never saw
+    held_out_relations: tuple[str, ...] = HELD_OUT_RELATIONS
     val_every: int = 50
     val_cases: int = 64
     patience: int = 4  # validations without improvement before stopping early
@@ -72,6 +86,10 @@ class TrainConfig:
         for name in ("lr", "classifier_lr", "calibration_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        self.held_out_relations = tuple(relation_id(name) for name in self.held_out_relations)
+        for name in ("cf_examples_per_case", "declines_per_case"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)!r}")
         if min(self.c_edit, self.c_cls, self.c_decline) < 0 or self.c_edit + self.c_cls + self.c_decline == 0:
             raise ValueError("c_edit, c_cls and c_decline must be non-negative and not all zero")
 
@@ -89,110 +107,6 @@ class TrainEvent:
     message: str = ""
 
 
-def _edit_for_training(case: EditCase, rng: random.Random, drop_subject: float):
-    return replace(case.edit, subject=None) if rng.random() < drop_subject else case.edit
-
-
-def counterfactual_examples(cases: Sequence[EditCase], rng: random.Random, drop_subject: float) -> tuple[list[str], list[str]]:
-    """(inputs, targets): every in-scope probe with its case's edit in context."""
-    inputs, targets = [], []
-    for case in cases:
-        edit = _edit_for_training(case, rng, drop_subject)
-        for probe in case.in_scope:
-            inputs.append(counterfactual_input(edit, probe.prompt))
-            targets.append(probe.answer)
-    return inputs, targets
-
-
-def scope_matrix(cases: Sequence[EditCase]) -> tuple[list[str], torch.Tensor]:
-    """Every probe of the batch and the [n_cases, n_probes] in-scope labels of each case's edit."""
-    inputs, owners = [], []
-    for index, case in enumerate(cases):
-        inputs += [p.prompt for p in case.in_scope]
-        owners += [index] * len(case.in_scope)
-        inputs += [p.prompt for p in case.out_of_scope]
-        owners += [-1] * len(case.out_of_scope)
-    labels = torch.tensor(owners)[None, :] == torch.arange(len(cases))[:, None]
-    return inputs, labels.float()
-
-
-def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:
-    """In-scope pairs (prompt and rephrases) and out-of-scope pairs (hard and other-edit negatives)."""
-    pairs = [(case.edit, case.edit.prompt, True) for case in cases]
-    return pairs + calibration_pairs(list(cases))
-
-
-class BatchSampler:
-    """Batches of edit cases where part of each batch are the nearest neighbours of a random seed case.
-
-    Neighbours are found once, by the untrained encoder's cosine similarity of the edit prompts:
-    "BMW M54, developed by" next to "BMW N54 is produced by". With the classifier's loss over every
-    pair of the batch, they become the hard negatives that batch evaluation (many edits in memory)
-    punishes."""
-
-    def __init__(self, cases: Sequence[EditCase], system: SeracSystem, config: TrainConfig, rng: random.Random) -> None:
-        self.cases, self.rng = list(cases), rng
-        self.size = min(config.batch_edits, len(self.cases))
-        n_hard = int(round(self.size * config.hard_fraction))
-        self.neighbours: list[list[int]] = [[] for _ in self.cases]
-        if n_hard > 1 and hasattr(system.classifier, "embed"):
-            with torch.no_grad():
-                embeddings = torch.cat(
-                    [system.classifier.embed([c.edit.prompt for c in self.cases[i : i + 256]]).float().cpu() for i in range(0, len(self.cases), 256)]
-                )
-            for start in range(0, len(self.cases), 1024):
-                similarity = embeddings[start : start + 1024] @ embeddings.T
-                similarity[torch.arange(similarity.shape[0]), torch.arange(start, start + similarity.shape[0])] = -2.0
-                top = similarity.topk(min(n_hard - 1, len(self.cases) - 1), dim=1).indices
-                for row, indices in enumerate(top.tolist()):
-                    self.neighbours[start + row] = indices
-
-    def sample(self) -> list[EditCase]:
-        seed = self.rng.randrange(len(self.cases))
-        chosen = [seed, *self.neighbours[seed]][: self.size]
-        taken = set(chosen)
-        while len(chosen) < self.size:
-            index = self.rng.randrange(len(self.cases))
-            if index not in taken:
-                chosen.append(index)
-                taken.add(index)
-        return [self.cases[i] for i in chosen]
-
-
-def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over positives and over negatives, averaged: neither class dominates."""
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    positive, negative = labels > 0.5, labels <= 0.5
-    return 0.5 * (losses[positive].mean() + losses[negative].mean())
-
-
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Probability that a random positive outscores a random negative (ties count half)."""
-    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).float().mean()
-    ties = (pos[:, None] == neg[None, :]).float().mean()
-    return float(greater + 0.5 * ties)
-
-
-def decline_examples(
-    cases: Sequence[EditCase], probes: Sequence[str], labels: torch.Tensor, scope_logits: torch.Tensor, rng: random.Random, drop_subject: float
-) -> list[str]:
-    """Counterfactual inputs that pair each out-of-scope probe with the batch's edit it is most
-    easily mistaken for (highest classifier logit). Their target is the end-of-sequence token alone.
-
-    The classifier will sometimes route an out-of-scope input; the counterfactual model then sees
-    an edit that does not apply. Trained to decline at once on these pairs, it hands the probe back
-    to the base model (see `editor.answer`), so a false route costs no locality. `probes`, `labels`
-    and the columns of `scope_logits` are those of `scope_matrix(cases)`."""
-    columns = torch.nonzero(~labels.bool().any(0)).flatten().tolist()  # in scope of no edit
-    if not columns:
-        return []
-    nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
-    return [counterfactual_input(_edit_for_training(cases[e], rng, drop_subject), probes[c]) for c, e in zip(columns, nearest)]
-
-
 def backward_on(
     system: SeracSystem, cases: Sequence[EditCase], rng: random.Random, config: TrainConfig, scale: float,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
@@ -205,7 +119,7 @@ def backward_on(
     `autocast` (mixed precision), backward passes outside it."""
     cf = system.counterfactual
     probes, labels = scope_matrix(cases)
-    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject)
+    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject, config.cf_examples_per_case)
     with autocast():
         logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
         bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
@@ -215,7 +129,7 @@ def backward_on(
     losses = {name: float(value.detach()) for name, value in (("loss", loss), ("nll", stats.nll), ("bce", bce), ("token_accuracy", stats.token_accuracy))}
     n_examples = len(inputs) + labels.numel()
     if config.c_decline > 0:
-        decline_inputs = decline_examples(cases, probes, labels, logits.detach(), rng, config.drop_subject)
+        decline_inputs = decline_examples(cases, probes, labels, logits.detach(), rng, config.drop_subject, config.declines_per_case * len(cases))
         if decline_inputs:
             with autocast():
                 declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
@@ -224,98 +138,6 @@ def backward_on(
             losses["loss"] += config.c_decline * losses["decline_nll"]
             n_examples += len(decline_inputs)
     return {**losses, "examples": float(n_examples)}
-
-
-THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
-
-
-@torch.no_grad()
-def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
-    """The routing threshold that best separates in-scope from out-of-scope probes with *all*
-    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (answered
-    from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
-    maximised. A route the counterfactual model declines leaves the probe to the base model, as
-    it does when the system answers (`editor.answer`). As in evaluation, an out-of-scope prompt
-    that another stored edit claims (`evaluate.claims`) is that edit's own fact and left out of
-    locality."""
-    from searc.editor import Editor, first_token_declines
-    from searc.evaluate import claimants, claims
-
-    editor = Editor(system)
-    editor.add_edits([case.edit for case in cases])
-    probes, labels = scope_matrix(cases)
-    scores = editor.scores(probes)  # [n_probes, n_edits]
-    best_scores, best_edit = scores.max(dim=1)
-    declined = torch.tensor(first_token_declines(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
-    owner = labels.argmax(0)
-    in_scope = labels.any(0)
-    right_edit = best_edit == owner
-    claimed = torch.tensor([
-        flag
-        for case, others in zip(cases, claimants(cases, [c.edit for c in cases]))
-        for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
-    ])
-    local = ~in_scope & ~claimed
-    candidates = []
-    for threshold in THRESHOLD_GRID:
-        answered = (best_scores >= threshold) & ~declined
-        recall = float((answered & right_edit)[in_scope].float().mean())
-        locality = float((~answered[local]).float().mean()) if local.any() else 1.0
-        candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
-    _, _, threshold, recall, locality = max(candidates)
-    return {
-        "threshold": threshold, "batch_recall": recall, "batch_locality": locality,
-        "declined_routes": float(declined[~in_scope].float().mean()), "claimed_prompts": int(claimed.sum()),
-    }
-
-
-@torch.no_grad()
-def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -> dict[str, float]:
-    """Classifier AUROC/accuracy on held-out pairs, teacher-forced edit success of the counterfactual model."""
-    system.classifier.eval()
-    system.counterfactual.model.eval()
-    pairs = classifier_pairs(cases)
-    logits = torch.cat(
-        [
-            system.classifier.pair_logits([e for e, _, _ in chunk], [x for _, x, _ in chunk]).float().cpu()
-            for chunk in (pairs[i : i + 64] for i in range(0, len(pairs), 64))
-        ]
-    )
-    labels = torch.tensor([float(label) for *_, label in pairs])
-    probs = torch.sigmoid(logits)
-    predicted = probs >= threshold
-    positives, negatives = labels > 0.5, labels <= 0.5
-    metrics = {
-        "classifier_auroc": auroc(probs, labels),
-        "classifier_accuracy": float((predicted == positives).float().mean()),
-        "classifier_recall": float(predicted[positives].float().mean()),
-        "locality_routing": float((~predicted[negatives]).float().mean()),  # out of scope left to the base model
-    }
-    probes, scope_labels = scope_matrix(cases)
-    scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
-    decline_inputs = decline_examples(cases, probes, scope_labels, scope_logits, random.Random(0), drop_subject=0.0)
-    examples = {  # (inputs, targets, append_eos)
-        "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
-        "generalization": (
-            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases],
-            [p.answer for c in cases for p in c.rephrases],
-            False,
-        ),
-        "counterfactual_declines": (decline_inputs, [""] * len(decline_inputs), True),  # wrong edit in context
-    }
-    cf = system.counterfactual
-    for name, (inputs, targets, append_eos) in examples.items():
-        hits = 0.0
-        for i in range(0, len(inputs), 32):
-            with cf.active():
-                batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
-                hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
-        metrics[name] = hits / len(inputs) if inputs else 1.0
-    metrics.update(tune_threshold(system, cases))
-    batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
-    answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
-    metrics["score"] = (batch_accuracy + answers) / 2
-    return metrics
 
 
 def train(
@@ -327,12 +149,16 @@ def train(
     stop: threading.Event | None = None,
 ) -> Iterator[TrainEvent]:
     """Train in place, yielding events; writes the best checkpoint to `out` (if given)."""
+    train_cases, _ = split_by_relation(train_cases, config.held_out_relations)
     if len(train_cases) < 2:
-        raise ValueError("training needs at least 2 edit cases")
+        raise ValueError("training needs at least 2 edit cases (after leaving out the held-out relations)")
     if not val_cases:
         raise ValueError("training needs validation cases")
     torch.manual_seed(config.seed)
+    augmenter = Augmenter(train_cases, held_out=config.held_out_relations) if config.augment else None
     val_cases = list(val_cases)[: config.val_cases]
+    if config.augment:
+        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed)
     classifier, cf = system.classifier, system.counterfactual
     lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]
     calibration = [p for n, p in classifier.named_parameters() if n in ("scale", "bias")]
@@ -352,7 +178,7 @@ def train(
     if config.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad trick
         cf.model.activation_checkpointing_enable({"use_reentrant": False})
     try:
-        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator)
+        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter)
     finally:
         if config.gradient_checkpointing:
             cf.model.activation_checkpointing_disable()
@@ -394,7 +220,7 @@ def _average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> Non
 LOSS_KEYS = ("loss", "nll", "bce", "decline_nll", "token_accuracy", "examples")
 
 
-def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator) -> Iterator[TrainEvent]:
+def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter) -> Iterator[TrainEvent]:
     """Each step draws `processes * accumulate` micro-batches from one shared random stream, so every
     process agrees on them; a process computes only its own. A single process with `accumulate`
     equal to that product therefore takes exactly the same steps (tests/test_distributed.py).
@@ -405,7 +231,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
     record = {"config": asdict(config), "train_cases": len(train_cases), "processes": world}
-    sampler = BatchSampler(train_cases, system, config, rng)
+    sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()
     completed = 0
     for step in range(1, config.steps + 1):
@@ -453,11 +279,3 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
     message = "cancelled" if stop is not None and stop.is_set() else "finished"
     if main:
         yield TrainEvent("done", completed, config.steps, elapsed_s=time.perf_counter() - started, checkpoint=best_path, message=message)
-
-
-if __name__ == "__main__":  # `accelerate launch -m searc.train --data ... --val ...` runs `searc train` in every process
-    import sys
-
-    from searc.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

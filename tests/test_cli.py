@@ -32,6 +32,10 @@ from searc.cli import main, parse_edit
         (["probe", "--edit", "a|b", "--probe", "   "], "probe is empty"),
         (["probe", "--edit", "a|b", "--probe", "y" * 100_000], "the limit is 1000"),
         (["bench", "--data-dir", "/nowhere"], "no CounterFact data"),
+        (["eval", "--data", "x.json", "--memory", "10"], "--mode batch"),
+        (["eval", "--data", "x.json", "--memory", "0", "--mode", "batch"], "--memory"),
+        (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
+        (["train", "--data", "x.json", "--val", "y.json", "--held-out-relations", "P99999"], "unknown relation"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -142,3 +143,44 @@ def test_calibration_pairs_have_both_labels():
         assert (case.edit, case.rephrases[0].prompt, True) in pairs
         assert (case.edit, case.out_of_scope[0].prompt, False) in pairs
     assert sum(label for *_, label in pairs) == sum(len(c.rephrases) for c in cases)
+
+
+def test_knowedit_record_reads_every_group_and_alias(tmp_path):
+    record = {
+        "subject": "Butterfly Cluster", "target_new": "Orion", "prompt": "What constellation is home to Butterfly Cluster?",
+        "ground_truth": ["Scorpius"], "rephrase_prompt": "What is the constellation where Butterfly Cluster is located?",
+        "locality": {"Relation_Specificity": [
+            {"prompt": "The constellation of Butterfly Cluster is", "ground_truth": ["Scorpius"]},
+            {"prompt": "The country of Butterfly Cluster is", "ground_truth": [["Syria", "Syrian Arab Republic"]]},
+        ]},
+        "portability": {
+            "Reasoning": [{"prompt": "Another name of the constellation of Butterfly Cluster is", "ground_truth": "Orion the Hunter"}],
+            "Subject_Aliasing": [{"prompt": "What constellation is home to M6?", "ground_truth": "Orion"}],
+            "Logical_Generalization": [{"prompt": "Is Butterfly Cluster in Scorpius?", "ground_truth": ["no", "No"]}],
+        },
+    }
+    path = tmp_path / "knowedit.json"
+    path.write_text(json.dumps([record]))
+    case = load_cases(path)[0]
+    assert case.edit.target_true == "Scorpius" and case.edit.subject == "Butterfly Cluster"
+    assert [(p.group, p.answer) for p in case.in_scope] == [("", "Orion"), ("rephrase", "Orion"), ("Subject_Aliasing", "Orion")]
+    assert [p.group for p in case.out_of_scope] == ["Relation_Specificity"] * 2
+    assert case.out_of_scope[1].answers == ("Syria", "Syrian Arab Republic")
+    assert [(p.group, p.answers) for p in case.portability] == [("Reasoning", ("Orion the Hunter",)), ("Logical_Generalization", ("no", "No"))]
+
+
+def test_knowedit_bad_ground_truth_names_the_group(tmp_path):
+    record = {"prompt": "Q?", "target_new": "A", "locality": {"Relation_Specificity": [{"prompt": "P", "ground_truth": [{"x": 1}]}]}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(DataError, match=r"record 1\.locality\.Relation_Specificity\[1\].*ground_truth"):
+        load_cases(path)
+
+
+def test_shared_knowedit_file_loads_every_group():
+    data = require_shared_data()
+    cases = load_cases(data / "knowedit" / "zsre-test.json")
+    groups = Counter(p.group for c in cases for p in (*c.in_scope, *c.out_of_scope, *c.portability))
+    assert len(cases) == 1304
+    assert groups["Relation_Specificity"] == 2608 and groups["Reasoning"] == 771
+    assert groups["Subject_Aliasing"] == 264 and groups["Logical_Generalization"] == 269

@@ -211,3 +211,17 @@ def test_bad_probes_are_refused(bad):
 def test_threshold_outside_unit_interval_is_refused(threshold):
     with pytest.raises(ValueError, match="threshold"):
         Editor(make_system("gpt2"), threshold=threshold)
+
+
+def test_a_routed_long_target_gets_a_budget_to_finish(monkeypatch):
+    system = make_system("llama")
+    cf = system.counterfactual
+    long_target = " ".join(["Caligula (play), a drama"] * 4)
+    assert cf.budget_for(["Rome"]) == cf.max_new_tokens
+    assert cf.budget_for([long_target]) >= len(cf.encode(" " + long_target)) + 1 > cf.max_new_tokens
+    budgets, generate = [], LanguageModel.generate
+    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None: budgets.append(max_new_tokens) or generate(self, prompts, max_new_tokens))
+    editor = Editor(system, threshold=0.0)
+    editor.add_edit("The play of the year is", long_target)
+    editor.probe(["The play of the year is"])
+    assert cf.budget_for([long_target]) in budgets

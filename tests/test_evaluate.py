@@ -87,3 +87,50 @@ def test_a_locality_prompt_asking_for_another_stored_edit_fact_is_claimed_in_bat
     assert single.claimed_locality_prompts == 0
     never = evaluate(system_with_bias(-8.0), [aaron, ruth], mode="batch")
     assert never.locality.generation == never.locality_all.generation == 1.0
+
+
+KNOWEDIT_LIKE = EditCase(
+    Edit("What constellation is home to Butterfly Cluster?", "Orion", subject="Butterfly Cluster", target_true="Scorpius"),
+    (
+        Probe("What constellation is home to Butterfly Cluster?", "Orion"),
+        Probe("What is the constellation where Butterfly Cluster is located?", "Orion", group="rephrase"),
+        Probe("What constellation is home to M6?", "Orion", group="Subject_Aliasing"),
+    ),
+    (
+        Probe("The constellation of Butterfly Cluster is", "Scorpius", group="Relation_Specificity"),  # the edited fact itself
+        Probe("The country of Butterfly Cluster is", "Syria", ("Syrian Arab Republic",), group="Relation_Specificity"),
+    ),
+    (Probe("Another name of that constellation is", "Orion the Hunter", group="Reasoning"),),
+)
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_groups_are_scored_apart_and_the_own_edited_fact_is_claimed(mode):
+    report = evaluate(system_with_bias(-8.0), [KNOWEDIT_LIKE, *CASES], mode=mode)
+    assert set(report.groups) == {
+        "generalization/rephrase", "generalization/Subject_Aliasing", "locality/Relation_Specificity", "portability/Reasoning"
+    }
+    assert report.group_sizes["locality/Relation_Specificity"] == 1  # the other one asks the edited fact: claimed
+    assert report.claimed_locality_prompts == 1
+    assert report.groups["locality/Relation_Specificity"].generation == 1.0  # never routed
+    assert "locality/Relation_Specificity (n=1)" in report.table()
+
+
+def test_any_alias_counts_as_a_right_answer():
+    from searc.evaluate import starts_with_any
+
+    assert starts_with_any(" Syrian Arab Republic, a country", ("Syria", "Syrian Arab Republic"))
+    assert not starts_with_any(" Lebanon", ("Syria", "Syrian Arab Republic"))
+    assert not starts_with_any(" anything", ("",))
+
+
+def test_more_stored_edits_share_the_memory_and_need_batch_mode():
+    extra = [
+        EditCase(Edit(f"The colour of object {i} is", "blue"), (Probe(f"The colour of object {i} is", "blue"),), ())
+        for i in range(5)
+    ]
+    repeated = EditCase(CASES[0].edit, CASES[0].in_scope, ())  # the probed case's own prompt: stored once
+    report = evaluate(system_with_bias(-8.0), CASES, mode="batch", stored=[repeated, *extra, extra[0]])
+    assert report.edits_in_memory == 7 and report.n_cases == 2
+    with pytest.raises(ValueError, match="batch mode"):
+        evaluate(system_with_bias(-8.0), CASES, mode="single", stored=extra)

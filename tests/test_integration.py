@@ -43,6 +43,23 @@ def test_eiffel_edit_is_routed_and_answers_rome(trained):
         assert result.output.strip().startswith("Rome"), result.output
 
 
+def test_lesson_same_subject_other_facts(trained, unedited):
+    """The "Same subject, other facts" lesson as a user runs it: scope is the edited fact, not the
+    subject. Out-of-scope probes keep the base model's output exactly; in-scope ones answer Rome."""
+    from searc.lessons import LESSONS_DIR, load_lesson
+
+    lesson = load_lesson(LESSONS_DIR / "5-same-subject.json")
+    editor = Editor(trained, threshold=trained.info["threshold"])
+    editor.add_edits(list(lesson.edits))
+    results = editor.probe([p.prompt for p in lesson.probes])
+    unedited_outputs = [g.text for g in unedited.generate([p.prompt for p in lesson.probes])]
+    for probe, result, base in zip(lesson.probes, results, unedited_outputs):
+        if probe.in_scope:
+            assert result.output.strip().startswith("Rome"), result
+        else:
+            assert result.output == base, result
+
+
 def test_unrelated_prompt_is_not_routed_and_matches_the_unedited_model(trained, unedited):
     editor = Editor(trained)
     editor.add_edit(*EIFFEL)

@@ -10,7 +10,9 @@ import torch
 from searc.checkpoint import read_checkpoint
 from searc.data import EditCase, Probe
 from searc.memory import Edit
-from searc.train import TrainConfig, balanced_bce, scope_matrix, train
+from searc.batches import scope_matrix
+from searc.losses import balanced_bce
+from searc.train import TrainConfig, train
 from tests.conftest import make_system
 
 WORDS = ["Rome", "English", "piano", "Sweden", "Sheffield", "Tokyo", "French", "guitar"]
@@ -123,7 +125,7 @@ def test_bad_configs_are_refused(bad):
 @pytest.mark.parametrize("negative_score, expected", [(0.3, 0.5), (0.6, 0.65), (0.95, 0.5)])
 def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, expected):
     from searc.editor import Editor
-    from searc.train import tune_threshold
+    from searc.validation import tune_threshold
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
@@ -141,11 +143,11 @@ def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, exp
 def test_batches_hold_the_seed_case_nearest_neighbours():
     import random
 
-    from searc.train import BatchSampler
+    from searc.batches import BatchSampler
 
     system = make_system("llama")
     cases = CASES * 1  # 8 cases
-    sampler = BatchSampler(cases, system, TrainConfig(batch_edits=4, hard_fraction=0.5), random.Random(0))
+    sampler = BatchSampler(cases, system, 4, 0.5, random.Random(0))
     with torch.no_grad():
         embeddings = system.classifier.embed([c.edit.prompt for c in cases])
     similarity = embeddings @ embeddings.T
@@ -155,7 +157,7 @@ def test_batches_hold_the_seed_case_nearest_neighbours():
     assert len(batch) == 4 and len({id(c) for c in batch}) == 4
     seed = cases.index(batch[0])
     assert batch[1] is cases[sampler.neighbours[seed][0]]
-    plain = BatchSampler(cases, system, TrainConfig(batch_edits=4, hard_fraction=0.0), random.Random(0))
+    plain = BatchSampler(cases, system, 4, 0.0, random.Random(0))
     assert all(n == [] for n in plain.neighbours) and len(plain.sample()) == 4
 
 
@@ -163,7 +165,7 @@ def test_decline_examples_pair_each_negative_with_its_likeliest_wrong_edit():
     import random
 
     from searc.counterfactual import counterfactual_input
-    from searc.train import decline_examples
+    from searc.batches import decline_examples
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
@@ -198,9 +200,9 @@ def test_decline_loss_alone_trains_the_adapter_and_nothing_else():
 
 
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
-    import searc.editor
+    import searc.validation
     from searc.editor import Editor
-    from searc.train import tune_threshold
+    from searc.validation import tune_threshold
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
@@ -209,7 +211,7 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
     # ... but the counterfactual model declines them all
-    monkeypatch.setattr(searc.editor, "first_token_declines", lambda system, prompts, edits: [p in out_of_scope for p in prompts])
+    monkeypatch.setattr(searc.validation, "first_token_declines", lambda system, prompts, edits: [p in out_of_scope for p in prompts])
     tuned = tune_threshold(make_system("llama"), cases)
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_routes"] == 1.0
 
@@ -217,7 +219,7 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
 def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     """A locality prompt asking for another stored edit's old fact is that edit's own: routing it is right."""
     from searc.editor import Editor
-    from searc.train import tune_threshold
+    from searc.validation import tune_threshold
 
     subject_case = EditCase(Edit("Toko Yasuda plays the", "guitar", subject="Toko Yasuda", target_true="piano"),
                             (Probe("Toko Yasuda plays the", "guitar"), Probe("Toko Yasuda performs on the", "guitar")),
@@ -230,7 +232,7 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[probes.index("Toko Yasuda is known to play the"), 0] = 0.95  # routed to the edit it asks about
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    monkeypatch.setattr("searc.editor.first_token_declines", lambda system, prompts, edits: [False] * len(prompts))
+    monkeypatch.setattr("searc.validation.first_token_declines", lambda system, prompts, edits: [False] * len(prompts))
     tuned = tune_threshold(make_system("llama"), cases)
     assert tuned["claimed_prompts"] == 1
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0

@@ -1,0 +1,151 @@
+"""Training data that teaches the edited *fact*, not the edited subject.
+
+In CounterFact and zsRE every in-scope probe names the edit's subject and every out-of-scope probe
+names another subject, so "subject present => new target" separates them perfectly; an editor
+trained on them alone routes "The Eiffel Tower was designed by" to the edit "The Eiffel Tower is
+located in the city of -> Rome". `augment` adds to each case the probes that break that shortcut:
+
+in scope (answer: the new target)
+- the fact in other wordings: other templates of the edit's relation filled with its subject, and
+  the Wikidata cloze form "The {relation label} of {subject} is" (CounterFact cases, see
+  `searc.relations`);
+out of scope (the classifier's negatives and the counterfactual model's decline examples)
+- other facts of the same subject: templates of relations of other families filled with the
+  subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
+  Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
+- the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
+  the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects.
+
+Constructed out-of-scope probes have no known answer (""): they train routing and declining, not
+answers. Relations listed in `held_out` are left out of every constructed probe, so that a run can
+be validated and evaluated on relations it never saw.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from searc.data import EditCase, Probe
+from searc.relations import RELATIONS, Relation, case_relation, template_of
+
+# Wikidata relations that neither CounterFact nor zsRE's training split edits as such: other facts
+# a subject has. Cloze ("The {label} of {} is") and bare ("{} {label}") wordings are built from
+# the label; natural wordings are listed.
+GENERIC_LABELS = (
+    "sex or gender", "date of birth", "date of death", "spouse", "father", "mother", "sibling", "child", "educated at",
+    "award received", "member of political party", "member of sports team", "height", "mass", "inception", "architect",
+    "material used", "significant event", "notable work", "author", "director", "screenwriter", "cast member", "composer",
+    "performer", "producer", "publisher", "publication date", "platform", "operating system", "official website", "population",
+    "area", "elevation above sea level", "located in time zone", "currency", "head of government", "head of state",
+    "founded by", "chief executive officer", "industry", "number of employees", "parent organization", "instance of",
+    "part of", "follows", "followed by", "family name", "given name", "ethnic group", "military branch", "conflict",
+    "cause of death", "place of burial", "residence", "nominated for", "doctoral advisor", "student of", "influenced by",
+    "movement", "voice type", "number of episodes", "start time", "end time", "color", "shares border with",
+)
+GENERIC_NATURAL = (
+    "{} was born on", "{} died on", "{} is married to", "{} studied at", "{} received the award", "{} was founded by",
+    "The architect of {} was", "{} is built from", "The height of {} is", "{} was first published in", "{} was directed by",
+    "{} is a member of the political party", "The population of {} is", "{} has the currency", "The CEO of {} is",
+    "{} is an instance of", "{} was influenced by", "{} is buried in", "{} lived in", "The father of {} is",
+    "When was {} founded? In", "Who is the author of {}?", "How tall is {}?", "What award did {} win?",
+)
+STOPWORDS = frozenset("the a an of is was in on by to what which who whom when where how does did do are and for it its they this that".split())
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    wordings: int = 2  # other templates of the edit's relation, in scope
+    cloze_positive: float = 0.5  # chance of the "The {label} of {subject} is" wording, in scope
+    other_relations: int = 2  # templates of other relations with the subject, out of scope
+    generic: int = 1  # generic other facts of the subject, out of scope
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.casefold()) if w not in STOPWORDS}
+
+
+class Augmenter:
+    """Builds the probes above for cases of one training run (see the module docstring)."""
+
+    def __init__(self, cases: Sequence[EditCase], config: AugmentConfig = AugmentConfig(), held_out: Sequence[str] = ()) -> None:
+        self.config = config
+        self.held_out = frozenset(held_out)
+        self.relations = [r for r in RELATIONS if r.id not in self.held_out]
+        self.question_templates = [  # zsRE-style questions of the run, their subject cut out
+            t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
+        ]
+
+    def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
+        subject = case.edit.subject
+        if not subject or subject not in case.edit.prompt:
+            return case
+        relation = case_relation_of(case)
+        target = case.edit.target_new
+        known = {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
+        in_scope, out_of_scope = [], []
+        if relation is not None:
+            wordings = [t for t in relation.templates if t.format(subject).casefold() not in known]
+            in_scope += [t.format(subject) for t in rng.sample(wordings, min(self.config.wordings, len(wordings)))]
+            if rng.random() < self.config.cloze_positive:
+                in_scope.append(f"The {relation.label} of {subject} is")
+            others = [r for r in self.relations if r.family != relation.family]
+            out_of_scope += [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(self.config.other_relations, len(others)))]
+        else:  # a question (zsRE) or an unknown template: other questions of the run, with this subject
+            own = content_words(template_of(case.edit.prompt, subject) or "")
+            questions = [t for t in self.question_templates if _overlap(content_words(t), own) < 0.34]
+            out_of_scope += [t.format(subject) for t in rng.sample(questions, min(self.config.other_relations, len(questions)))]
+        own_words = content_words(case.edit.prompt)
+        labels = [label for label in GENERIC_LABELS if not content_words(label) & own_words]
+        for _ in range(self.config.generic):
+            form = rng.randrange(3)
+            if form == 2:
+                out_of_scope.append(rng.choice(GENERIC_NATURAL).format(subject))
+            else:
+                label = rng.choice(labels)
+                out_of_scope.append(f"The {label} of {subject} is" if form == 0 else f"{subject} {label}")
+        in_scope = _new(in_scope, known)
+        out_of_scope = _new(out_of_scope, known | {p.casefold() for p in in_scope})
+        return replace(
+            case,
+            in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope),
+            out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
+        )
+
+
+def case_relation_of(case: EditCase) -> Relation | None:
+    """A case's CounterFact relation, by its prompt's template or its locality prompts'."""
+    return case_relation(case.edit.prompt, case.edit.subject, tuple(p.prompt for p in case.out_of_scope))
+
+
+def split_by_relation(cases: Sequence[EditCase], relations: Sequence[str]) -> tuple[list[EditCase], list[EditCase]]:
+    """(cases of other or unknown relations, cases of `relations`), each in order."""
+    kept, held = [], []
+    for case in cases:
+        relation = case_relation_of(case)
+        (held if relation is not None and relation.id in relations else kept).append(case)
+    return kept, held
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def _new(prompts: list[str], known: set[str]) -> list[str]:
+    """Prompts not already known, each once, in order."""
+    fresh = []
+    for prompt in prompts:
+        if prompt.casefold() not in known:
+            known.add(prompt.casefold())
+            fresh.append(prompt)
+    return fresh
+
+
+def augmented_validation(cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0) -> list[EditCase]:
+    """Validation cases with the same kinds of probes as training adds, drawn once with a fixed
+    seed, so that validations (and threshold tuning) compare like with like and include other
+    facts of each edited subject."""
+    augmenter, rng = Augmenter(cases, held_out=held_out), random.Random(seed)
+    return [augmenter(case, rng) for case in cases]

@@ -1,0 +1,132 @@
+"""What one training micro-batch is made of: edit cases and the examples each loss reads.
+
+A batch is a list of `EditCase`s (half of them the nearest neighbours of a seed case, all of them
+augmented with other wordings and other facts of their subject, see `searc.augment`). From it:
+- counterfactual examples: in-scope probes with their own edit in context, target = new target
+  then end-of-sequence (`counterfactual_examples`);
+- scope matrix: every probe of the batch against every edit of the batch, labelled in scope only
+  for the probe's own edit's in-scope probes (`scope_matrix`): the classifier's BCE;
+- decline examples: each out-of-scope probe with the batch's edit the classifier most confuses it
+  with in context, target = end-of-sequence alone (`decline_examples`).
+The losses themselves (`masked_log_probs`, `balanced_bce`) are in `searc.losses`; the loop that
+back-propagates them is `searc.train`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import torch
+
+from searc.counterfactual import counterfactual_input
+from searc.data import EditCase, calibration_pairs
+from searc.editor import SeracSystem
+from searc.memory import Edit
+
+
+def edit_for_training(case: EditCase, rng: random.Random, drop_subject: float) -> Edit:
+    """The case's edit, sometimes without its subject (users type edits without one)."""
+    return replace(case.edit, subject=None) if rng.random() < drop_subject else case.edit
+
+
+def counterfactual_examples(
+    cases: Sequence[EditCase], rng: random.Random, drop_subject: float, per_case: int = 0
+) -> tuple[list[str], list[str]]:
+    """(inputs, targets): in-scope probes with their case's edit in context; the edit prompt
+    always, and of the other wordings `per_case - 1` at random (all when `per_case` is 0)."""
+    inputs, targets = [], []
+    for case in cases:
+        edit = edit_for_training(case, rng, drop_subject)
+        probes = list(case.in_scope)
+        if per_case and len(probes) > per_case:
+            probes = probes[:1] + rng.sample(probes[1:], per_case - 1)
+        for probe in probes:
+            inputs.append(counterfactual_input(edit, probe.prompt))
+            targets.append(probe.answer)
+    return inputs, targets
+
+
+def scope_matrix(cases: Sequence[EditCase]) -> tuple[list[str], torch.Tensor]:
+    """Every probe of the batch and the [n_cases, n_probes] in-scope labels of each case's edit."""
+    inputs, owners = [], []
+    for index, case in enumerate(cases):
+        inputs += [p.prompt for p in case.in_scope]
+        owners += [index] * len(case.in_scope)
+        inputs += [p.prompt for p in case.out_of_scope]
+        owners += [-1] * len(case.out_of_scope)
+    labels = torch.tensor(owners)[None, :] == torch.arange(len(cases))[:, None]
+    return inputs, labels.float()
+
+
+def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:
+    """In-scope pairs (prompt and rephrases) and out-of-scope pairs (hard and other-edit negatives)."""
+    pairs = [(case.edit, case.edit.prompt, True) for case in cases]
+    return pairs + calibration_pairs(list(cases))
+
+
+def decline_examples(
+    cases: Sequence[EditCase], probes: Sequence[str], labels: torch.Tensor, scope_logits: torch.Tensor, rng: random.Random, drop_subject: float,
+    limit: int = 0,
+) -> list[str]:
+    """Counterfactual inputs that pair each out-of-scope probe with the batch's edit it is most
+    easily mistaken for (highest classifier logit). Their target is the end-of-sequence token alone.
+
+    The classifier will sometimes route an out-of-scope input; the counterfactual model then sees
+    an edit that does not apply. Trained to decline at once on these pairs, it hands the probe back
+    to the base model (see `editor.answer`), so a false route costs no locality. `probes`, `labels`
+    and the columns of `scope_logits` are those of `scope_matrix(cases)`. With a `limit`, that many
+    out-of-scope probes at random (a language-model pass each is most of a step's time)."""
+    columns = torch.nonzero(~labels.bool().any(0)).flatten().tolist()  # in scope of no edit
+    if limit and len(columns) > limit:
+        columns = sorted(rng.sample(columns, limit))
+    if not columns:
+        return []
+    nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
+    return [counterfactual_input(edit_for_training(cases[e], rng, drop_subject), probes[c]) for c, e in zip(columns, nearest)]
+
+
+Augment = Callable[[EditCase, random.Random], EditCase]
+
+
+class BatchSampler:
+    """Batches of edit cases where part of each batch are the nearest neighbours of a random seed
+    case, each case augmented afresh when drawn (`augment`, see `searc.augment`).
+
+    Neighbours are found once, by the untrained encoder's cosine similarity of the edit prompts:
+    "BMW M54, developed by" next to "BMW N54 is produced by". With the classifier's loss over every
+    pair of the batch, they become the hard negatives that batch evaluation (many edits in memory)
+    punishes."""
+
+    def __init__(
+        self, cases: Sequence[EditCase], system: SeracSystem, batch_edits: int, hard_fraction: float, rng: random.Random,
+        augment: Augment | None = None,
+    ) -> None:
+        self.cases, self.rng, self.augment = list(cases), rng, augment
+        self.size = min(batch_edits, len(self.cases))
+        n_hard = int(round(self.size * hard_fraction))
+        self.neighbours: list[list[int]] = [[] for _ in self.cases]
+        if n_hard > 1 and hasattr(system.classifier, "embed"):
+            with torch.no_grad():
+                embeddings = torch.cat(
+                    [system.classifier.embed([c.edit.prompt for c in self.cases[i : i + 256]]).float().cpu() for i in range(0, len(self.cases), 256)]
+                )
+            for start in range(0, len(self.cases), 1024):
+                similarity = embeddings[start : start + 1024] @ embeddings.T
+                similarity[torch.arange(similarity.shape[0]), torch.arange(start, start + similarity.shape[0])] = -2.0
+                top = similarity.topk(min(n_hard - 1, len(self.cases) - 1), dim=1).indices
+                for row, indices in enumerate(top.tolist()):
+                    self.neighbours[start + row] = indices
+
+    def sample(self) -> list[EditCase]:
+        seed = self.rng.randrange(len(self.cases))
+        chosen = [seed, *self.neighbours[seed]][: self.size]
+        taken = set(chosen)
+        while len(chosen) < self.size:
+            index = self.rng.randrange(len(self.cases))
+            if index not in taken:
+                chosen.append(index)
+                taken.add(index)
+        cases = [self.cases[i] for i in chosen]
+        return [self.augment(case, self.rng) for case in cases] if self.augment else cases

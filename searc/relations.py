@@ -1,0 +1,159 @@
+"""Relations of CounterFact's edits, read from their prompt templates.
+
+CounterFact's prompts are relation templates filled with the subject ("The mother tongue of {} is",
+"{} is a native speaker of"): 215 templates of 31 Wikidata relations in the train and val splits.
+Knowing a case's relation lets training build what the raw data lacks (see `searc.augment`):
+the same fact in other wordings (other templates of the relation, filled with the subject: in
+scope) and *other* facts of the same subject (templates of other relations: out of scope), and
+lets validation and evaluation group cases by relation, so that a relation can be held out of
+training entirely.
+
+A few templates are too short to tell their relation ("{}, in", "{} plays", "{}, the"); they are
+`AMBIGUOUS`: a case with one has no known relation, and they are never used to build probes.
+Relations that answer the same kind of question in closely related ways (city, country and
+continent of a place; a player's position and sport) share a `family`: a template of another
+relation of the same family is neither a positive nor a negative for an edit (changing a
+landmark's city may well change its country: that is the portability issue, not scope).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Relation:
+    id: str  # Wikidata property
+    label: str  # Wikidata label, for cloze wordings ("The {label} of {subject} is")
+    family: str
+    templates: tuple[str, ...]
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation("P30", "continent", "place", ("{} is located in the continent", "{} belongs to the continent of", "{} is a part of the continent of")),
+    Relation("P17", "country", "place", ("{} is located in the country of", "{}, which is located in", "{}, located in")),
+    Relation("P276", "location", "place", ("{} can be found in", "The location of {} is", "Where is {}? It is located in", "{} is within")),
+    Relation("P159", "headquarters location", "place", (
+        "The headquarter of {} is located in", "The headquarters of {} is in", "{}'s headquarters are in", "{} is based in",
+        "{}, whose headquarters are in", "The headquarter of {} is in", "{} is headquartered in")),
+    Relation("P740", "location of formation", "place", (
+        "{} originates from", "{} originated from", "{} formed in", "{}, that was formed in", "{} was formed in", "{} that was founded in",
+        "{}, founded in", "{} was founded in", "{} started in", "{} was started in", "{}, that was started in")),
+    Relation("P495", "country of origin", "place", (
+        "{} was created in the country of", "{}, created in", "{}, that was created in", "{} was created in", "{} was developed in",
+        "{}, developed in", "{}, that was developed in", "{} was formulated in", "{}, formulated in", "{}, that was formulated in",
+        "{} originated in", "{}, that originated in", "{}, that was from", "{} was from")),
+    Relation("P103", "native language", "language", (
+        "The mother tongue of {} is", "The native language of {} is", "{} is a native speaker of", "{}, a native", "{}, speaker of")),
+    Relation("P1412", "languages spoken, written or signed", "language", (
+        "{} speaks the language", "{} speaks", "{} writes in", "The language used by {} is", "{} spoke the language")),
+    Relation("P37", "official language", "language", (
+        "The official language of {} is", "In {}, an official language is", "The law in {} declares the language", "In {}, they understand",
+        "In {}, the language spoken is")),
+    Relation("P364", "original language of work", "language", (
+        "The original language of {} is", "The original language of {} was", "The language of {} is", "The language of {} was",
+        "{} was written in", "{} is written in")),
+    Relation("P413", "position played on team", "sport", (
+        "{} plays as", "{} plays in the position of", "{}, who plays the position", "Which position does {} play? They play as")),
+    Relation("P641", "sport", "sport", ("{} professionally plays the sport", "What sport does {} play? They play", "{} is a professional")),
+    Relation("P136", "genre", "genre", (
+        "The genre played by {} is", "{} is known for performing", "What does {} play? They play", "{} performs", "{}, who plays")),
+    Relation("P1303", "instrument", "instrument", (
+        "{} plays the instrument", "{}, playing the", "{} plays the", "{}, performing on the", "{} performs on the")),
+    Relation("P176", "manufacturer", "maker", (
+        "{}, developed by", "{}, created by", "{} is developed by", "{} is created by", "{} is a product of", "{} is produced by",
+        "{}, produced by", "{} was a product of", "{} was developed by", "{}, a product of", "{}, a product manufactured by",
+        "{} was created by", "{}, a product created by", "{}, a product developed by")),
+    Relation("P190", "twinned administrative body", "twin", ("What is the twin city of {}? It is", "The twin city of {} is", "{} is a twin city of")),
+    Relation("P27", "country of citizenship", "citizenship", (
+        "{} has a citizenship from", "{} is a citizen of", "{}, a citizen of", "{} holds a citizenship from", "{}, who is a citizen of",
+        "{}, who holds a citizenship from", "{}, who has a citizenship from")),
+    Relation("P937", "work location", "work location", (
+        "{} was employed in", "{} worked in the city of", "{} found employment in", "{} used to work in", "{} worked in", "{} took up work in")),
+    Relation("P449", "original broadcaster", "broadcaster", (
+        "{} debuted on", "{} premieres on", "{} was released on", "{} was originally aired on", "{} is to debut on", "{} premiered on")),
+    Relation("P106", "occupation", "occupation", (
+        "The occupation of {} is", "{} works as", "{}'s profession is a", "{}'s profession is an", "{}, who works as", "The profession of {} is",
+        "{}'s occupation is")),
+    Relation("P19", "place of birth", "birth", ("{} was born in", "{} is native to", "{} was native to", "{} is originally from", "{} was originally from")),
+    Relation("P20", "place of death", "death", (
+        "{} died at", "{} died in the city of", "{} died in", "{} passed away in", "{} passed away at", "{}'s life ended in", "{} expired at",
+        "{} lost their life at", "{} succumbed at")),
+    Relation("P140", "religion", "religion", (
+        "{} follows the religion of", "{} is follower of", "The official religion of {} is", "{} is affiliated with the religion")),
+    Relation("P101", "field of work", "field", (
+        "{}'s domain of work is", "{}'s area of work is", "{}'s expertise is", "The domain of activity of {} is", "{} works in the field of",
+        "{}'s domain of activity is", "{} specializes in", "The domain of work of {} is", "{} works in the area of", "The expertise of {} is")),
+    Relation("P39", "position held", "position held", (
+        "{} holds the position of", "{} holds the title of", "{}, whose position is that of", "{}, who has the position of",
+        "{}, who holds the position of", "{} has the position of", "{}'s position is")),
+    Relation("P36", "capital", "capital", (
+        "The capital of {} is", "{}, which has the capital city", "{}, which has the capital", "{}'s capital city is", "The capital city of {} is",
+        "{}'s capital is", "{}'s capital,", "{}'s capital city,")),
+    Relation("P138", "named after", "named after", (
+        "{} is named for", "{}, named after", "{}, which is called after", "{}, which was named for", "{}, named for", "{} was called after",
+        "{} is named after", "{}, which was named after", "{} is called after", "{} was named for", "{}, which is named for",
+        "{}, which was called after", "{}, called after", "{} was named after", "{}, which is named after")),
+    Relation("P463", "member of", "member", (
+        "{} is a part of the", "{} is affiliated with the", "{} belongs to the organization of", "{} is a member of", "{} is affiliated with")),
+    Relation("P108", "employer", "employer", ("{} works for", "{}, who is employed by", "{} is employed by", "{}, who works for")),
+    Relation("P264", "record label", "label", (
+        "{} is represented by music label", "{}'s record label is", "{} is represented by record label", "The music label that is representing {} is",
+        "The music label representing {} is", "{}'s record company is", "{} recorded for")),
+    Relation("P127", "owned by", "owner", ("{} is owned by", "{}'s owner", "{} owner")),
+)
+
+# Short templates that several relations share; a case with one of these has no known relation.
+AMBIGUOUS = frozenset({
+    "{} is located in", "{}, in", "{} is in", "{}, the", "{} plays", "{}, from", "{} from", "{}, by", "{}, of", "{} is a", "{} is from",
+    "{}, released by", "{}, that is represented by", "{}, which is represented by", "{} is represented by", "{} label :",
+})
+
+BY_ID = {relation.id: relation for relation in RELATIONS}
+_BY_TEMPLATE = {template: relation for relation in RELATIONS for template in relation.templates}
+
+
+def template_of(prompt: str, subject: str | None) -> str | None:
+    """The prompt with its subject replaced by "{}", or None without a subject in it."""
+    if not subject or subject not in prompt:
+        return None
+    return prompt.replace(subject, "{}", 1)
+
+
+def relation_of(prompt: str, subject: str | None) -> Relation | None:
+    """The CounterFact relation of an edit prompt, or None (unknown template, ambiguous, no subject)."""
+    template = template_of(prompt, subject)
+    return _BY_TEMPLATE.get(template) if template else None
+
+
+def relation_id(name: str) -> str:
+    """A relation named by its Wikidata id or label, as its id; ValueError naming the choices."""
+    for relation in RELATIONS:
+        if name in (relation.id, relation.label):
+            return relation.id
+    raise ValueError(f"unknown relation {name!r}; known: {', '.join(r.id for r in RELATIONS)}")
+
+
+@lru_cache(maxsize=1)
+def _template_patterns() -> list[tuple[re.Pattern, Relation]]:
+    longest_first = sorted(_BY_TEMPLATE, key=len, reverse=True)
+    return [(re.compile("^" + re.escape(t).replace(r"\{\}", "(.+)") + "$"), _BY_TEMPLATE[t]) for t in longest_first]
+
+
+def relation_of_text(prompt: str) -> Relation | None:
+    """The relation of a prompt whose subject is unknown (a CounterFact locality prompt), by template match."""
+    for pattern, relation in _template_patterns():
+        if pattern.match(prompt):
+            return relation
+    return None
+
+
+def case_relation(prompt: str, subject: str | None, neighbour_prompts: tuple[str, ...] = ()) -> Relation | None:
+    """The relation of an edit: by its own template, else by its same-relation neighbours' prompts
+    (CounterFact's locality prompts share the edit's relation, and often a clearer template)."""
+    relation = relation_of(prompt, subject)
+    for text in neighbour_prompts:
+        relation = relation or relation_of_text(text)
+    return relation

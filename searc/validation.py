@@ -1,0 +1,125 @@
+"""Choosing checkpoints and the routing threshold on validation cases.
+
+`validate` reports what the training loop keeps the best checkpoint by: the classifier's AUROC and
+accuracy on (edit, probe) pairs, the counterfactual model's teacher-forced answers (edit prompt,
+other wordings, declines with a wrong edit in context), and `tune_threshold`'s batch recall and
+locality with every validation edit in memory at once. The validation cases should be augmented
+as training cases are (`searc.augment`), so that other facts of an edited subject are among the
+out-of-scope probes, and should include relations held out of training.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from searc.batches import classifier_pairs, decline_examples, scope_matrix
+from searc.counterfactual import counterfactual_input
+from searc.data import EditCase
+from searc.editor import Editor, SeracSystem, first_token_declines
+from searc.evaluate import claimants, claims
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).float().mean()
+    ties = (pos[:, None] == neg[None, :]).float().mean()
+    return float(greater + 0.5 * ties)
+
+
+
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@torch.no_grad()
+def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
+    """The routing threshold that best separates in-scope from out-of-scope probes with *all*
+    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (answered
+    from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
+    maximised. A route the counterfactual model declines leaves the probe to the base model, as
+    it does when the system answers (`editor.answer`). As in evaluation, an out-of-scope prompt
+    that another stored edit claims (`evaluate.claims`) is that edit's own fact and left out of
+    locality."""
+
+    editor = Editor(system)
+    editor.add_edits([case.edit for case in cases])
+    probes, labels = scope_matrix(cases)
+    scores = editor.scores(probes)  # [n_probes, n_edits]
+    best_scores, best_edit = scores.max(dim=1)
+    declined = torch.tensor(first_token_declines(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
+    owner = labels.argmax(0)
+    in_scope = labels.any(0)
+    right_edit = best_edit == owner
+    claimed = torch.tensor([
+        flag
+        for case, others in zip(cases, claimants(cases, [c.edit for c in cases]))
+        for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
+    ])
+    local = ~in_scope & ~claimed
+    candidates = []
+    for threshold in THRESHOLD_GRID:
+        answered = (best_scores >= threshold) & ~declined
+        recall = float((answered & right_edit)[in_scope].float().mean())
+        locality = float((~answered[local]).float().mean()) if local.any() else 1.0
+        candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
+    _, _, threshold, recall, locality = max(candidates)
+    return {
+        "threshold": threshold, "batch_recall": recall, "batch_locality": locality,
+        "declined_routes": float(declined[~in_scope].float().mean()), "claimed_prompts": int(claimed.sum()),
+    }
+
+
+@torch.no_grad()
+def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -> dict[str, float]:
+    """Classifier AUROC/accuracy on held-out pairs, teacher-forced edit success of the counterfactual model."""
+    system.classifier.eval()
+    system.counterfactual.model.eval()
+    pairs = classifier_pairs(cases)
+    logits = torch.cat(
+        [
+            system.classifier.pair_logits([e for e, _, _ in chunk], [x for _, x, _ in chunk]).float().cpu()
+            for chunk in (pairs[i : i + 64] for i in range(0, len(pairs), 64))
+        ]
+    )
+    labels = torch.tensor([float(label) for *_, label in pairs])
+    probs = torch.sigmoid(logits)
+    predicted = probs >= threshold
+    positives, negatives = labels > 0.5, labels <= 0.5
+    metrics = {
+        "classifier_auroc": auroc(probs, labels),
+        "classifier_accuracy": float((predicted == positives).float().mean()),
+        "classifier_recall": float(predicted[positives].float().mean()),
+        "locality_routing": float((~predicted[negatives]).float().mean()),  # out of scope left to the base model
+    }
+    probes, scope_labels = scope_matrix(cases)
+    scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
+    decline_inputs = decline_examples(cases, probes, scope_labels, scope_logits, random.Random(0), drop_subject=0.0)
+    examples = {  # (inputs, targets, append_eos)
+        "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
+        "generalization": (
+            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases],
+            [p.answer for c in cases for p in c.rephrases],
+            False,
+        ),
+        "counterfactual_declines": (decline_inputs, [""] * len(decline_inputs), True),  # wrong edit in context
+    }
+    cf = system.counterfactual
+    for name, (inputs, targets, append_eos) in examples.items():
+        hits = 0.0
+        for i in range(0, len(inputs), 32):
+            with cf.active():
+                batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
+                hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
+        metrics[name] = hits / len(inputs) if inputs else 1.0
+    metrics.update(tune_threshold(system, cases))
+    batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
+    answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
+    metrics["score"] = (batch_accuracy + answers) / 2
+    return metrics
+
+

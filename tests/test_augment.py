@@ -1,0 +1,102 @@
+"""Relations and the training data built from them: other wordings in scope, other facts of the
+same subject out of scope, held-out relations never used."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from searc.augment import Augmenter, augmented_validation, split_by_relation
+from searc.data import EditCase, Probe, load_cases
+from searc.memory import Edit
+from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, case_relation, relation_id, relation_of, relation_of_text
+from tests.conftest import require_shared_data
+
+
+def counterfact_case(template: str, subject: str, target: str, neighbour: str = "Michel Rocard is a native speaker of") -> EditCase:
+    prompt = template.format(subject)
+    return EditCase(Edit(prompt, target, subject=subject), (Probe(prompt, target),), (Probe(neighbour, "French"),))
+
+
+DARRIEUX = counterfact_case("The mother tongue of {} is", "Danielle Darrieux", "English")
+ZSRE = EditCase(
+    Edit("What is the product made by UniFirst?", "unmanned aircraft", subject="UniFirst"),
+    (Probe("What is the product made by UniFirst?", "unmanned aircraft"), Probe("What will be the product of UniFirst?", "unmanned aircraft")),
+    (Probe("nq question: who wrote hamlet", "Shakespeare"),),
+)
+QUESTIONS = [
+    EditCase(Edit(f"Which river flows through {s}?", "Nile", subject=s), (Probe(f"Which river flows through {s}?", "Nile"),), ())
+    for s in ("Cairo", "Khartoum")
+] + [EditCase(Edit("Who founded Acme Corp?", "Jane Doe", subject="Acme Corp"), (Probe("Who founded Acme Corp?", "Jane Doe"),), ())]
+
+
+def test_every_template_has_one_relation_and_ambiguous_ones_none():
+    templates = Counter(t for r in RELATIONS for t in r.templates)
+    assert max(templates.values()) == 1 and not set(templates) & AMBIGUOUS
+    assert all("{}" in t for t in templates)
+    assert relation_of("The mother tongue of Danielle Darrieux is", "Danielle Darrieux") is BY_ID["P103"]
+    assert relation_of("Toko Yasuda, the", "Toko Yasuda") is None  # ambiguous
+    # an ambiguous prompt takes the relation of its same-relation neighbour
+    assert case_relation("Toko Yasuda, the", "Toko Yasuda", ("John Lennon performs on the",)) is BY_ID["P1303"]
+    assert relation_of_text("John Lennon performs on the") is BY_ID["P1303"]
+    assert relation_id("place of death") == "P20" and relation_id("P20") == "P20"
+    with pytest.raises(ValueError, match="unknown relation"):
+        relation_id("P99999")
+
+
+def test_the_shared_counterfact_files_have_known_relations():
+    data = require_shared_data()
+    for name in ("train", "val"):
+        cases = load_cases(data / "counterfact" / f"{name}.json")
+        unknown = [c for c in cases if case_relation(c.edit.prompt, c.edit.subject, tuple(p.prompt for p in c.out_of_scope)) is None]
+        assert len(unknown) / len(cases) < 0.06, name  # only cases whose prompt and neighbour are both ambiguous
+
+
+def test_counterfact_case_gets_other_wordings_in_scope_and_other_facts_out_of_scope():
+    augmenter = Augmenter([DARRIEUX])
+    for seed in range(20):
+        case = augmenter(DARRIEUX, random.Random(seed))
+        assert case.in_scope[0] == DARRIEUX.in_scope[0] and case.out_of_scope[0] == DARRIEUX.out_of_scope[0]
+        added_in, added_out = case.in_scope[1:], case.out_of_scope[1:]
+        assert all("Danielle Darrieux" in p.prompt and p.answer == "English" for p in added_in)
+        assert all(relation_of(p.prompt, "Danielle Darrieux") in (BY_ID["P103"], None) for p in added_in)
+        assert any(relation_of(p.prompt, "Danielle Darrieux") is BY_ID["P103"] for p in added_in)
+        assert len(added_out) == 3 and all("Danielle Darrieux" in p.prompt and p.answer == "" for p in added_out)
+        for probe in added_out:  # never another relation of the language family (native language vs languages spoken)
+            relation = relation_of(probe.prompt, "Danielle Darrieux")
+            assert relation is None or relation.family != "language"
+        prompts = [p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)]
+        assert len(prompts) == len(set(prompts))
+
+
+def test_held_out_relations_never_appear_in_built_probes():
+    held = [r.id for r in RELATIONS if r.family not in ("language", "occupation")]
+    augmenter = Augmenter([DARRIEUX], held_out=held)
+    for seed in range(30):
+        case = augmenter(DARRIEUX, random.Random(seed))
+        relations = {relation_of(p.prompt, "Danielle Darrieux") for p in case.out_of_scope[1:]} - {None}
+        assert relations <= {BY_ID["P106"]}
+
+
+def test_questions_get_other_questions_about_their_subject():
+    augmenter = Augmenter([ZSRE, *QUESTIONS])
+    case = augmenter(ZSRE, random.Random(0))
+    assert [p.prompt for p in case.in_scope] == [p.prompt for p in ZSRE.in_scope]  # no relation known: no new wordings
+    built = [p.prompt for p in case.out_of_scope[1:]]
+    assert "Which river flows through UniFirst?" in built and "Who founded UniFirst?" in built
+    # a question of the same wording as the case's own is never a negative
+    assert not any(p.prompt == "Which river flows through Khartoum?" for p in augmenter(QUESTIONS[0], random.Random(0)).out_of_scope)
+
+
+def test_cases_without_their_subject_are_left_as_they_are():
+    plain = EditCase(Edit("The sky is", "green"), (Probe("The sky is", "green"),), ())
+    assert Augmenter([plain])(plain, random.Random(0)) == plain
+
+
+def test_split_by_relation_and_fixed_validation_wordings():
+    place = counterfact_case("{} is located in the country of", "Biure", "Spain", "Girona, which is located in")
+    kept, held = split_by_relation([DARRIEUX, place], ["P17"])
+    assert kept == [DARRIEUX] and held == [place]
+    assert augmented_validation([DARRIEUX, place], seed=1) == augmented_validation([DARRIEUX, place], seed=1)
