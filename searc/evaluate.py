@@ -8,7 +8,9 @@ For each case the edit is stored, then:
 - by group (KnowEdit's categories: rephrase and Subject_Aliasing in generalization,
   Relation_Specificity in locality, Reasoning and Logical_Generalization in portability), each apart;
   an answer is right when it starts with any of the probe's acceptable answers (alias lists);
-- classifier: precision and recall of "routed to this probe's own edit".
+- classifier: precision and recall of "routed to this probe's own edit", the false-route rate
+  (per locality group too: how many other facts of an edited subject are routed at all), and how
+  often a route is declined, for in-scope probes (wrongly) and out-of-scope ones (rightly).
 
 Scorings: teacher-forced token accuracy (EasyEdit-compatible: argmax == target token at every
 target position; for locality, argmax agreement with the unedited model on the true answer)
@@ -173,8 +175,11 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
         if not probe.claimed:
             tally.add("locality_gen", float(result.output == result.base_output))
             tally.add("false_routes", float(result.routed))
+            if result.routed:
+                tally.add("declined_false_routes", float(result.declined))
             if group:
                 tally.add(f"{group}_gen", float(result.output == result.base_output))
+                tally.add(f"routed {group}", float(result.routed))
     else:
         right = float(starts_with_any(result.output, probe.answers))
         tally.add(f"{probe.kind}_gen", right)
@@ -184,6 +189,8 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
         if probe.kind in ("reliability", "generalization"):
             tally.add("true_routes", float(routed_to_own))
             tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
+            if routed_to_own:
+                tally.add("declined_own_routes", float(result.declined))
     if comparison is not None:
         if probe.kind == "locality":
             agree = [a == b for a, b in zip(comparison.edited_predicted, comparison.base_predicted)]
@@ -229,6 +236,11 @@ def evaluate(
         "precision": true / (true + wrong + false) if true + wrong + false else float("nan"),
         "recall": true / n_in_scope if n_in_scope else float("nan"),
         "false_route_rate": tally.mean("false_routes"),
+        # the decline, both ways: in-scope probes routed to their own edit yet declined (should be
+        # near 0), out-of-scope probes routed yet declined (should be near 1)
+        "declined_own_routes": tally.mean("declined_own_routes"),
+        "declined_false_routes": tally.mean("declined_false_routes"),
+        **{f"false_route_rate {k[len('routed '):]}": tally.mean(k) for k in sorted(tally.sums) if k.startswith("routed ")},
     }
     groups = sorted(k[: -len("_gen")] for k in tally.sums if "/" in k and k.endswith("_gen"))
     unedited = {k: tally.mean(f"unedited_{k}") for k in ("reliability", "generalization", "portability") if tally.has(f"unedited_{k}")}

@@ -45,6 +45,7 @@ def test_always_routing_breaks_locality_and_is_imprecise():
     assert single.classifier["recall"] == 1.0 and single.classifier["false_route_rate"] == 1.0
     assert single.classifier["precision"] == pytest.approx(4 / 6)
     assert single.locality.generation < 1.0
+    assert 0.0 <= single.classifier["declined_own_routes"] <= 1.0 and 0.0 <= single.classifier["declined_false_routes"] <= 1.0
     batch = evaluate(system_with_bias(8.0), CASES, mode="batch")
     # with every score equal the first edit wins: the second case's probes go to the wrong edit
     assert batch.classifier["recall"] == 0.5
@@ -113,6 +114,7 @@ def test_groups_are_scored_apart_and_the_own_edited_fact_is_claimed(mode):
     assert report.group_sizes["locality/Relation_Specificity"] == 1  # the other one asks the edited fact: claimed
     assert report.claimed_locality_prompts == 1
     assert report.groups["locality/Relation_Specificity"].generation == 1.0  # never routed
+    assert report.classifier["false_route_rate locality/Relation_Specificity"] == 0.0
     assert "locality/Relation_Specificity (n=1)" in report.table()
 
 
