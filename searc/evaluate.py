@@ -31,7 +31,8 @@ own edit claims those the same way. The report keeps the count and the locality 
 out-of-scope prompts (`locality_all`) beside it.
 
 `stored` adds edits to batch mode's memory beyond those of the probed cases: 300 cases probed with
-10,000 edits in memory is `evaluate(system, cases[:300], "batch", stored=cases)`.
+10,000 edits in memory is `evaluate(system, cases[:300], "batch", stored=cases)`. One memory holds
+one edit per prompt: in batch mode a case repeating an earlier case's prompt is set aside and counted.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class Scored:
 
 @dataclass
 class EvalReport:
-    n_cases: int
+    n_cases: int  # cases scored
+    set_aside_cases: int  # batch mode: cases whose prompt an earlier case already edits
     mode: str
     reliability: Scored
     generalization: Scored
@@ -86,7 +88,8 @@ class EvalReport:
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
-        return "\n".join(lines + [f"{self.n_cases} cases, {self.mode} mode, {self.edits_in_memory} edits in memory, {self.seconds:.0f} s"])
+        set_aside = f" ({self.set_aside_cases} repeating an earlier prompt set aside)" if self.set_aside_cases else ""
+        return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {self.seconds:.0f} s"])
 
 
 @dataclass
@@ -224,6 +227,11 @@ def evaluate(
         raise ValueError("more stored edits need batch mode")
     started = time.perf_counter()
     tally = _Tally()
+    set_aside = 0
+    if mode == "batch":  # one memory holds one edit per prompt
+        cases, repeats = one_edit_per_prompt(cases)
+        set_aside = len(repeats)
+        stored = one_edit_per_prompt([*cases, *stored])[0][len(cases) :]
     sessions = list(_sessions(system, cases, mode, threshold, stored))
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
@@ -246,6 +254,7 @@ def evaluate(
     unedited = {k: tally.mean(f"unedited_{k}") for k in ("reliability", "generalization", "portability") if tally.has(f"unedited_{k}")}
     return EvalReport(
         n_cases=len(cases),
+        set_aside_cases=set_aside,
         mode=mode,
         reliability=Scored(tally.mean("reliability_tf"), tally.mean("reliability_gen")),
         generalization=Scored(tally.mean("generalization_tf"), tally.mean("generalization_gen")),
@@ -269,7 +278,7 @@ def _sessions(
     keys each case's edit in its own small memory; batch mode keys them all at once."""
     if mode == "batch":
         editor = Editor(system, threshold=threshold)
-        edits = editor.add_edits(_distinct_edits(cases) + _more_edits(stored, cases))
+        edits = editor.add_edits([c.edit for c in (*cases, *stored)])
         stored_claimants = claimants(cases, edits)
         yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, stored_claimants[i])]
         return
@@ -289,23 +298,16 @@ def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edi
     return result
 
 
-def _distinct_edits(cases: Sequence[EditCase]):
-    """All cases' edits; a dataset with two cases on one prompt cannot be run in batch mode."""
-    prompts = [c.edit.prompt.casefold() for c in cases]
-    if len(set(prompts)) != len(prompts):
-        raise ValueError("batch mode needs one edit per prompt; the data repeats a prompt")
-    return [c.edit for c in cases]
-
-
-def _more_edits(stored: Sequence[EditCase], cases: Sequence[EditCase]) -> list[Edit]:
-    """The edits of `stored` on prompts that neither `cases` nor an earlier stored case has."""
-    seen = {c.edit.prompt.casefold() for c in cases}
-    more = []
-    for case in stored:
-        if case.edit.prompt.casefold() not in seen:
-            seen.add(case.edit.prompt.casefold())
-            more.append(case.edit)
-    return more
+def one_edit_per_prompt(cases: Sequence[EditCase]) -> tuple[list[EditCase], list[EditCase]]:
+    """(cases whose prompt no earlier case has, the later repeats). A memory holds one edit per
+    prompt, so in batch mode a repeat (CounterFact has "Saint Petersburg is a twin city of" ->
+    Lisbon, Tokyo and Atlanta) is set aside and counted, never scored against another case's edit."""
+    seen, kept, repeats = set(), [], []
+    for case in cases:
+        key = case.edit.prompt.casefold()
+        (repeats if key in seen else kept).append(case)
+        seen.add(key)
+    return kept, repeats
 
 
 def comparison_rows(trained: EvalReport, zero_shot: EvalReport | None = None) -> dict[str, dict[str, float]]:

@@ -136,3 +136,10 @@ def test_more_stored_edits_share_the_memory_and_need_batch_mode():
     assert report.edits_in_memory == 7 and report.n_cases == 2
     with pytest.raises(ValueError, match="batch mode"):
         evaluate(system_with_bias(-8.0), CASES, mode="single", stored=extra)
+
+
+def test_batch_mode_sets_aside_a_case_that_repeats_a_prompt():
+    repeat = EditCase(Edit(CASES[0].edit.prompt, "Madrid"), (Probe(CASES[0].edit.prompt, "Madrid"),), ())
+    report = evaluate(system_with_bias(-8.0), [*CASES, repeat], mode="batch")
+    assert report.n_cases == 2 and report.set_aside_cases == 1 and report.edits_in_memory == 2
+    assert "1 repeating an earlier prompt set aside" in report.table()
