@@ -10,10 +10,12 @@ training entirely.
 
 A few templates are too short to tell their relation ("{}, in", "{} plays", "{}, the"); they are
 `AMBIGUOUS`: a case with one has no known relation, and they are never used to build probes.
-Relations that answer the same kind of question in closely related ways (city, country and
-continent of a place; a player's position and sport) share a `family`: a template of another
-relation of the same family is neither a positive nor a negative for an edit (changing a
-landmark's city may well change its country: that is the portability issue, not scope).
+Relations that ask nearly the same question share a `family` (a person's native language and the
+languages they speak; a player's position and sport; an organisation's location, headquarters and
+place of formation): a template of another relation of the same family is neither a positive nor
+a negative for an edit. The continent, the country and the city of a place are different facts:
+an edit of the city leaves "... is in the country of" to the base model (whether it should
+answer the new city's country instead is the portability issue, not scope).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class Relation:
 
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation("P30", "continent", "place", ("{} is located in the continent", "{} belongs to the continent of", "{} is a part of the continent of")),
-    Relation("P17", "country", "place", ("{} is located in the country of", "{}, which is located in", "{}, located in")),
+    Relation("P30", "continent", "continent", ("{} is located in the continent", "{} belongs to the continent of", "{} is a part of the continent of")),
+    Relation("P17", "country", "country", ("{} is located in the country of", "{}, which is located in", "{}, located in")),
     Relation("P276", "location", "place", ("{} can be found in", "The location of {} is", "Where is {}? It is located in", "{} is within")),
     Relation("P159", "headquarters location", "place", (
         "The headquarter of {} is located in", "The headquarters of {} is in", "{}'s headquarters are in", "{} is based in",
@@ -41,7 +43,7 @@ RELATIONS: tuple[Relation, ...] = (
     Relation("P740", "location of formation", "place", (
         "{} originates from", "{} originated from", "{} formed in", "{}, that was formed in", "{} was formed in", "{} that was founded in",
         "{}, founded in", "{} was founded in", "{} started in", "{} was started in", "{}, that was started in")),
-    Relation("P495", "country of origin", "place", (
+    Relation("P495", "country of origin", "country", (
         "{} was created in the country of", "{}, created in", "{}, that was created in", "{} was created in", "{} was developed in",
         "{}, developed in", "{}, that was developed in", "{} was formulated in", "{}, formulated in", "{}, that was formulated in",
         "{} originated in", "{}, that originated in", "{}, that was from", "{} was from")),
