@@ -216,8 +216,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from searc.augment import split_by_relation
     from searc.data import load_cases
-    from searc.relations import relation_id
     from searc.evaluate import evaluate
+    from searc.relations import relation_id
     from searc.system import load_system
 
     if args.limit is not None and args.limit < 1:

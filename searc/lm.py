@@ -218,13 +218,13 @@ class LanguageModel:
             )
         return scores
 
-    @torch.inference_mode()
     def budget_for(self, targets: Sequence[str]) -> int:
         """New tokens enough to finish the longest of `targets` (and end it), never fewer than
         `max_new_tokens`: "The Time Machine (1960 film)" must not be cut at a fixed budget."""
         longest = max((len(self.encode(" " + t.strip())) for t in targets if t), default=0)
         return max(self.max_new_tokens, longest + 3)
 
+    @torch.inference_mode()
     def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[Generation]:
         """Greedy continuations (KV-cached, left-padded batch)."""
         if not prompts:

@@ -32,7 +32,6 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(greater + 0.5 * ties)
 
 
-
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
@@ -43,9 +42,8 @@ def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, 
     from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
     maximised. A route the counterfactual model declines leaves the probe to the base model, as
     it does when the system answers (`editor.answer`). As in evaluation, an out-of-scope prompt
-    that another stored edit claims (`evaluate.claims`) is that edit's own fact and left out of
-    locality."""
-
+    that a stored edit claims (`evaluate.claims`; its own case's edit included) asks that edit's
+    own fact and is left out of locality."""
     editor = Editor(system)
     editor.add_edits([case.edit for case in cases])
     probes, labels = scope_matrix(cases)
