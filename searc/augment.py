@@ -11,8 +11,7 @@ in scope (answer: the new target)
   `searc.relations`);
 out of scope (the classifier's negatives and the counterfactual model's decline examples)
 - other facts of the same subject: templates of relations of other families filled with the
-  subject, one of them with the same kind of answer (CounterFact: the country of a place whose
-  city was edited, the place of death of a person whose birthplace was), other zsRE questions with the subject put in (zsRE), and generic
+  subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
   Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
   the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects.
@@ -79,15 +78,6 @@ class Augmenter:
             t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
         ]
 
-    def other_relations(self, relation: Relation, rng: random.Random) -> list[Relation]:
-        """`other_relations` relations of other families, the first of the same kind of answer where
-        there is one: the city of death beside the city of birth, the country beside the city."""
-        others = [r for r in self.relations if r.family != relation.family]
-        alike = [r for r in others if r.kind == relation.kind]
-        first = [rng.choice(alike)] if alike and self.config.other_relations else []
-        rest = [r for r in others if r not in first]
-        return first + rng.sample(rest, min(self.config.other_relations - len(first), len(rest)))
-
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
         subject = case.edit.subject
         if not subject or subject not in case.edit.prompt:
@@ -101,7 +91,8 @@ class Augmenter:
             in_scope += [t.format(subject) for t in rng.sample(wordings, min(self.config.wordings, len(wordings)))]
             if rng.random() < self.config.cloze_positive:
                 in_scope.append(f"The {relation.label} of {subject} is")
-            out_of_scope += [rng.choice(r.templates).format(subject) for r in self.other_relations(relation, rng)]
+            others = [r for r in self.relations if r.family != relation.family]
+            out_of_scope += [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(self.config.other_relations, len(others)))]
         else:  # a question (zsRE) or an unknown template: other questions of the run, with this subject
             own = content_words(template_of(case.edit.prompt, subject) or "")
             questions = [t for t in self.question_templates if _overlap(content_words(t), own) < 0.34]

@@ -10,12 +10,10 @@ training entirely.
 
 A few templates are too short to tell their relation ("{}, in", "{} plays", "{}, the"); they are
 `AMBIGUOUS`: a case with one has no known relation, and they are never used to build probes.
-Relations that ask nearly the same question share a `family` (a person's native language and the
-languages they speak; a player's position and sport; an organisation's location, headquarters and
-place of formation): a template of another relation of the same family is neither a positive nor
-a negative for an edit. The continent, the country and the city of a place are different facts:
-an edit of the city leaves "... is in the country of" to the base model (whether it should
-answer the new city's country instead is the portability issue, not scope).
+Relations that answer the same kind of question in closely related ways (city, country and
+continent of a place; a player's position and sport) share a `family`: a template of another
+relation of the same family is neither a positive nor a negative for an edit (changing a
+landmark's city may well change its country: that is the portability issue, not scope).
 """
 
 from __future__ import annotations
@@ -29,83 +27,82 @@ from functools import lru_cache
 class Relation:
     id: str  # Wikidata property
     label: str  # Wikidata label, for cloze wordings ("The {label} of {subject} is")
-    family: str  # relations asking nearly the same question
-    kind: str  # what the answer is (a place, a language, an organisation, ...): the hardest other facts share it
+    family: str
     templates: tuple[str, ...]
 
 
 RELATIONS: tuple[Relation, ...] = (
-    Relation("P30", "continent", "continent", "place", ("{} is located in the continent", "{} belongs to the continent of", "{} is a part of the continent of")),
-    Relation("P17", "country", "country", "place", ("{} is located in the country of", "{}, which is located in", "{}, located in")),
-    Relation("P276", "location", "place", "place", ("{} can be found in", "The location of {} is", "Where is {}? It is located in", "{} is within")),
-    Relation("P159", "headquarters location", "place", "place", (
+    Relation("P30", "continent", "place", ("{} is located in the continent", "{} belongs to the continent of", "{} is a part of the continent of")),
+    Relation("P17", "country", "place", ("{} is located in the country of", "{}, which is located in", "{}, located in")),
+    Relation("P276", "location", "place", ("{} can be found in", "The location of {} is", "Where is {}? It is located in", "{} is within")),
+    Relation("P159", "headquarters location", "place", (
         "The headquarter of {} is located in", "The headquarters of {} is in", "{}'s headquarters are in", "{} is based in",
         "{}, whose headquarters are in", "The headquarter of {} is in", "{} is headquartered in")),
-    Relation("P740", "location of formation", "place", "place", (
+    Relation("P740", "location of formation", "place", (
         "{} originates from", "{} originated from", "{} formed in", "{}, that was formed in", "{} was formed in", "{} that was founded in",
         "{}, founded in", "{} was founded in", "{} started in", "{} was started in", "{}, that was started in")),
-    Relation("P495", "country of origin", "country", "place", (
+    Relation("P495", "country of origin", "place", (
         "{} was created in the country of", "{}, created in", "{}, that was created in", "{} was created in", "{} was developed in",
         "{}, developed in", "{}, that was developed in", "{} was formulated in", "{}, formulated in", "{}, that was formulated in",
         "{} originated in", "{}, that originated in", "{}, that was from", "{} was from")),
-    Relation("P103", "native language", "language", "language", (
+    Relation("P103", "native language", "language", (
         "The mother tongue of {} is", "The native language of {} is", "{} is a native speaker of", "{}, a native", "{}, speaker of")),
-    Relation("P1412", "languages spoken, written or signed", "language", "language", (
+    Relation("P1412", "languages spoken, written or signed", "language", (
         "{} speaks the language", "{} speaks", "{} writes in", "The language used by {} is", "{} spoke the language")),
-    Relation("P37", "official language", "language", "language", (
+    Relation("P37", "official language", "language", (
         "The official language of {} is", "In {}, an official language is", "The law in {} declares the language", "In {}, they understand",
         "In {}, the language spoken is")),
-    Relation("P364", "original language of work", "language", "language", (
+    Relation("P364", "original language of work", "language", (
         "The original language of {} is", "The original language of {} was", "The language of {} is", "The language of {} was",
         "{} was written in", "{} is written in")),
-    Relation("P413", "position played on team", "sport", "role", (
+    Relation("P413", "position played on team", "sport", (
         "{} plays as", "{} plays in the position of", "{}, who plays the position", "Which position does {} play? They play as")),
-    Relation("P641", "sport", "sport", "activity", ("{} professionally plays the sport", "What sport does {} play? They play", "{} is a professional")),
-    Relation("P136", "genre", "genre", "activity", (
+    Relation("P641", "sport", "sport", ("{} professionally plays the sport", "What sport does {} play? They play", "{} is a professional")),
+    Relation("P136", "genre", "genre", (
         "The genre played by {} is", "{} is known for performing", "What does {} play? They play", "{} performs", "{}, who plays")),
-    Relation("P1303", "instrument", "instrument", "activity", (
+    Relation("P1303", "instrument", "instrument", (
         "{} plays the instrument", "{}, playing the", "{} plays the", "{}, performing on the", "{} performs on the")),
-    Relation("P176", "manufacturer", "maker", "organization", (
+    Relation("P176", "manufacturer", "maker", (
         "{}, developed by", "{}, created by", "{} is developed by", "{} is created by", "{} is a product of", "{} is produced by",
         "{}, produced by", "{} was a product of", "{} was developed by", "{}, a product of", "{}, a product manufactured by",
         "{} was created by", "{}, a product created by", "{}, a product developed by")),
-    Relation("P190", "twinned administrative body", "twin", "place", ("What is the twin city of {}? It is", "The twin city of {} is", "{} is a twin city of")),
-    Relation("P27", "country of citizenship", "citizenship", "place", (
+    Relation("P190", "twinned administrative body", "twin", ("What is the twin city of {}? It is", "The twin city of {} is", "{} is a twin city of")),
+    Relation("P27", "country of citizenship", "citizenship", (
         "{} has a citizenship from", "{} is a citizen of", "{}, a citizen of", "{} holds a citizenship from", "{}, who is a citizen of",
         "{}, who holds a citizenship from", "{}, who has a citizenship from")),
-    Relation("P937", "work location", "work location", "place", (
+    Relation("P937", "work location", "work location", (
         "{} was employed in", "{} worked in the city of", "{} found employment in", "{} used to work in", "{} worked in", "{} took up work in")),
-    Relation("P449", "original broadcaster", "broadcaster", "organization", (
+    Relation("P449", "original broadcaster", "broadcaster", (
         "{} debuted on", "{} premieres on", "{} was released on", "{} was originally aired on", "{} is to debut on", "{} premiered on")),
-    Relation("P106", "occupation", "occupation", "role", (
+    Relation("P106", "occupation", "occupation", (
         "The occupation of {} is", "{} works as", "{}'s profession is a", "{}'s profession is an", "{}, who works as", "The profession of {} is",
         "{}'s occupation is")),
-    Relation("P19", "place of birth", "birth", "place", ("{} was born in", "{} is native to", "{} was native to", "{} is originally from", "{} was originally from")),
-    Relation("P20", "place of death", "death", "place", (
+    Relation("P19", "place of birth", "birth", ("{} was born in", "{} is native to", "{} was native to", "{} is originally from", "{} was originally from")),
+    Relation("P20", "place of death", "death", (
         "{} died at", "{} died in the city of", "{} died in", "{} passed away in", "{} passed away at", "{}'s life ended in", "{} expired at",
         "{} lost their life at", "{} succumbed at")),
-    Relation("P140", "religion", "religion", "activity", (
+    Relation("P140", "religion", "religion", (
         "{} follows the religion of", "{} is follower of", "The official religion of {} is", "{} is affiliated with the religion")),
-    Relation("P101", "field of work", "field", "role", (
+    Relation("P101", "field of work", "field", (
         "{}'s domain of work is", "{}'s area of work is", "{}'s expertise is", "The domain of activity of {} is", "{} works in the field of",
         "{}'s domain of activity is", "{} specializes in", "The domain of work of {} is", "{} works in the area of", "The expertise of {} is")),
-    Relation("P39", "position held", "position held", "role", (
+    Relation("P39", "position held", "position held", (
         "{} holds the position of", "{} holds the title of", "{}, whose position is that of", "{}, who has the position of",
         "{}, who holds the position of", "{} has the position of", "{}'s position is")),
-    Relation("P36", "capital", "capital", "place", (
+    Relation("P36", "capital", "capital", (
         "The capital of {} is", "{}, which has the capital city", "{}, which has the capital", "{}'s capital city is", "The capital city of {} is",
         "{}'s capital is", "{}'s capital,", "{}'s capital city,")),
-    Relation("P138", "named after", "named after", "name", (
+    Relation("P138", "named after", "named after", (
         "{} is named for", "{}, named after", "{}, which is called after", "{}, which was named for", "{}, named for", "{} was called after",
         "{} is named after", "{}, which was named after", "{} is called after", "{} was named for", "{}, which is named for",
         "{}, which was called after", "{}, called after", "{} was named after", "{}, which is named after")),
-    Relation("P463", "member of", "member", "organization", (
+    Relation("P463", "member of", "member", (
         "{} is a part of the", "{} is affiliated with the", "{} belongs to the organization of", "{} is a member of", "{} is affiliated with")),
-    Relation("P108", "employer", "employer", "organization", ("{} works for", "{}, who is employed by", "{} is employed by", "{}, who works for")),
-    Relation("P264", "record label", "label", "organization", (
+    Relation("P108", "employer", "employer", ("{} works for", "{}, who is employed by", "{} is employed by", "{}, who works for")),
+    Relation("P264", "record label", "label", (
         "{} is represented by music label", "{}'s record label is", "{} is represented by record label", "The music label that is representing {} is",
         "The music label representing {} is", "{}'s record company is", "{} recorded for")),
-    Relation("P127", "owned by", "owner", "organization", ("{} is owned by", "{}'s owner", "{} owner")),
+    Relation("P127", "owned by", "owner", ("{} is owned by", "{}'s owner", "{} owner")),
 )
 
 # Short templates that several relations share; a case with one of these has no known relation.

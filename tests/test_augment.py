@@ -100,12 +100,3 @@ def test_split_by_relation_and_fixed_validation_wordings():
     kept, held = split_by_relation([DARRIEUX, place], ["P17"])
     assert kept == [DARRIEUX] and held == [place]
     assert augmented_validation([DARRIEUX, place], seed=1) == augmented_validation([DARRIEUX, place], seed=1)
-
-
-def test_one_other_fact_has_the_same_kind_of_answer():
-    birth = counterfact_case("{} was born in", "Jane Doe", "Oslo", "John Roe was native to")
-    augmenter = Augmenter([birth])
-    for seed in range(20):
-        built = augmenter(birth, random.Random(seed)).out_of_scope[1:3]
-        kinds = [relation_of(p.prompt, "Jane Doe").kind for p in built]
-        assert kinds[0] == "place" and relation_of(built[0].prompt, "Jane Doe").family != "birth"
