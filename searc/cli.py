@@ -249,6 +249,11 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"searc eval: {error}") from None
     print(file=sys.stderr)
     print(report.table())
+    for failure in report.failures[:5]:
+        how = ("routed, declined" if failure.declined else "routed") if failure.routed else "not routed"
+        print(f"failed {failure.kind} {failure.group}: {failure.prompt!r} -> {failure.output!r}, expected {failure.expected!r} ({how}, {failure.score:.2f})")
+    if report.failures:
+        print(f"{len(report.failures)} failing probes kept" + (f", all in {args.json}" if args.json else "; --json writes them all"))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
     return 0

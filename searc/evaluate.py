@@ -56,6 +56,24 @@ class Scored:
 
 
 @dataclass
+class Failure:
+    """One probe the edited system got wrong (generation scoring): what an inspector looks at."""
+
+    kind: str  # reliability | generalization | locality | portability
+    group: str
+    prompt: str
+    expected: str  # the first acceptable answer; for locality, the unedited model's output
+    output: str
+    routed: bool
+    declined: bool
+    score: float
+    best_edit: str | None  # "prompt -> target" of the nearest stored edit
+
+
+MAX_FAILURES = 500  # kept in a report (the metrics count every probe)
+
+
+@dataclass
 class EvalReport:
     n_cases: int  # cases scored
     set_aside_cases: int  # batch mode: cases whose prompt an earlier case already edits
@@ -72,6 +90,7 @@ class EvalReport:
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
     seconds: float
+    failures: list[Failure] = field(default_factory=list)  # the first MAX_FAILURES wrong probes, in data order
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -95,6 +114,7 @@ class EvalReport:
 @dataclass
 class _Tally:
     sums: dict[str, list[float]] = field(default_factory=dict)
+    failures: list["Failure"] = field(default_factory=list)
 
     def add(self, key: str, value: float) -> None:
         self.sums.setdefault(key, []).append(value)
@@ -169,6 +189,7 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
 
 
 def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
+    _note_failure(probe, result, tally)
     own = editor.memory.edits[probe.edit_index]
     routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
     group = f"{probe.kind}/{probe.group}" if probe.group else None
@@ -207,6 +228,19 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
             tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
             if group:
                 tally.add(f"{group}_tf", sum(hits) / len(hits))
+
+
+def _note_failure(probe: _Probe, result: ProbeResult, tally: _Tally) -> None:
+    if probe.kind == "locality":
+        wrong, expected = not probe.claimed and result.output != result.base_output, result.base_output
+    else:
+        wrong, expected = not starts_with_any(result.output, probe.answers), probe.answer
+    if wrong and len(tally.failures) < MAX_FAILURES:
+        edit = result.best_edit
+        tally.failures.append(Failure(
+            probe.kind, probe.group, probe.prompt, expected, result.output, result.routed, result.declined, result.score,
+            f"{edit.prompt} -> {edit.target_new}" if edit else None,
+        ))
 
 
 def evaluate(
@@ -268,6 +302,7 @@ def evaluate(
         classifier=classifier,
         unedited=unedited,
         seconds=time.perf_counter() - started,
+        failures=tally.failures,
     )
 
 

@@ -143,3 +143,12 @@ def test_batch_mode_sets_aside_a_case_that_repeats_a_prompt():
     report = evaluate(system_with_bias(-8.0), [*CASES, repeat], mode="batch")
     assert report.n_cases == 2 and report.set_aside_cases == 1 and report.edits_in_memory == 2
     assert "1 repeating an earlier prompt set aside" in report.table()
+
+
+def test_failing_probes_are_kept_with_why():
+    report = evaluate(system_with_bias(-8.0), CASES, mode="batch")  # never routed: every edit missed
+    kinds = [(f.kind, f.prompt) for f in report.failures]
+    assert kinds == [(k, p.prompt) for c in CASES for k, p in zip(("reliability", "generalization"), c.in_scope)]
+    first = report.failures[0]
+    assert not first.routed and first.expected == "Rome" and first.best_edit.endswith("-> Rome")
+    assert report.to_json()["failures"][0]["prompt"] == CASES[0].edit.prompt
