@@ -30,7 +30,11 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     run([sys.executable, "-m", "tests.dist_target", str(tmp_path / "one.safetensors"), "2"])  # 2 micro-batches = the 2 processes' shares
     two, one = load_file(tmp_path / "two.safetensors"), load_file(tmp_path / "one.safetensors")
     assert two.keys() == one.keys() and any("lora_B" in k for k in two)
-    for name in two:
-        assert torch.allclose(two[name], one[name], atol=1e-5, rtol=1e-4), name
+    # Summation order differs (an all-reduce against two accumulated backwards), and Adam turns the
+    # float32 noise of a near-zero gradient entry into a full-size update: a few entries of ~17,000
+    # move by ~1e-5. A run without gradient averaging differs by ~1e-2 almost everywhere.
+    differences = torch.cat([(two[name] - one[name]).abs().flatten() for name in two])
+    assert float(differences.max()) < 1e-4
+    assert float((differences > 1e-5 + 1e-4 * torch.cat([one[n].abs().flatten() for n in two])).float().mean()) < 1e-3
     untrained = {n: p for n, p in __import__("tests.conftest", fromlist=["make_system"]).make_system("llama").counterfactual.model.named_parameters() if "lora_B" in n}
     assert any(not torch.allclose(one[n], p) for n, p in untrained.items()), "training must have moved the adapter"
