@@ -189,23 +189,27 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
 
 
 def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
-    _note_failure(probe, result, tally)
     own = editor.memory.edits[probe.edit_index]
     routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
     group = f"{probe.kind}/{probe.group}" if probe.group else None
     if probe.kind == "locality":
-        tally.add("locality_all_gen", float(result.output == result.base_output))
+        kept = float(result.output == result.base_output)
+        tally.add("locality_all_gen", kept)
         tally.add("claimed", float(probe.claimed))
         if not probe.claimed:
-            tally.add("locality_gen", float(result.output == result.base_output))
+            tally.add("locality_gen", kept)
             tally.add("false_routes", float(result.routed))
             if result.routed:
                 tally.add("declined_false_routes", float(result.declined))
             if group:
-                tally.add(f"{group}_gen", float(result.output == result.base_output))
+                tally.add(f"{group}_gen", kept)
                 tally.add(f"routed {group}", float(result.routed))
+            if not kept:
+                _note_failure(probe, result, result.base_output, tally)
     else:
         right = float(starts_with_any(result.output, probe.answers))
+        if not right:
+            _note_failure(probe, result, probe.answer, tally)
         tally.add(f"{probe.kind}_gen", right)
         tally.add(f"unedited_{probe.kind}", float(starts_with_any(result.base_output, probe.answers)))
         if group:
@@ -230,12 +234,9 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
                 tally.add(f"{group}_tf", sum(hits) / len(hits))
 
 
-def _note_failure(probe: _Probe, result: ProbeResult, tally: _Tally) -> None:
-    if probe.kind == "locality":
-        wrong, expected = not probe.claimed and result.output != result.base_output, result.base_output
-    else:
-        wrong, expected = not starts_with_any(result.output, probe.answers), probe.answer
-    if wrong and len(tally.failures) < MAX_FAILURES:
+def _note_failure(probe: _Probe, result: ProbeResult, expected: str, tally: _Tally) -> None:
+    """Keep a wrong probe (up to MAX_FAILURES); `expected` is its answer, or the unedited output for locality."""
+    if len(tally.failures) < MAX_FAILURES:
         edit = result.best_edit
         tally.failures.append(Failure(
             probe.kind, probe.group, probe.prompt, expected, result.output, result.routed, result.declined, result.score,
