@@ -74,6 +74,7 @@ class Augmenter:
         self.config = config
         self.held_out = frozenset(held_out)
         self.relations = [r for r in RELATIONS if r.id not in self.held_out]
+        self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
             t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
         ]
@@ -98,7 +99,7 @@ class Augmenter:
             questions = [t for t in self.question_templates if _overlap(content_words(t), own) < 0.34]
             out_of_scope += [t.format(subject) for t in rng.sample(questions, min(self.config.other_relations, len(questions)))]
         own_words = content_words(case.edit.prompt)
-        labels = [label for label in GENERIC_LABELS if not content_words(label) & own_words]
+        labels = [label for label, words in self.label_words if not words & own_words]
         for _ in range(self.config.generic):
             form = rng.randrange(3)
             if form == 2:
