@@ -32,7 +32,9 @@ out-of-scope prompts (`locality_all`) beside it.
 
 `stored` adds edits to batch mode's memory beyond those of the probed cases: 300 cases probed with
 10,000 edits in memory is `evaluate(system, cases[:300], "batch", stored=cases)`. One memory holds
-one edit per prompt: in batch mode a case repeating an earlier case's prompt is set aside and counted.
+one answer per fact: in batch mode a case that re-edits a fact an earlier case edits (zsRE's edit
+set edits a third of its subjects two to four times, with different answers) is set aside and
+counted (`one_edit_per_fact`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
+from searc.augment import case_relation_of
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
 from searc.memory import Edit
+from searc.relations import relation_of
 
 Mode = Literal["single", "batch"]
 PROBE_CHUNK = 32
@@ -76,7 +80,7 @@ MAX_FAILURES = 500  # kept in a report (the metrics count every probe)
 @dataclass
 class EvalReport:
     n_cases: int  # cases scored
-    set_aside_cases: int  # batch mode: cases whose prompt an earlier case already edits
+    set_aside_cases: int  # batch mode: cases that re-edit a fact an earlier case edits
     mode: str
     reliability: Scored
     generalization: Scored
@@ -107,7 +111,7 @@ class EvalReport:
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
-        set_aside = f" ({self.set_aside_cases} repeating an earlier prompt set aside)" if self.set_aside_cases else ""
+        set_aside = f" ({self.set_aside_cases} re-editing an earlier case's fact set aside)" if self.set_aside_cases else ""
         return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {self.seconds:.0f} s"])
 
 
@@ -142,12 +146,18 @@ class _Probe:
 
 
 def claims(edit: Edit, out_of_scope: Probe) -> bool:
-    """Whether `out_of_scope` asks for the fact that `edit` changes: it names the edit's subject
-    and expects the edit's old answer (or one of its aliases)."""
-    if not edit.subject or not edit.target_true:
+    """Whether `out_of_scope` asks for the fact that `edit` changes: it names the edit's subject and
+    expects the edit's old answer (or one of its aliases), or asks the edit's relation, or one of
+    its family, in a CounterFact wording ("Helsinki is a twin city of" beside the edit "Helsinki is
+    a twin city of -> Istanbul", whose old answer the data gives as another of Helsinki's twins)."""
+    subject = edit.subject
+    if not subject or subject.casefold() not in out_of_scope.prompt.casefold():
         return False
-    old = edit.target_true.strip().casefold()
-    return edit.subject.casefold() in out_of_scope.prompt.casefold() and any(a.strip().casefold() == old for a in out_of_scope.answers)
+    old = (edit.target_true or "").strip().casefold()
+    if old and any(a.strip().casefold() == old for a in out_of_scope.answers):
+        return True
+    edited, asked = relation_of(edit.prompt, subject), relation_of(out_of_scope.prompt, subject)
+    return edited is not None and asked is not None and edited.family == asked.family
 
 
 def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[_Probe]:
@@ -264,9 +274,9 @@ def evaluate(
     tally = _Tally()
     set_aside = 0
     if mode == "batch":  # one memory holds one edit per prompt
-        cases, repeats = one_edit_per_prompt(cases)
+        cases, repeats = one_edit_per_fact(cases)
         set_aside = len(repeats)
-        stored = one_edit_per_prompt([*cases, *stored])[0][len(cases) :]
+        stored = one_edit_per_fact([*cases, *stored])[0][len(cases) :]
     sessions = list(_sessions(system, cases, mode, threshold, stored))
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
@@ -326,7 +336,7 @@ def _sessions(
 
 def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edit]]:
     """For each case, the stored edits (its own included) whose subject one of its out-of-scope prompts names."""
-    with_subject = [(e, e.subject.casefold()) for e in edits if e.subject and e.target_true]
+    with_subject = [(e, e.subject.casefold()) for e in edits if e.subject]
     result = []
     for case in cases:
         prompts = [p.prompt.casefold() for p in case.out_of_scope]
@@ -334,15 +344,30 @@ def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edi
     return result
 
 
-def one_edit_per_prompt(cases: Sequence[EditCase]) -> tuple[list[EditCase], list[EditCase]]:
-    """(cases whose prompt no earlier case has, the later repeats). A memory holds one edit per
-    prompt, so in batch mode a repeat (CounterFact has "Saint Petersburg is a twin city of" ->
-    Lisbon, Tokyo and Atlanta) is set aside and counted, never scored against another case's edit."""
-    seen, kept, repeats = set(), [], []
+def one_edit_per_fact(cases: Sequence[EditCase]) -> tuple[list[EditCase], list[EditCase]]:
+    """(cases that edit a fact no earlier case edits, the later re-edits). A memory holds one answer
+    per fact, so in batch mode a re-edit is set aside and counted, never scored against the earlier
+    edit's contrary answer. A case re-edits an earlier one when it has the same prompt, or the same
+    subject and the same relation; where either relation is unknown (zsRE and KnowEdit carry none:
+    every subject that their edit sets name twice is the same question reworded, "What voice type is
+    Lola Beeth?" -> mezzo-soprano and "What is the vocal range for Lola Beeth?" -> mezzo soprano),
+    the same subject. CounterFact also repeats prompts ("Saint Petersburg is a twin city of" ->
+    Lisbon, Tokyo and Atlanta)."""
+    prompts: set[str] = set()
+    relations: dict[str, list[str | None]] = {}  # subject -> relations of the kept cases naming it
+    kept, repeats = [], []
     for case in cases:
-        key = case.edit.prompt.casefold()
-        (repeats if key in seen else kept).append(case)
-        seen.add(key)
+        prompt, subject = case.edit.prompt.casefold(), (case.edit.subject or "").casefold()
+        relation = case_relation_of(case)
+        mine = relation.id if relation else None
+        earlier = relations.get(subject, []) if subject else []
+        if prompt in prompts or any(theirs is None or mine is None or theirs == mine for theirs in earlier):
+            repeats.append(case)
+            continue
+        kept.append(case)
+        prompts.add(prompt)
+        if subject:
+            relations.setdefault(subject, []).append(mine)
     return kept, repeats
 
 

@@ -142,7 +142,38 @@ def test_batch_mode_sets_aside_a_case_that_repeats_a_prompt():
     repeat = EditCase(Edit(CASES[0].edit.prompt, "Madrid"), (Probe(CASES[0].edit.prompt, "Madrid"),), ())
     report = evaluate(system_with_bias(-8.0), [*CASES, repeat], mode="batch")
     assert report.n_cases == 2 and report.set_aside_cases == 1 and report.edits_in_memory == 2
-    assert "1 repeating an earlier prompt set aside" in report.table()
+    assert "1 re-editing an earlier case's fact set aside" in report.table()
+
+
+def _case(prompt: str, target: str, subject: str, locality: str = "") -> EditCase:
+    return EditCase(Edit(prompt, target, subject=subject), (Probe(prompt, target),), (Probe(locality, "x"),) if locality else ())
+
+
+def test_a_case_re_editing_an_earlier_case_fact_is_set_aside():
+    from searc.evaluate import one_edit_per_fact
+
+    cases = [
+        _case("The mother tongue of Danielle Darrieux is", "English", "Danielle Darrieux"),
+        _case("Danielle Darrieux was born in", "Rome", "Danielle Darrieux"),  # other relation: kept
+        _case("Danielle Darrieux is a native speaker of", "Dutch", "Danielle Darrieux"),  # same relation (P103)
+        _case("What voice type is Lola Beeth?", "mezzo-soprano", "Lola Beeth"),  # zsRE: relation unknown
+        _case("What is the vocal range for Lola Beeth?", "mezzo soprano", "Lola Beeth"),  # same subject: same question
+        _case("What is the vocal range for Licia Albanese?", "soprano", "Licia Albanese"),
+    ]
+    kept, repeats = one_edit_per_fact(cases)
+    assert [c.edit.target_new for c in kept] == ["English", "Rome", "mezzo-soprano", "soprano"]
+    assert [c.edit.target_new for c in repeats] == ["Dutch", "mezzo soprano"]
+
+
+def test_a_probe_asking_a_stored_edit_relation_is_claimed_whatever_old_answer_the_data_gives():
+    from searc.evaluate import claims
+
+    twin = Edit("Helsinki is a twin city of", "Istanbul", subject="Helsinki", target_true="Tallinn")
+    assert claims(twin, Probe("The twin city of Helsinki is", "Saint Petersburg"))  # same relation, another old twin
+    country = Edit("Toronto is located in the country of", "Denmark", subject="Toronto", target_true="Canada")
+    assert claims(country, Probe("Toronto belongs to the continent of", "North America"))  # same family: a consequence
+    assert not claims(country, Probe("The mother tongue of Toronto is", "English"))  # other family
+    assert not claims(twin, Probe("The twin city of Oslo is", "Helsinki"))  # the subject only as an answer
 
 
 def test_failing_probes_are_kept_with_why():
