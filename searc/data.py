@@ -36,6 +36,10 @@ class Probe:
     answer: str  # the expected answer (target_new in scope; the true answer out of scope); "" = unknown
     aliases: tuple[str, ...] = ()  # other answers that count as right (KnowEdit's alias lists)
     group: str = ""  # the data's category (KnowEdit: "Relation_Specificity", "Reasoning", ...)
+    # a portability probe's second step, asked of the new object alone ("Volkswagen Group
+    # headquartered in" -> Wolfsburg): whether the unedited model knows it bounds what an editor
+    # built on that model can port (zsRE's "Recalled Relation")
+    second_step: Probe | None = None
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -198,13 +202,26 @@ def _zsre(record: dict, where: str) -> EditCase:
     portability = record.get("portability") or {}
     ported = ()
     if portability.get("New Question") and portability.get("New Answer"):
-        ported = (Probe(portability["New Question"], portability["New Answer"]),)
+        step = _recalled_relation(portability.get("Recalled Relation"), portability["New Answer"])
+        ported = (Probe(portability["New Question"], portability["New Answer"], group="New Question", second_step=step),)
     return EditCase(
         Edit(prompt, target, record.get("subject"), answers[0] if answers else None),
         (Probe(prompt, target), Probe(_text(record, "rephrase", where), target)),
         (Probe(_text(record, "loc", where), _text(record, "loc_ans", where)),),
         ported,
     )
+
+
+def _recalled_relation(triple: object, new_answer: str) -> Probe | None:
+    """zsRE's "(object, relation, answer)" as a cloze of the second step ("Volkswagen Group
+    headquartered in" -> "Wolfsburg, Germany"; the new answer also counts); None if not a triple."""
+    if not isinstance(triple, str):
+        return None
+    parts = [p.strip() for p in triple.strip().removeprefix("(").removesuffix(")").split(", ", 2)]
+    if len(parts) != 3 or not all(parts):
+        return None
+    subject, relation, answer = parts
+    return Probe(f"{subject} {relation}", answer, (new_answer,) if new_answer != answer else ())
 
 
 FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], EditCase]]] = {

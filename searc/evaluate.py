@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
 from searc.augment import case_relation_of
+from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
 from searc.memory import Edit
@@ -78,6 +79,23 @@ MAX_FAILURES = 500  # kept in a report (the metrics count every probe)
 
 
 @dataclass
+class Ceiling:
+    """What an editor built on this base model can reach on portability probes (generation).
+
+    `second_step`: the fraction whose second step the unedited model answers alone ("Volkswagen
+    Group headquartered in" -> Wolfsburg), where the data gives the step (zsRE), else nan;
+    `told`: the fraction it answers when told the edit (the counterfactual model's input, untrained
+    weights, the right edit: what reading the edit with this model's knowledge gives).
+    `within_*`: this editor's portability on the probes within that ceiling."""
+
+    probes: int
+    second_step: float
+    within_second_step: float
+    told: float
+    within_told: float
+
+
+@dataclass
 class EvalReport:
     n_cases: int  # cases scored
     set_aside_cases: int  # batch mode: cases that re-edit a fact an earlier case edits
@@ -90,6 +108,7 @@ class EvalReport:
     portability: Scored | None
     groups: dict[str, Scored]  # "metric/group" -> scores of the data's categories (KnowEdit), generation and teacher-forced
     group_sizes: dict[str, int]
+    ceilings: dict[str, Ceiling]  # "portability" and "portability/<group>" -> what the base model can reach
     edits_in_memory: int
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
@@ -106,6 +125,11 @@ class EvalReport:
             if scored is not None:
                 rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
         rows += [(f"{name} (n={self.group_sizes[name]})", f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}") for name, scored in self.groups.items()]
+        for name, c in self.ceilings.items():
+            rows.append((f"{name} ceiling: second step alone", "", f"{c.second_step:.3f}"))
+            rows.append((f"{name} within that ceiling", "", f"{c.within_second_step:.3f}"))
+            rows.append((f"{name} ceiling: told the edit", "", f"{c.told:.3f}"))
+            rows.append((f"{name} within that ceiling", "", f"{c.within_told:.3f}"))
         rows.append(("claimed locality prompts", "", str(self.claimed_locality_prompts)))
         rows += [(f"classifier {k}", "", f"{v:.3f}") for k, v in self.classifier.items()]
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
@@ -139,6 +163,7 @@ class _Probe:
     edit_index: int  # index of the case's edit in the editor's memory
     group: str = ""
     claimed: bool = False  # a locality prompt that asks for a stored edit's fact
+    second_step: Probe | None = None  # portability: the second step alone (see `Ceiling`)
 
     @property
     def answer(self) -> str:
@@ -167,7 +192,7 @@ def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[
     probes += [
         _Probe("locality", p.prompt, p.answers, edit_index, p.group, claimed=any(claims(e, p) for e in claimants)) for p in case.out_of_scope
     ]
-    probes += [_Probe("portability", p.prompt, p.answers, edit_index, p.group) for p in case.portability]
+    probes += [_Probe("portability", p.prompt, p.answers, edit_index, p.group, second_step=p.second_step) for p in case.portability]
     return probes
 
 
@@ -194,8 +219,41 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
             answers = [chunk[i][1].answer for i in scored]
             compared = compare_targets(editor0.system, [prompts[i] for i in scored], answers, [routes[i] for i in scored], editor0.routing)
             comparisons = dict(zip(scored, compared))
+        ceilings = _ceilings(chunk)
         for i, ((editor, probe), result) in enumerate(zip(chunk, results)):
             _tally_probe(editor, probe, result, comparisons.get(i), tally)
+            if i in ceilings:
+                _tally_ceiling(probe, starts_with_any(result.output, probe.answers), *ceilings[i], tally)
+
+
+def _ceilings(chunk: Sequence[tuple[Editor, _Probe]]) -> dict[int, tuple[bool, bool | None]]:
+    """For the chunk's portability probes: (the unedited model answers when told the edit, it
+    answers the second step alone or None without one); see `Ceiling`."""
+    ported = [i for i, (_, p) in enumerate(chunk) if p.kind == "portability"]
+    if not ported:
+        return {}
+    base = chunk[0][0].system.base
+    budget = base.budget_for([a for i in ported for a in chunk[i][1].answers])
+    told = base.generate(
+        [counterfactual_input(editor.memory.edits[probe.edit_index], probe.prompt) for editor, probe in (chunk[i] for i in ported)],
+        max_new_tokens=budget,
+    )
+    stepped = [i for i in ported if chunk[i][1].second_step is not None]
+    steps = [chunk[i][1].second_step for i in stepped]
+    alone = base.generate([s.prompt for s in steps], max_new_tokens=base.budget_for([a for s in steps for a in s.answers]))
+    known = {i: starts_with_any(g.text, s.answers) for i, s, g in zip(stepped, steps, alone)}
+    return {i: (starts_with_any(g.text, chunk[i][1].answers), known.get(i)) for i, g in zip(ported, told)}
+
+
+def _tally_ceiling(probe: _Probe, right: bool, told: bool, alone: bool | None, tally: _Tally) -> None:
+    for name in ("portability", *([f"portability/{probe.group}"] if probe.group else [])):
+        tally.add(f"{name} ceiling told", float(told))
+        if told:
+            tally.add(f"{name} within told", float(right))
+        if alone is not None:
+            tally.add(f"{name} ceiling step", float(alone))
+            if alone:
+                tally.add(f"{name} within step", float(right))
 
 
 def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
@@ -309,6 +367,13 @@ def evaluate(
         portability=Scored(tally.mean("portability_tf"), tally.mean("portability_gen")) if tally.has("portability_gen") else None,
         groups={name: Scored(tally.mean(f"{name}_tf"), tally.mean(f"{name}_gen")) for name in groups},
         group_sizes={name: len(tally.sums[f"{name}_gen"]) for name in groups},
+        ceilings={
+            name: Ceiling(
+                len(tally.sums[f"{name} ceiling told"]), tally.mean(f"{name} ceiling step"), tally.mean(f"{name} within step"),
+                tally.mean(f"{name} ceiling told"), tally.mean(f"{name} within told"),
+            )
+            for name in sorted({k[: -len(" ceiling told")] for k in tally.sums if k.endswith(" ceiling told")})
+        },
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         classifier=classifier,
         unedited=unedited,

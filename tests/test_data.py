@@ -184,3 +184,23 @@ def test_shared_knowedit_file_loads_every_group():
     assert len(cases) == 1304
     assert groups["Relation_Specificity"] == 2608 and groups["Reasoning"] == 771
     assert groups["Subject_Aliasing"] == 264 and groups["Logical_Generalization"] == 269
+
+
+def test_zsre_portability_is_a_new_question_with_its_second_step(tmp_path):
+    record = {
+        "subject": "Volvo B12M", "src": "What company made Volvo B12M?", "alt": "Volkswagen Group", "answers": ["Volvo Buses"],
+        "rephrase": "Volvo B12M's manufacturer was who?", "loc": "nq question: who sang it must have been love", "loc_ans": "Roxette",
+        "portability": {
+            "Recalled Relation": "(Volkswagen Group, headquartered in, Wolfsburg, Germany)",
+            "New Question": "In which city is the headquarters of the company that made the Volvo B12M?", "New Answer": "Wolfsburg",
+        },
+    }
+    broken = {**record, "portability": {**record["portability"], "Recalled Relation": "Volkswagen Group"}}
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([record, broken]))
+    case, without_step = load_cases(path)
+    (ported,) = case.portability
+    assert (ported.group, ported.answers) == ("New Question", ("Wolfsburg",))
+    assert ported.second_step.prompt == "Volkswagen Group headquartered in"
+    assert ported.second_step.answers == ("Wolfsburg, Germany", "Wolfsburg")  # the triple's answer, then the new answer
+    assert without_step.portability[0].second_step is None

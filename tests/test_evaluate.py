@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from searc.data import EditCase, Probe
@@ -183,3 +185,26 @@ def test_failing_probes_are_kept_with_why():
     first = report.failures[0]
     assert not first.routed and first.expected == "Rome" and first.best_edit.endswith("-> Rome")
     assert report.to_json()["failures"][0]["prompt"] == CASES[0].edit.prompt
+
+
+def test_portability_ceilings_count_what_the_base_model_answers_told_the_edit_and_alone():
+    system = system_with_bias(8.0)
+    step = Probe("Rome is located in the country of", "Italy")
+    ported = EditCase(
+        CASES[0].edit, CASES[0].in_scope, CASES[0].out_of_scope,
+        (Probe("The Eiffel Tower is in the country of", "Italy", group="New Question", second_step=step),
+         Probe("The Eiffel Tower's continent is", "Europe", group="New Question")),
+    )
+    generate = system.base.generate
+
+    def told_knows_italy_alone_knows_nothing(prompts, max_new_tokens=None):
+        outputs = generate(prompts, max_new_tokens)
+        return [replace(o, text=" Italy" if p.startswith("New fact:") and "country" in p else " ?") for p, o in zip(prompts, outputs)]
+
+    system.base.generate = told_knows_italy_alone_knows_nothing
+    report = evaluate(system, [ported], mode="batch")
+    ceiling = report.ceilings["portability/New Question"]
+    assert ceiling.probes == 2 and ceiling.told == 0.5 and ceiling.second_step == 0.0
+    assert ceiling.within_second_step != ceiling.within_second_step  # nan: no probe within it
+    assert 0.0 <= ceiling.within_told <= 1.0 and report.ceilings["portability"].probes == 2
+    assert "portability/New Question ceiling: told the edit" in report.table()
