@@ -9,6 +9,10 @@ in scope (answer: the new target)
 - the fact in other wordings: other templates of the edit's relation filled with its subject, and
   the Wikidata cloze form "The {relation label} of {subject} is" (CounterFact cases, see
   `searc.relations`);
+in scope (answer: what the base model knows of the new object)
+- consequences of the edit, given the unedited model's `facts` about the new objects
+  (`searc.consequences`): "BMW is located in the country of" -> Italy after "BMW's headquarters
+  are in -> Rome";
 out of scope (the classifier's negatives and the counterfactual model's decline examples)
 - other facts of the same subject: templates of relations of other families filled with the
   subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
@@ -28,8 +32,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from searc.consequences import Facts, consequence_probes
 from searc.data import EditCase, Probe
-from searc.relations import RELATIONS, Relation, case_relation, template_of
+from searc.relations import RELATIONS, case_relation_of, template_of
 
 # Wikidata relations that neither CounterFact nor zsRE's training split edits as such: other facts
 # a subject has. Cloze ("The {label} of {} is") and bare ("{} {label}") wordings are built from
@@ -61,6 +66,7 @@ class AugmentConfig:
     cloze_positive: float = 0.5  # chance of the "The {label} of {subject} is" wording, in scope
     other_relations: int = 2  # templates of other relations with the subject, out of scope
     generic: int = 1  # generic other facts of the subject, out of scope
+    consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
 
 
 def content_words(text: str) -> set[str]:
@@ -70,8 +76,11 @@ def content_words(text: str) -> set[str]:
 class Augmenter:
     """Builds the probes above for cases of one training run (see the module docstring)."""
 
-    def __init__(self, cases: Sequence[EditCase], config: AugmentConfig = AugmentConfig(), held_out: Sequence[str] = ()) -> None:
+    def __init__(
+        self, cases: Sequence[EditCase], config: AugmentConfig = AugmentConfig(), held_out: Sequence[str] = (), facts: Facts | None = None
+    ) -> None:
         self.config = config
+        self.facts = facts or {}
         self.held_out = frozenset(held_out)
         self.relations = [r for r in RELATIONS if r.id not in self.held_out]
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
@@ -86,12 +95,14 @@ class Augmenter:
         relation = case_relation_of(case)
         target = case.edit.target_new
         known = {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
-        in_scope, out_of_scope = [], []
+        in_scope, out_of_scope, consequences = [], [], []
         if relation is not None:
             wordings = [t for t in relation.templates if t.format(subject).casefold() not in known]
             in_scope += [t.format(subject) for t in rng.sample(wordings, min(self.config.wordings, len(wordings)))]
             if rng.random() < self.config.cloze_positive:
                 in_scope.append(f"The {relation.label} of {subject} is")
+            found = consequence_probes(case, relation, self.facts)
+            consequences = rng.sample(found, min(self.config.consequences, len(found)))
             others = [r for r in self.relations if r.family != relation.family]
             out_of_scope += [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(self.config.other_relations, len(others)))]
         else:  # a question (zsRE) or an unknown template: other questions of the run, with this subject
@@ -108,17 +119,14 @@ class Augmenter:
                 label = rng.choice(labels)
                 out_of_scope.append(f"The {label} of {subject} is" if form == 0 else f"{subject} {label}")
         in_scope = _new(in_scope, known)
-        out_of_scope = _new(out_of_scope, known | {p.casefold() for p in in_scope})
+        known |= {p.casefold() for p in in_scope}
+        consequences = [p for p in consequences if p.prompt.casefold() not in known]
+        out_of_scope = _new(out_of_scope, known | {p.prompt.casefold() for p in consequences})
         return replace(
             case,
-            in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope),
+            in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope) + tuple(consequences),
             out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
         )
-
-
-def case_relation_of(case: EditCase) -> Relation | None:
-    """A case's CounterFact relation, by its prompt's template or its locality prompts'."""
-    return case_relation(case.edit.prompt, case.edit.subject, tuple(p.prompt for p in case.out_of_scope))
 
 
 def split_by_relation(cases: Sequence[EditCase], relations: Sequence[str]) -> tuple[list[EditCase], list[EditCase]]:
@@ -145,8 +153,9 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
 
 
 def augmented_validation(cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0) -> list[EditCase]:
-    """Validation cases with the same kinds of probes as training adds, drawn once with a fixed
-    seed, so that validations (and threshold tuning) compare like with like and include other
-    facts of each edited subject."""
+    """Validation cases with the same kinds of probes as training adds (consequences aside: they
+    need the base model's answers, and validation measures scope), drawn once with a fixed seed,
+    so that validations (and threshold tuning) compare like with like and include other facts of
+    each edited subject."""
     augmenter, rng = Augmenter(cases, held_out=held_out), random.Random(seed)
     return [augmenter(case, rng) for case in cases]

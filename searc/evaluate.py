@@ -43,12 +43,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
-from searc.augment import case_relation_of
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
 from searc.memory import Edit
-from searc.relations import relation_of
+from searc.relations import case_relation_of, relation_of
 
 Mode = Literal["single", "batch"]
 PROBE_CHUNK = 32

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from searc.data import EditCase
+
 
 @dataclass(frozen=True)
 class Relation:
@@ -157,3 +159,8 @@ def case_relation(prompt: str, subject: str | None, neighbour_prompts: tuple[str
     for text in neighbour_prompts:
         relation = relation or relation_of_text(text)
     return relation
+
+
+def case_relation_of(case: EditCase) -> Relation | None:
+    """A case's CounterFact relation, by its prompt's template or its locality prompts'."""
+    return case_relation(case.edit.prompt, case.edit.subject, tuple(p.prompt for p in case.out_of_scope))

@@ -35,6 +35,7 @@ from typing import Callable, ContextManager, Iterator, Sequence
 import torch
 
 from searc.augment import Augmenter, augmented_validation, split_by_relation
+from searc.consequences import facts_for
 from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase
 from searc.editor import SeracSystem
@@ -61,6 +62,7 @@ class TrainConfig:
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
     hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
     augment: bool = True  # other wordings and other facts of each subject (searc.augment)
+    consequences: bool = True  # with augment: consequence probes from the base model's knowledge (searc.consequences)
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
     # CounterFact relations left out of training entirely (their cases and their templates), so that
@@ -155,7 +157,9 @@ def train(
     if not val_cases:
         raise ValueError("training needs validation cases")
     torch.manual_seed(config.seed)
-    augmenter = Augmenter(train_cases, held_out=config.held_out_relations) if config.augment else None
+    # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
+    facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
+    augmenter = Augmenter(train_cases, held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = list(val_cases)[: config.val_cases]
     if config.augment:
         val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed)
@@ -178,7 +182,7 @@ def train(
     if config.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad trick
         cf.model.activation_checkpointing_enable({"use_reentrant": False})
     try:
-        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter)
+        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, len(facts))
     finally:
         if config.gradient_checkpointing:
             cf.model.activation_checkpointing_disable()
@@ -220,7 +224,9 @@ def _average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> Non
 LOSS_KEYS = ("loss", "nll", "bce", "decline_nll", "token_accuracy", "examples")
 
 
-def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter) -> Iterator[TrainEvent]:
+def _train_loop(
+    system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, n_facts: int
+) -> Iterator[TrainEvent]:
     """Each step draws `processes * accumulate` micro-batches from one shared random stream, so every
     process agrees on them; a process computes only its own. A single process with `accumulate`
     equal to that product therefore takes exactly the same steps (tests/test_distributed.py).
@@ -230,7 +236,7 @@ def _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, 
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
-    record = {"config": asdict(config), "train_cases": len(train_cases), "processes": world}
+    record = {"config": asdict(config), "train_cases": len(train_cases), "processes": world, "consequence_facts": n_facts}
     sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()
     completed = 0

@@ -1,0 +1,134 @@
+"""Consequences of an edit: probes that need the edited fact plus one step of the model's knowledge.
+
+After "The Eiffel Tower is located in the city of -> Rome", "The Eiffel Tower is located in the
+country of" is in the edit's scope, and its answer under the edit is Italy: what the base model
+knows of the *new object* (Rome is in Italy), composed with the edit. No training file has such
+probes, so they are made here from the unedited model's own knowledge:
+
+1. every training edit (subject, relation, new object) whose relation gives its object a kind this
+   module knows (a place, an organisation, a language, a position in a sport, a religion) has
+   follow-on `Step`s: a place has a country, a continent, a capital, an official language;
+2. the unedited model is asked each step of each new object in two wordings ("Rome is located in
+   the country of", "Which country is Rome in? It is in"), greedily; an answer is kept only when
+   both wordings give it (one's words start the other's) and it is neither the object nor empty;
+3. probes about the subject compose the edit with the step, in scope with that answer as target:
+   a relation-and-step cloze and question ("The country of the location of {s} is", "What is the
+   country of the location of {s}? It is"), and, where a relation of the step's own kind reads
+   naturally of the subject, its templates ("{s} is located in the country of",
+   "What sport does {s} play? They play").
+
+The base model's answers are its beliefs, not checked facts: the counterfactual model learns to
+answer as the base model would if the edit were true, which is what portability asks of it. Only
+consequences the base model knows can be taught or reached this way (`evaluate.Ceiling` measures
+the same bound on evaluation data).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from searc.data import EditCase, Probe
+from searc.lm import LanguageModel
+from searc.relations import BY_ID, Relation, case_relation_of
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str  # the follow-on relation, as in "The {label} of ..."
+    ask: tuple[str, str]  # two wordings asking it of the new object ("{}")
+    natural: tuple[str, ...] = ()  # wordings asking it of the edit's subject, where they read naturally
+
+
+COUNTRY = Step("country", ("{} is located in the country of", "{} is a city in the country of"), BY_ID["P17"].templates[:1])
+CAPITAL = Step("capital", ("The capital of {} is", "The capital city of {} is"))
+LANGUAGE = Step("official language", ("The official language of {} is", "In {}, the language spoken is"))
+HEADQUARTERS_COUNTRY = Step("headquarters country", ("{} is headquartered in the country of", "The headquarters of {} are in the country of"))
+SPOKEN_IN = Step("country where it is spoken", ("The {} language is mainly spoken in the country of", "{} is a language spoken mainly in the country of"))
+SPORT = Step("sport", ("The position of {} is played in the sport of", "A {} is a player in the sport of"), BY_ID["P641"].templates[:2])
+FOUNDER = Step("founder", ("The founder of {} is", "{} was founded by"))
+
+# Steps per edited relation. A located thing's country reads naturally of the thing itself ("BMW
+# is located in the country of"); a person's birthplace does not make the person a place. Continents
+# are left out: SmolLM2-135M answers "Europe" for Boston, Brisbane and Bolivia alike, in both wordings.
+PLACE_STEPS = (COUNTRY, CAPITAL, LANGUAGE)
+STEPS: dict[str, tuple[Step, ...]] = {
+    **{rid: PLACE_STEPS for rid in ("P276", "P159", "P740")},
+    "P17": (CAPITAL, LANGUAGE),
+    **{rid: tuple(Step(s.label, s.ask) for s in PLACE_STEPS) for rid in ("P19", "P20", "P937", "P495", "P27", "P190")},
+    **{rid: (HEADQUARTERS_COUNTRY,) for rid in ("P176", "P108", "P127", "P449", "P264")},
+    **{rid: (SPOKEN_IN,) for rid in ("P103", "P1412", "P37", "P364")},
+    "P413": (SPORT,),
+    "P140": (FOUNDER,),
+}
+
+Facts = Mapping[tuple[str, str], str]  # (new object, step label) -> the base model's answer
+_NOT_ANSWERS = frozenset("a an this it its not no yes i you we they he she there here".split())
+_CUT = re.compile(r"[.,;:!?\n()\"]| and | or | which | that | is | was ")
+
+
+def answer_of(generation: str, max_words: int = 4) -> str:
+    """The answer a greedy continuation gives: its text up to the first punctuation or clause, at
+    most `max_words` words ("" when it says nothing usable)."""
+    line = generation.lstrip(" ")
+    if not line or line[0] == "\n":  # nothing on the line: the model went on to something else
+        return ""
+    words = _CUT.split(" " + line + " ", maxsplit=1)[0].split()
+    if words and words[0].casefold() == "the":
+        words = words[1:]
+    if not words or len(words) > max_words or not words[0][0].isalnum() or words[0].casefold() in _NOT_ANSWERS:
+        return ""
+    return " ".join(words)
+
+
+def agree(a: str, b: str) -> str:
+    """The shorter of two answers when one's words start the other's ("New York" / "New York City"), else ""."""
+    short, long = sorted((a.split(), b.split()), key=len)
+    return " ".join(short) if short and [w.casefold() for w in long[: len(short)]] == [w.casefold() for w in short] else ""
+
+
+def case_steps(case: EditCase, relation: Relation | None) -> tuple[Step, ...]:
+    return STEPS.get(relation.id, ()) if relation is not None and case.edit.subject else ()
+
+
+def known_facts(lm: LanguageModel, asks: Iterable[tuple[str, Step]], batch: int = 64, max_new_tokens: int = 6) -> dict[tuple[str, str], str]:
+    """Ask the unedited `lm` each (object, step) in both wordings; keep the answers it gives
+    consistently that do not echo the question ("capital of Albania") or the object. An object
+    that is itself a country (another place's answer, or it has a capital) has no country."""
+    wanted = sorted({(obj, step.label): step for obj, step in asks}.items())
+    prompts = [template.format(obj) for (obj, _), step in wanted for template in step.ask]
+    outputs = []
+    for start in range(0, len(prompts), batch):
+        outputs += [g.text for g in lm.generate(prompts[start : start + batch], max_new_tokens=max_new_tokens)]
+    facts = {}
+    for index, ((obj, label), step) in enumerate(wanted):
+        answer = agree(answer_of(outputs[2 * index]), answer_of(outputs[2 * index + 1]))
+        asked = {w.casefold() for template in step.ask for w in re.findall(r"\w+", template)}
+        if answer and answer.casefold() != obj.casefold() and not {w.casefold() for w in answer.split()} & asked:
+            facts[(obj, label)] = answer
+    countries = {a.casefold() for (_, label), a in facts.items() if label == COUNTRY.label}
+    countries |= {obj.casefold() for obj, label in facts if label == CAPITAL.label}
+    return {(obj, label): a for (obj, label), a in facts.items() if not (label == COUNTRY.label and obj.casefold() in countries)}
+
+
+def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts) -> list[Probe]:
+    """Every consequence probe of a case that `facts` allows, the step's answer as its target."""
+    subject, obj = case.edit.subject, case.edit.target_new
+    probes = []
+    for step in case_steps(case, relation):
+        answer = facts.get((obj, step.label))
+        if not answer:
+            continue
+        wordings = (
+            f"The {step.label} of the {relation.label} of {subject} is",
+            f"What is the {step.label} of the {relation.label} of {subject}? It is",
+            *(template.format(subject) for template in step.natural),
+        )
+        probes += [Probe(w, answer, group="consequence") for w in wordings]
+    return probes
+
+
+def facts_for(lm: LanguageModel, cases: Sequence[EditCase]) -> dict[tuple[str, str], str]:
+    """What the unedited model knows of the new objects of `cases` (see `known_facts`)."""
+    return known_facts(lm, [(case.edit.target_new, step) for case in cases for step in case_steps(case, case_relation_of(case))])
