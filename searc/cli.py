@@ -164,10 +164,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from searc.data import calibration_pairs, load_cases
     from searc.models import load_encoder
 
-    try:
-        cases = load_cases(args.data, limit=args.limit)
-    except OSError as error:
-        raise UsageError(f"searc calibrate: cannot read {args.data}: {error.strerror}") from None
+    cases = load_cases(args.data, limit=args.limit)
     encoder, tokenizer = load_encoder(args.encoder)
     classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
     pairs = calibration_pairs(cases)
@@ -229,8 +226,6 @@ def run_eval(args: argparse.Namespace) -> int:
         cases = load_cases(args.data)
     except ValueError as error:
         raise UsageError(f"searc eval: {error}") from None
-    except OSError as error:
-        raise UsageError(f"searc eval: cannot read {args.data}: {error.strerror}") from None
     stored = cases[: args.memory] if args.memory else []
     if relations:
         cases = split_by_relation(cases, relations)[1]
@@ -267,10 +262,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
     if Path(args.val).name == "edit.json":
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
-    try:
-        cases = load_cases(args.val, limit=args.limit)
-    except OSError as error:
-        raise UsageError(f"searc tune: cannot read {args.val}: {error.strerror}") from None
+    cases = load_cases(args.val, limit=args.limit)
     system = load_system(checkpoint=args.checkpoint)
     config = (system.info.get("training") or {}).get("config", {})
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
@@ -321,14 +313,20 @@ def quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet_libraries()
+    command = ""
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        command = args.command
+        return COMMANDS[command](args)
     except UsageError as error:
         print(error, file=sys.stderr)
         return 2
     except (ModelNotFound, CheckpointError, DataError) as error:
         print(f"searc: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file or directory named on the command line that cannot be read or written
+        where = f" {error.filename}" if error.filename else ""
+        print(f"searc {command}: cannot read or write{where}: {error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -16,6 +16,11 @@ LESSONS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lessons"
 class LabelledProbe:
     prompt: str
     in_scope: bool
+    expected: str | None = None  # an in-scope answer other than the edit's target (a consequence: "Italy")
+
+    def label(self) -> str:
+        scope = "in scope" if self.in_scope else "out of scope"
+        return f"{scope}, expect {self.expected}" if self.expected else scope
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ def load_lesson(path: Path) -> Lesson:
             point=data["point"],
             threshold=float(data["threshold"]) if "threshold" in data else None,
             edits=tuple(Edit(e["prompt"], e["target_new"], e.get("subject")) for e in data["edits"]),
-            probes=tuple(LabelledProbe(p["prompt"], bool(p["in_scope"])) for p in data["probes"]),
+            probes=tuple(LabelledProbe(p["prompt"], bool(p["in_scope"]), p.get("expected")) for p in data["probes"]),
         )
     except (KeyError, TypeError) as error:
         raise ValueError(f"lesson {path.name}: missing or malformed field {error}") from None

@@ -157,7 +157,7 @@ def make_handlers(system: SeracSystem, demo_mode: bool = False):
         if lesson is None:
             _fail(ValueError("pick a lesson"))
         session.load_lesson(lesson)
-        labels = "\n".join(f"- {'in scope' if p.in_scope else 'out of scope'}: {p.prompt}" for p in lesson.probes)
+        labels = "\n".join(f"- {p.label()}: {p.prompt}" for p in lesson.probes)
         text = f"**{lesson.title}.** {lesson.point}\n\nProbes:\n{labels}\n\nNow open the Probe tab and press Probe."
         return session, session.memory_table(), lesson.probes_text(), session.editor.threshold, text
 

@@ -45,29 +45,32 @@ def test_eiffel_edit_is_routed_and_answers_rome(trained):
 
 
 SAME_SUBJECT = load_lesson(LESSONS_DIR / "5-same-subject.json")
-# Known failure of the shipped checkpoint (and of both variants trained to fix it): the edit of the
-# city is read as covering the country too, and the counterfactual model answers "Rome".
-COUNTRY_OF_CITY = "The Eiffel Tower is in the country of"
+CONSEQUENCES = load_lesson(LESSONS_DIR / "6-consequences.json")
 
 
-@pytest.mark.parametrize(
-    "prompt, in_scope",
-    [
-        pytest.param(p.prompt, p.in_scope, marks=pytest.mark.xfail(strict=True, reason="the country of an edited city answers the new city"))
-        if p.prompt == COUNTRY_OF_CITY else (p.prompt, p.in_scope)
-        for p in SAME_SUBJECT.probes
-    ],
-)
-def test_lesson_same_subject_other_facts(trained, unedited, prompt, in_scope):
-    """The "Same subject, other facts" lesson as a user runs it: scope is the edited fact, not the
-    subject. Out-of-scope probes keep the base model's output exactly; in-scope ones answer Rome."""
+def _run_lesson_probe(trained, unedited, lesson, probe) -> None:
+    """One probe of a lesson as a user runs it: in scope, the output starts with the expected
+    answer (the edit's target unless the lesson names a consequence); out of scope, it is the base
+    model's output exactly."""
     editor = Editor(trained, threshold=trained.info["threshold"])
-    editor.add_edits(list(SAME_SUBJECT.edits))
-    result = editor.probe([prompt])[0]
-    if in_scope:
-        assert result.output.strip().startswith("Rome"), result
+    editor.add_edits(list(lesson.edits))
+    result = editor.probe([probe.prompt])[0]
+    if probe.in_scope:
+        assert result.output.strip().startswith(probe.expected or lesson.edits[0].target_new), result
     else:
-        assert result.output == unedited.generate([prompt])[0].text, result
+        assert result.output == unedited.generate([probe.prompt])[0].text, result
+
+
+@pytest.mark.parametrize("probe", SAME_SUBJECT.probes, ids=lambda p: p.prompt)
+def test_lesson_same_subject_other_facts(trained, unedited, probe):
+    """Scope is the edited fact, not the subject: other facts keep the base output, the location is Rome."""
+    _run_lesson_probe(trained, unedited, SAME_SUBJECT, probe)
+
+
+@pytest.mark.parametrize("probe", CONSEQUENCES.probes, ids=lambda p: p.prompt)
+def test_lesson_an_edit_has_consequences(trained, unedited, probe):
+    """The Eiffel Tower in Rome is in Italy; its designer and year stay as they were."""
+    _run_lesson_probe(trained, unedited, CONSEQUENCES, probe)
 
 
 def test_unrelated_prompt_is_not_routed_and_matches_the_unedited_model(trained, unedited):
