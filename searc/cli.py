@@ -145,6 +145,7 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
         return 0
+    print(f"checkpoint: {system.info.get('checkpoint') or 'none (untrained editor)'}")
     for edit in editor.edits:
         print(f"edit {edit.id}: {edit.prompt} -> {edit.target_new}")
     for result in results:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from searc.memory import Edit
+from searc.shipped import LESSONS_DIR
 
-LESSONS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lessons"
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,10 @@ from searc.counterfactual import (
 from searc.editor import SeracSystem
 from searc.lm import LanguageModel
 from searc.models import BUNDLED, load_encoder, load_language_model
+from searc.shipped import default_checkpoint
 
 
 DEFAULT_CHECKPOINT = "default"
-
-
-def default_checkpoint() -> Path | None:
-    """The trained checkpoint shipped in assets/, if present."""
-    path = Path(__file__).resolve().parent.parent / "assets" / "checkpoint"
-    return path if path.is_dir() else None
 
 
 def resolve_checkpoint(checkpoint: str | Path | None, lm: str, encoder: str) -> str | Path | None:

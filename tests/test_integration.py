@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from searc.editor import Editor
-from searc.lessons import LESSONS_DIR, load_lesson
+from searc.lessons import load_lesson
 from searc.lm import LanguageModel
 from searc.models import gguf_cache_entry, load_language_model, resolve_lm_spec, verify_cache_entry
-from searc.system import default_checkpoint, load_system
+from searc.shipped import LESSONS_DIR, default_checkpoint
+from searc.system import load_system
 
 pytestmark = pytest.mark.integration
 
