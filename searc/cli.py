@@ -18,6 +18,7 @@ from typing import Sequence
 from searc.checkpoint import CheckpointError
 from searc.classifier import ClassifierConfig
 from searc.data import DataError
+from searc.evaluate import KINDS
 from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
 from searc.train import TrainConfig
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
                           help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
     evaluate.add_argument("--threshold", default=None, help="routing threshold (default: the checkpoint's, else 0.5)")
+    evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
+                          help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
     evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
     model_options(evaluate)
 
@@ -240,7 +243,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
     try:
-        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress, stored=stored)
+        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress, stored=stored, kinds=args.only or KINDS)
     except ValueError as error:
         raise UsageError(f"searc eval: {error}") from None
     print(file=sys.stderr)

@@ -50,6 +50,7 @@ from searc.memory import Edit
 from searc.relations import case_relation_of, relation_of
 
 Mode = Literal["single", "batch"]
+KINDS = ("reliability", "generalization", "locality", "portability")
 PROBE_CHUNK = 32
 
 
@@ -318,11 +319,15 @@ def evaluate(
     threshold: float = 0.5,
     progress: Callable[[int, int], None] | None = None,
     stored: Sequence[EditCase] = (),
+    kinds: Sequence[str] = KINDS,
 ) -> EvalReport:
     """Evaluate `system` on `cases`; see the module docstring. `stored`: more cases whose edits
-    batch mode keeps in memory beside the probed cases' own (one per prompt)."""
+    batch mode keeps in memory beside the probed cases' own (one per prompt). `kinds`: the probes
+    scored (the memory is the same whichever are asked; the others' metrics are nan)."""
     if mode not in ("single", "batch"):
         raise ValueError(f"mode must be 'single' or 'batch', got {mode!r}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {', '.join(kinds) or 'none'}")
     if not cases:
         raise ValueError("no cases to evaluate")
     if stored and mode != "batch":
@@ -334,7 +339,7 @@ def evaluate(
         cases, repeats = one_edit_per_fact(cases)
         set_aside = len(repeats)
         stored = one_edit_per_fact([*cases, *stored])[0][len(cases) :]
-    sessions = list(_sessions(system, cases, mode, threshold, stored))
+    sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, stored)]
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
         _score(sessions[start : start + group], tally)

@@ -208,3 +208,11 @@ def test_portability_ceilings_count_what_the_base_model_answers_told_the_edit_an
     assert ceiling.within_second_step != ceiling.within_second_step  # nan: no probe within it
     assert 0.0 <= ceiling.within_told <= 1.0 and report.ceilings["portability"].probes == 2
     assert "portability/New Question ceiling: told the edit" in report.table()
+
+
+def test_only_the_asked_kinds_of_probe_are_scored_with_the_same_memory():
+    report = evaluate(system_with_bias(-8.0), CASES, mode="batch", kinds=("locality",))
+    assert report.locality.generation == 1.0 and report.edits_in_memory == 2
+    assert report.reliability.generation != report.reliability.generation  # nan: not asked
+    with pytest.raises(ValueError, match="kinds"):
+        evaluate(system_with_bias(-8.0), CASES, kinds=("rephrase",))
