@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from searc.access import DEMO_UPLOAD_BYTES, SHARED_DATA, ServerAccess, check_exposure
 from searc.cli import quiet_libraries
 from searc.models import BUNDLED
-from searc.system import DEFAULT_CHECKPOINT, load_system
-from searc.ui import DEMO_UPLOAD_BYTES, build_app
+from searc.system import DEFAULT_CHECKPOINT, SystemPool, load_system
+from searc.ui import build_app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth-file", metavar="PATH", help="require a login from this file: one USER:PASS per line")
     parser.add_argument("--demo-mode", action="store_true",
                         help=f"public demo: no training, no checkpoint or data paths, uploads up to {DEMO_UPLOAD_BYTES // 1000} kB")
+    parser.add_argument("--runs-dir", default="runs", help="training writes checkpoints only below this directory (default runs)")
+    parser.add_argument("--data-dir", action="append", default=None, metavar="DIR",
+                        help="data files named in the page are read only below these directories (repeatable; default ../shared/data)")
     return parser.parse_args(argv)
 
 
@@ -50,9 +54,14 @@ def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     auth = logins(args)
+    try:
+        check_exposure(args.host, args.share, login=auth is not None, demo_mode=args.demo_mode)
+    except ValueError as error:
+        raise SystemExit(f"searc workbench: {error}") from None
     quiet_libraries()
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    app = build_app(system, demo_mode=args.demo_mode)
+    access = ServerAccess.create(args.runs_dir, args.data_dir or [SHARED_DATA], demo_mode=args.demo_mode)
+    app = build_app(system, SystemPool(system), access)
     app.queue(default_concurrency_limit=2).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
         max_file_size=DEMO_UPLOAD_BYTES if args.demo_mode else None,

@@ -7,13 +7,20 @@ only lays it out. Each browser tab holds one `Session`; the `SeracSystem` under 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 
+from searc.classifier import ClassifierConfig
+from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
+from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
+from searc.system import SystemPool
+from searc.train import TrainConfig, TrainEvent, train
 
 MAX_TARGETS = 8
 MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps every session light
@@ -22,6 +29,34 @@ MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps ever
 def split_lines(text: str | None) -> list[str]:
     """Non-empty, stripped lines of a text box."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+@dataclass
+class TrainingCurves:
+    """What the Train tab plots: losses per step and validation metrics per validation."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("loss", "nll", "bce", "decline_nll")})
+    val_steps: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("score", "classifier_auroc", "generalization")})
+
+    def add(self, event: TrainEvent) -> None:
+        if event.kind == "step":
+            self.steps.append(event.step)
+            for key, values in self.losses.items():
+                values.append(event.losses.get(key, float("nan")))
+        elif event.kind == "validation":
+            self.val_steps.append(event.step)
+            for key, values in self.metrics.items():
+                values.append(event.metrics.get(key, float("nan")))
+
+
+@dataclass
+class Evaluation:
+    """This editor beside the unedited model and the zero-shot editor, and this editor's full report."""
+
+    rows: dict[str, dict[str, float]]
+    report: EvalReport
 
 
 @dataclass
@@ -128,3 +163,28 @@ class Session:
 
     def probe_prompts(self) -> Sequence[str]:
         return [r.prompt for r in self.results]
+
+    # -------------------------------------------------------------- training and evaluation
+    def train(
+        self, pool: SystemPool, train_cases: Sequence[EditCase], val_cases: Sequence[EditCase], config: TrainConfig,
+        variant: str, out: Path, stop: threading.Event,
+    ) -> Iterator[tuple[TrainEvent, TrainingCurves]]:
+        """Train a fresh system of its own (the shared one is never touched); the best checkpoint goes to `out`."""
+        curves = TrainingCurves()
+        trainee = pool.fresh(ClassifierConfig(variant=variant))
+        for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop):
+            curves.add(event)
+            yield event, curves
+
+    def evaluate(
+        self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None
+    ) -> Evaluation:
+        """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this session's threshold."""
+        systems = {"this editor": self.system, "zero-shot editor": pool.get(None)}
+        reports = {}
+        for name, system in systems.items():
+            if name == "zero-shot editor" and system is self.system:
+                continue
+            step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
+            reports[name] = evaluate(system, cases, mode=mode, threshold=self.editor.threshold, progress=step)
+        return Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import gradio as gr
 
+from searc.access import SHARED_DATA, ServerAccess
 from searc.charts import evaluation_bars, nll_chart, scope_heatmap, training_curves
 from searc.checkpoint import CheckpointError
-from searc.classifier import ClassifierConfig
-from searc.data import DataError, load_cases
+from searc.data import DataError
 from searc.editor import SeracSystem
-from searc.evaluate import comparison_rows, evaluate
 from searc.lessons import load_lessons
 from searc.session import Session
 from searc.system import SystemPool
-from searc.train import TrainConfig, train
+from searc.train import TrainConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEMO_UPLOAD_BYTES = 1_000_000  # --demo-mode: larger uploads are refused (Gradio's own limit is set to match)
 DEMO_EVAL_CASES = 20  # --demo-mode: cases per evaluation
 
 EXAMPLE_PROBES = "\n".join(
@@ -40,27 +37,6 @@ EXAMPLE_PROBES = "\n".join(
 
 def _session(state: Session | None, system: SeracSystem) -> Session:
     return state if state is not None else Session(system)
-
-
-def check_upload(path: str, demo_mode: bool) -> None:
-    """Uploads are read from the temporary file Gradio made; in demo mode only small ones."""
-    if demo_mode and Path(path).stat().st_size > DEMO_UPLOAD_BYTES:
-        raise ValueError(f"this demo takes uploads up to {DEMO_UPLOAD_BYTES // 1000:,} kB")
-
-
-def _cases(path: str, upload: str | None, limit: int | None = None, demo_mode: bool = False):
-    """Cases from an uploaded file, else from a path on the server (never in demo mode)."""
-    source = upload or (path or "").strip()
-    if not source:
-        raise ValueError("choose a data file (a path on the server or an upload)")
-    if demo_mode and not upload:
-        raise ValueError("this demo reads uploaded files only, not paths on the server")
-    if upload:
-        check_upload(upload, demo_mode)
-    try:
-        return load_cases(source, limit=limit)
-    except OSError as error:
-        raise ValueError(f"cannot read {Path(source).name}: {error.strerror}") from None
 
 
 def _fail(error: Exception) -> None:
@@ -84,7 +60,7 @@ def probe_outputs(session: Session, message: str):
     )
 
 
-def make_handlers(system: SeracSystem, demo_mode: bool = False):
+def make_handlers(system: SeracSystem, access: ServerAccess):
     """Handlers bound to the shared system."""
 
     def add_edit(state, prompt, target, subject):
@@ -113,7 +89,7 @@ def make_handlers(system: SeracSystem, demo_mode: bool = False):
         if not path:
             _fail(ValueError("choose a .json, .jsonl or .csv file to import"))
         try:
-            check_upload(path, demo_mode)
+            access.check_upload(path)
             stored = session.import_edits(path)
         except (ValueError, OSError) as error:  # DataError is a ValueError
             _fail(error)
@@ -164,40 +140,28 @@ def make_handlers(system: SeracSystem, demo_mode: bool = False):
     return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson
 
 
-def make_heavy_handlers(system: SeracSystem, pool: SystemPool, demo_mode: bool = False):
+def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAccess):
     """Training, evaluation and checkpoint loading: long-running, cancellable."""
     stops: dict[int, threading.Event] = {}
 
-    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir, progress=gr.Progress()):
+    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_name, progress=gr.Progress()):
         session = _session(state, system)
-        if demo_mode:
-            _fail(ValueError("training is switched off in this demo (it writes checkpoints on the server)"))
         try:
+            out = access.training_out(out_name)
             config = TrainConfig(steps=int(steps), batch_edits=int(batch_edits), lr=float(lr), c_edit=float(c_edit),
                                  c_cls=float(c_cls), val_every=max(1, int(steps) // 4), val_cases=32)
             if Path(upload or data_path or "").name == "edit.json":
                 raise ValueError("edit.json files are for evaluation only; train on a train split")
-            train_cases, val_cases = _cases(data_path, upload), _cases(val_path, None, limit=32)
+            train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
         except (ValueError, DataError) as error:
             _fail(error)
-        out = Path(out_dir.strip() or "runs/workbench-checkpoint")
-        trainee = pool.fresh(ClassifierConfig(variant=variant))
         stop = stops[id(session)] = threading.Event()
-        steps_seen, losses, val_steps, metrics = [], {"loss": [], "nll": [], "bce": [], "decline_nll": []}, [], {"score": [], "classifier_auroc": [], "generalization": []}
-        for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop):
+        for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop):
             progress(event.step / event.total_steps, desc="training")
-            if event.kind == "step":
-                steps_seen.append(event.step)
-                for key in losses:
-                    losses[key].append(event.losses.get(key, float("nan")))
-            elif event.kind == "validation":
-                val_steps.append(event.step)
-                for key in metrics:
-                    metrics[key].append(event.metrics[key])
             status = f"{event.kind}: step {event.step}/{event.total_steps}, {event.elapsed_s:.0f} s"
             if event.kind == "done":
-                status = f"{event.message} after {event.step} steps; best checkpoint: {event.checkpoint}"
-            yield session, training_curves(steps_seen, losses, val_steps, metrics), status, str(out)
+                status = f"{event.message} after {event.step} steps; best checkpoint: {access.shown(event.checkpoint) if event.checkpoint else 'none'}"
+            yield session, training_curves(curves.steps, curves.losses, curves.val_steps, curves.metrics), status, access.shown(out)
 
     def stop_training(state):
         session = _session(state, system)
@@ -205,45 +169,36 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, demo_mode: bool =
             stops[id(session)].set()
         return "stopping after this step…"
 
-    def load_checkpoint(state, path):
+    def load_checkpoint(state, name):
         session = _session(state, system)
-        path = (path or "").strip()
-        if demo_mode and path not in ("", "default"):
-            _fail(ValueError("this demo loads only the shipped checkpoint ('default') or none (empty)"))
         try:
-            session.use_system(pool.get(path or None))
-        except CheckpointError as error:
-            _fail(error)
-        return session, session.memory_table(), f"This session now uses checkpoint: {session.system.info.get('checkpoint') or 'none (untrained)'}"
+            session.use_system(pool.get(access.checkpoint_to_load(name)))
+        except (ValueError, CheckpointError) as error:
+            _fail(ValueError(access.redact(str(error))))
+        return session, session.memory_table(), f"This session now uses checkpoint: {access.shown(session.system.info.get('checkpoint'))}"
 
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
         session = _session(state, system)
         try:
-            cases = _cases(data_path, upload, limit=min(int(limit), DEMO_EVAL_CASES) if demo_mode else int(limit), demo_mode=demo_mode)
+            cases = access.cases(data_path, upload, limit=min(int(limit), DEMO_EVAL_CASES) if access.demo_mode else int(limit))
         except (ValueError, DataError) as error:
             _fail(error)
-        untrained = pool.get(None)
-        reports = {}
-        for name, target in (("this editor", session.system), ("zero-shot editor", untrained)):
-            if name == "zero-shot editor" and target is session.system:
-                continue
-            progress(0, desc=name)
-            reports[name] = evaluate(target, cases, mode=mode, threshold=session.editor.threshold,
-                                     progress=lambda done, total: progress(done / total, desc=name))
-        rows = comparison_rows(reports["this editor"], reports.get("zero-shot editor"))
-        table = [[system_name, *[round(v, 3) for v in metrics.values()]] for system_name, metrics in rows.items()]
-        return session, evaluation_bars(rows), table, reports["this editor"].table()
+        evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
+        table = [[name, *[round(v, 3) for v in metrics.values()]] for name, metrics in evaluation.rows.items()]
+        return session, evaluation_bars(evaluation.rows), table, evaluation.report.table()
 
     return run_training, stop_training, load_checkpoint, run_evaluation
 
 
-def build_app(system: SeracSystem, pool: SystemPool | None = None, demo_mode: bool = False) -> gr.Blocks:
-    """The workbench. demo_mode, for a public demo: no training, no checkpoint paths, no server
-    paths for data, uploads up to DEMO_UPLOAD_BYTES, evaluations up to DEMO_EVAL_CASES cases."""
+def build_app(system: SeracSystem, pool: SystemPool | None = None, access: ServerAccess | None = None) -> gr.Blocks:
+    """The workbench. `access`: where training writes and data is read (default: runs/ and the
+    shared data directory); its demo_mode, for a public demo: no training, no checkpoint paths, no
+    server paths for data, uploads up to DEMO_UPLOAD_BYTES, evaluations up to DEMO_EVAL_CASES cases."""
     pool = pool or SystemPool(system)
-    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system, demo_mode)
-    run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool, demo_mode)
-    checkpoint = system.info.get("checkpoint") or "none (untrained: calibrated encoder + instruct model)"
+    access = access or ServerAccess.create("runs", [SHARED_DATA])
+    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system, access)
+    run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool, access)
+    checkpoint = access.shown(system.info.get("checkpoint")) if system.info.get("checkpoint") else "none (untrained: calibrated encoder + instruct model)"
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
         state = gr.State(None)
         gr.Markdown(
@@ -296,8 +251,8 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, demo_mode: bo
             gr.Markdown("Train the scope classifier and the counterfactual model jointly on edit cases. "
                         "About 4 s per step on 2 CPU cores; the best checkpoint is written atomically.")
             with gr.Row():
-                train_path = gr.Textbox(label="Training data (path on the server)", value=str(SHARED_DATA / "counterfact" / "train.json"), scale=3)
-                val_path = gr.Textbox(label="Validation data", value=str(SHARED_DATA / "counterfact" / "val.json"), scale=3)
+                train_path = gr.Textbox(label="Training data (in the server's data directory)", value="counterfact/train.json", scale=3)
+                val_path = gr.Textbox(label="Validation data", value="counterfact/val.json", scale=3)
                 train_upload = gr.File(label="…or upload training data (.json/.jsonl/.csv)", type="filepath", scale=2)
             with gr.Row():
                 steps = gr.Number(label="Steps", value=20, precision=0)
@@ -307,18 +262,18 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, demo_mode: bo
                 c_cls = gr.Number(label="c_cls", value=1.0)
                 variant = gr.Radio(["dense", "cross"], value="dense", label="Classifier")
             with gr.Row():
-                out_dir = gr.Textbox(label="Checkpoint directory", value="runs/workbench-checkpoint", scale=3)
+                out_dir = gr.Textbox(label="Checkpoint name (in the runs directory)", value="workbench-checkpoint", scale=3)
                 train_button = gr.Button("Start training", variant="primary", scale=1)
                 stop_button = gr.Button("Stop", scale=1)
             train_status = gr.Markdown()
             curves = gr.Plot(label="Training curves", elem_id="curves")
             with gr.Row():
-                checkpoint_path = gr.Textbox(label="Checkpoint to load into this session (empty: untrained)", scale=3)
+                checkpoint_path = gr.Textbox(label="Checkpoint to load into this session: a name in the runs directory, 'default' (shipped) or empty (untrained)", scale=3)
                 load_button = gr.Button("Load checkpoint", scale=1)
             load_status = gr.Markdown()
         with gr.Tab("Evaluate"):
             with gr.Row():
-                eval_path = gr.Textbox(label="Evaluation data", value=str(SHARED_DATA / "counterfact" / "edit.json"), scale=3)
+                eval_path = gr.Textbox(label="Evaluation data (in the server's data directory)", value="counterfact/edit.json", scale=3)
                 eval_upload = gr.File(label="…or upload", type="filepath", scale=2)
                 eval_limit = gr.Number(label="Cases", value=10, precision=0, scale=1)
                 eval_mode = gr.Radio(["single", "batch"], value="single", label="Edits in memory", scale=1)

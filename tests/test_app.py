@@ -63,3 +63,28 @@ def test_the_app_binds_this_machine_only_by_default():
     app = app_module()
     args = app.parse_args([])
     assert args.host == "127.0.0.1" and not args.share and not args.demo_mode
+
+
+@pytest.mark.parametrize(
+    "argv, refused",
+    [
+        (["--share"], True),
+        (["--host", "0.0.0.0"], True),
+        (["--host", "192.168.1.5", "--share"], True),
+        (["--share", "--auth", "ann:secret"], False),
+        (["--host", "0.0.0.0", "--demo-mode"], False),
+        (["--host", "localhost"], False),
+        ([], False),
+    ],
+)
+def test_an_exposed_workbench_needs_a_login_or_demo_mode(argv, refused):
+    """--share or a non-loopback --host with nothing in front of the page stops before any model loads."""
+    app = app_module()
+    if refused:
+        with pytest.raises(SystemExit, match="add a login .*--auth.* or use --demo-mode"):
+            app.main([*argv, "--lm", "/nonexistent/model.gguf"])
+    else:
+        from searc.access import check_exposure
+
+        args = app.parse_args(argv)
+        check_exposure(args.host, args.share, login=app.logins(args) is not None, demo_mode=args.demo_mode)

@@ -103,3 +103,34 @@ def test_import_edits_from_a_file_is_all_or_nothing(system, tmp_path):
     assert [e.target_new for e in session.editor.edits] == ["piano"]
     path.write_text(json.dumps([{"prompt": "The capital of Japan is", "target_new": "Kyoto", "subject": "Japan"}]))
     assert [e.subject for e in session.import_edits(str(path))] == ["Japan"]
+
+
+def test_training_and_evaluation_run_from_the_session_without_a_browser(system, tmp_path):
+    import threading
+
+    from searc.data import EditCase, Probe
+    from searc.memory import Edit
+    from searc.system import SystemPool
+    from searc.train import TrainConfig
+    from tests.test_ui import tiny_loader
+
+    cases = [
+        EditCase(Edit(f"The colour of object {i} is", "blue", subject=f"object {i}"),
+                 (Probe(f"The colour of object {i} is", "blue"), Probe(f"Object {i} is coloured", "blue")),
+                 (Probe(f"The colour of object {i + 10} is", "red"),))
+        for i in range(3)
+    ]
+    session, pool = Session(system), SystemPool(system, loader=tiny_loader)
+    config = TrainConfig(steps=2, batch_edits=2, val_every=1, val_cases=2, consequences=False)
+    events = list(session.train(pool, cases, cases, config, "dense", tmp_path / "ck", threading.Event()))
+    kinds = [event.kind for event, _ in events]
+    assert kinds[-1] == "done" and kinds.count("step") == 2 and kinds.count("validation") == 2
+    curves = events[-1][1]
+    assert curves.steps == [1, 2] and curves.val_steps == [1, 2] and len(curves.losses["loss"]) == 2
+    assert session.system is system, "training works on a system of its own"
+    assert list(session.evaluate(pool, cases[:2], "batch").rows) == ["unedited model", "this editor"]  # untrained: it is the zero-shot editor
+    session.use_system(pool.get(tmp_path / "ck"))
+    seen = []
+    evaluation = session.evaluate(pool, cases[:2], "batch", progress=lambda name, done, total: seen.append(name))
+    assert list(evaluation.rows) == ["unedited model", "zero-shot editor", "this editor"]
+    assert evaluation.report.n_cases == 2 and {"this editor", "zero-shot editor"} <= set(seen)

@@ -7,6 +7,7 @@ import socket
 import pytest
 from gradio_client import Client
 
+from searc.access import ServerAccess
 from searc.checkpoint import read_checkpoint
 from searc.system import SystemPool, apply_checkpoint
 from searc.ui import build_app
@@ -37,12 +38,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url():
+def server_dirs(tmp_path_factory):
+    """The app's runs directory and data directory, with the test cases in data/cases.json."""
+    root = tmp_path_factory.mktemp("server")
+    (root / "data").mkdir()
+    (root / "data" / "cases.json").write_text(__import__("json").dumps(CASES))
+    return ServerAccess.create(root / "runs", [root / "data"])
+
+
+@pytest.fixture(scope="module")
+def url(server_dirs):
     system = make_system("llama")
     perturb_adapter(system)
     system.classifier.scale.data.fill_(0.0)
     system.classifier.bias.data.fill_(4.0)  # everything in scope: routed whenever an edit is stored
-    app = build_app(system, SystemPool(system, loader=tiny_loader))
+    app = build_app(system, SystemPool(system, loader=tiny_loader), server_dirs)
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -85,23 +95,43 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(url):
     assert [row[0] for row in memory["data"]] == ["e1", "e2"], "the failed adds left the memory as it was"
 
 
-def test_train_load_and_evaluate(url, tmp_path):
-    data = tmp_path / "cases.json"
-    data.write_text(__import__("json").dumps(CASES))
+def test_train_load_and_evaluate(url, server_dirs):
     client = Client(url, verbose=False)
-    out = tmp_path / "ck"
-    figure, status, checkpoint = client.predict(str(data), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(out), api_name="/train")
-    assert "finished after 2 steps" in status and checkpoint == str(out)
-    assert read_checkpoint(out).config["training"]["config"]["steps"] == 2
-    _, message = client.predict(str(out), api_name="/load_checkpoint")
-    assert str(out) in message
-    with pytest.raises(Exception, match="lacks searc.json|no checkpoint directory"):
-        client.predict(str(tmp_path), api_name="/load_checkpoint")
-    chart, table, report = client.predict(str(data), None, 2, "single", api_name="/evaluate")
+    figure, status, checkpoint = client.predict("cases.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
+    assert "finished after 2 steps" in status and checkpoint == "runs/ck" and "best checkpoint: runs/ck" in status
+    assert read_checkpoint(server_dirs.runs_dir / "ck").config["training"]["config"]["steps"] == 2
+    _, message = client.predict("ck", api_name="/load_checkpoint")
+    assert message.endswith("runs/ck") and str(server_dirs.runs_dir) not in message
+    with pytest.raises(Exception, match="no checkpoint directory at runs/missing") as refused:
+        client.predict("missing", api_name="/load_checkpoint")
+    assert str(server_dirs.runs_dir) not in str(refused.value)
+    chart, table, report = client.predict("cases.json", None, 2, "single", api_name="/evaluate")
     assert [row[0] for row in table["data"]] == ["unedited model", "zero-shot editor", "this editor"]
     assert "2 cases, single mode" in report
     with pytest.raises(Exception, match="evaluation only"):
-        client.predict(str(tmp_path / "edit.json"), str(data), None, 2, 2, 5e-4, 1.0, 1.0, "dense", str(out), api_name="/train")
+        client.predict("edit.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
+
+
+@pytest.mark.parametrize("out_name", ["../escaped", "/tmp/searc-escaped", "a/../../escaped", "~/escaped", ""])
+def test_training_writes_only_below_the_runs_directory(url, server_dirs, out_name):
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="relative to the runs directory|name the checkpoint"):
+        client.predict("cases.json", "cases.json", None, 1, 2, 5e-4, 1.0, 1.0, "dense", out_name, api_name="/train")
+    assert not (server_dirs.runs_dir.parent / "escaped").exists() and not __import__("os").path.exists("/tmp/searc-escaped")
+
+
+def test_data_and_checkpoints_are_read_only_below_their_directories(url, server_dirs, tmp_path):
+    outside = tmp_path / "secret.json"
+    outside.write_text(__import__("json").dumps(CASES))
+    link = server_dirs.data_dirs[0] / "link.json"
+    link.symlink_to(outside)
+    client = Client(url, verbose=False)
+    for name in (str(outside), "../../" + outside.name, "link.json"):
+        with pytest.raises(Exception, match="read only from the data directory") as refused:
+            client.predict(name, None, 2, "single", api_name="/evaluate")
+        assert str(tmp_path) not in str(refused.value)
+    with pytest.raises(Exception, match="relative to the runs directory"):
+        client.predict(str(tmp_path), api_name="/load_checkpoint")
 
 
 def test_import_edits_all_or_nothing(url, tmp_path):
@@ -131,9 +161,10 @@ def test_reroute_with_a_bad_threshold_is_a_clear_error(url):
 
 
 @pytest.fixture(scope="module")
-def demo_url():
+def demo_url(server_dirs):
     system = make_system("llama")
-    app = build_app(system, SystemPool(system, loader=tiny_loader), demo_mode=True)
+    demo = ServerAccess(server_dirs.runs_dir, server_dirs.data_dirs, demo_mode=True)
+    app = build_app(system, SystemPool(system, loader=tiny_loader), demo)
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -143,7 +174,7 @@ def demo_url():
 def test_demo_mode_refuses_training_paths_and_big_uploads(demo_url, tmp_path):
     from gradio_client import handle_file
 
-    from searc.ui import DEMO_UPLOAD_BYTES
+    from searc.access import DEMO_UPLOAD_BYTES
 
     data = tmp_path / "cases.json"
     data.write_text(__import__("json").dumps(CASES))
