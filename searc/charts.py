@@ -7,6 +7,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from searc.editor import ProbeResult, TargetComparison
+from searc.inspection import OutputTokens
 from searc.memory import Edit
 
 
@@ -94,6 +95,46 @@ def evaluation_bars(rows: dict[str, dict[str, float]]) -> go.Figure:
         figure.add_trace(go.Bar(name=system, x=list(metrics), y=list(metrics.values()), text=[f"{v:.2f}" for v in metrics.values()]))
     figure.update_layout(
         title="Edit success (greedy generation)", barmode="group", height=360, yaxis={"range": [0, 1.05]},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure
+
+
+def token_strips(strips: Sequence[OutputTokens]) -> go.Figure:
+    """Each output as a strip of tokens coloured by NLL under the model that produced it; hover for
+    the other model's NLL of the same token and the top alternatives at that position."""
+    figure = go.Figure()
+    if not strips:
+        figure.update_layout(title="Token view (probe first, then pick a probe)", height=160)
+        return figure
+    width = max(len(s.tokens) for s in strips)
+
+    def hover(strip: OutputTokens, t) -> str:
+        other = f"<br>{strip.other}: {t.other_nll:.2f} nats" if t.other_nll is not None else ""
+        top = "<br>".join(f"&nbsp;&nbsp;{a!r}: {p:.1%}" for a, p in t.alternatives)
+        return f"token {t.text!r}<br>{strip.producer}: {t.nll:.2f} nats{other}<br>top alternatives:<br>{top}"
+
+    pad = [None] * width
+    figure.add_trace(
+        go.Heatmap(
+            z=[([t.nll for t in s.tokens] + pad)[:width] for s in strips],
+            text=[([t.text.replace("\n", "⏎") for t in s.tokens] + [""] * width)[:width] for s in strips],
+            hovertext=[([hover(s, t) for t in s.tokens] + [""] * width)[:width] for s in strips],
+            y=[f"{s.name} ({s.producer})" for s in strips],
+            texttemplate="%{text}",
+            hoverinfo="text",
+            colorscale="Reds",
+            zmin=0.0,
+            colorbar={"title": "NLL (nats)"},
+            xgap=2,
+            ygap=6,
+        )
+    )
+    figure.update_layout(
+        title="Output tokens, coloured by NLL under the model that produced them (hover: other model, top-5)",
+        height=120 + 70 * len(strips),
+        yaxis={"autorange": "reversed"},
+        xaxis={"title": "token position", "dtick": 1},
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return figure

@@ -72,7 +72,8 @@ class Failure:
     routed: bool
     declined: bool
     score: float
-    best_edit: str | None  # "prompt -> target" of the nearest stored edit
+    best_edit: Edit | None  # the nearest stored edit
+    edit: Edit  # the probe's own case's edit (what a workbench loads to look at the failure)
 
 
 MAX_FAILURES = 500  # kept in a report (the metrics count every probe)
@@ -273,11 +274,11 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
                 tally.add(f"{group}_gen", kept)
                 tally.add(f"routed {group}", float(result.routed))
             if not kept:
-                _note_failure(probe, result, result.base_output, tally)
+                _note_failure(probe, result, result.base_output, own, tally)
     else:
         right = float(starts_with_any(result.output, probe.answers))
         if not right:
-            _note_failure(probe, result, probe.answer, tally)
+            _note_failure(probe, result, probe.answer, own, tally)
         tally.add(f"{probe.kind}_gen", right)
         tally.add(f"unedited_{probe.kind}", float(starts_with_any(result.base_output, probe.answers)))
         if group:
@@ -302,13 +303,12 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
                 tally.add(f"{group}_tf", sum(hits) / len(hits))
 
 
-def _note_failure(probe: _Probe, result: ProbeResult, expected: str, tally: _Tally) -> None:
+def _note_failure(probe: _Probe, result: ProbeResult, expected: str, own: Edit, tally: _Tally) -> None:
     """Keep a wrong probe (up to MAX_FAILURES); `expected` is its answer, or the unedited output for locality."""
     if len(tally.failures) < MAX_FAILURES:
-        edit = result.best_edit
         tally.failures.append(Failure(
             probe.kind, probe.group, probe.prompt, expected, result.output, result.routed, result.declined, result.score,
-            f"{edit.prompt} -> {edit.target_new}" if edit else None,
+            result.best_edit, own,
         ))
 
 
@@ -441,22 +441,19 @@ def one_edit_per_fact(cases: Sequence[EditCase]) -> tuple[list[EditCase], list[E
 
 
 def comparison_rows(trained: EvalReport, zero_shot: EvalReport | None = None) -> dict[str, dict[str, float]]:
-    """Generation scores of the unedited model, the zero-shot editor and the trained editor."""
+    """Generation scores by category (portability and the data's groups where it has them) of the
+    unedited model, the zero-shot editor and the trained editor."""
     def row(report: EvalReport) -> dict[str, float]:
-        return {
-            "reliability": report.reliability.generation,
-            "generalization": report.generalization.generation,
-            "locality": report.locality.generation,
-        }
+        scores = {name: getattr(report, name).generation for name in ("reliability", "generalization", "locality")}
+        if report.portability is not None:
+            scores["portability"] = report.portability.generation
+        return scores | {name: scored.generation for name, scored in report.groups.items()}
 
-    rows = {
-        "unedited model": {
-            "reliability": trained.unedited.get("reliability", float("nan")),
-            "generalization": trained.unedited.get("generalization", float("nan")),
-            "locality": 1.0,  # the unedited model agrees with itself
-        }
-    }
+    mine = row(trained)
+    # the unedited model agrees with itself (locality 1) and was scored on the in-scope kinds only as a whole
+    unedited = {name: 1.0 if name.startswith("locality") else trained.unedited.get(name, float("nan")) for name in mine}
+    rows = {"unedited model": unedited}
     if zero_shot is not None:
         rows["zero-shot editor"] = row(zero_shot)
-    rows["this editor"] = row(trained)
+    rows["this editor"] = mine
     return rows

@@ -34,6 +34,13 @@ class Lesson:
     def probes_text(self) -> str:
         return "\n".join(p.prompt for p in self.probes)
 
+    def preview(self) -> str:
+        """What the scenario shows, before it is loaded: its point, its edits and its labelled probes."""
+        edits = "\n".join(f"- {e.prompt} → **{e.target_new}**" for e in self.edits)
+        probes = "\n".join(f"- {p.prompt} ({p.label()})" for p in self.probes)
+        threshold = f"\n\nThreshold: {self.threshold:.2f}" if self.threshold is not None else ""
+        return f"### {self.title}\n{self.point}\n\nEdits:\n{edits}\n\nProbes:\n{probes}{threshold}"
+
 
 def load_lesson(path: Path) -> Lesson:
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ from searc.classifier import ClassifierConfig
 from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
 from searc.evaluate import EvalReport, comparison_rows, evaluate
+from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
 from searc.system import SystemPool
 from searc.train import TrainConfig, TrainEvent, train
@@ -58,12 +59,19 @@ class Evaluation:
     rows: dict[str, dict[str, float]]
     report: EvalReport
 
+    def table(self) -> pd.DataFrame:
+        """One row per system, one column per category (this editor's categories)."""
+        columns = list(self.rows["this editor"])
+        data = [[name, *[round(scores.get(c, float("nan")), 3) for c in columns]] for name, scores in self.rows.items()]
+        return pd.DataFrame(data, columns=["system", *columns])
+
 
 @dataclass
 class Session:
     system: SeracSystem
     threshold: float | None = None  # default: the checkpoint's tuned threshold, else 0.5
     results: list[ProbeResult] = field(default_factory=list)
+    evaluation: Evaluation | None = None  # the last evaluation run in this session
 
     def __post_init__(self) -> None:
         threshold = self.threshold if self.threshold is not None else self.system.info.get("threshold", 0.5)
@@ -125,6 +133,13 @@ class Session:
             raise
         return self.results
 
+    def reprobe(self, probes_text: str, threshold: float) -> list[ProbeResult]:
+        """After the memory changed: probe the current probes again (none typed: no results)."""
+        if not split_lines(probes_text):
+            self.results = []
+            return self.results
+        return self.probe(probes_text, threshold)
+
     def reroute(self, threshold: float) -> list[ProbeResult]:
         """Apply a new threshold to the last results without running any model."""
         self.editor.threshold = check_threshold(threshold)
@@ -150,11 +165,15 @@ class Session:
     def explanations(self) -> str:
         return "\n".join(f"- **{r.prompt}**: {r.explanation()}" for r in self.results)
 
-    def inspect(self, probe: str, targets_text: str = "") -> list[TargetComparison]:
-        """Per-token NLL for one probe: on its generated output, and on each typed target."""
+    def result_for(self, probe: str) -> ProbeResult:
         result = next((r for r in self.results if r.prompt == probe), None)
         if result is None:
             raise ValueError("probe first, then pick one of the probed prompts")
+        return result
+
+    def inspect(self, probe: str, targets_text: str = "") -> list[TargetComparison]:
+        """Per-token NLL for one probe: on its generated output, and on each typed target."""
+        result = self.result_for(probe)
         targets = [validate_text("target", t) for t in split_lines(targets_text)][:MAX_TARGETS]
         # the model's own output may hold control characters that typed text may not
         generated = "".join(c for c in result.output if c in "\t\n" or ord(c) >= 32).strip()[:MAX_TEXT_CHARS]
@@ -163,6 +182,32 @@ class Session:
 
     def probe_prompts(self) -> Sequence[str]:
         return [r.prompt for r in self.results]
+
+    def output_tokens(self, probe: str) -> list[OutputTokens]:
+        """The token view of one probed prompt's outputs (see `searc.inspection`)."""
+        return output_tokens(self.system, self.result_for(probe))
+
+    def scope_view(self, probe: str) -> ScopeView:
+        """The nearest edits of one probed prompt, the decline probability and the decision."""
+        return scope_view(self.system, self.result_for(probe), self.editor.edits)
+
+    def scope_markdown(self, probe: str) -> str:
+        view = self.scope_view(probe)
+        if not view.nearest:
+            return f"**{view.prompt}**: {view.decision}"
+        rows = "\n".join(
+            f"| {n.edit.id} | {n.edit.prompt} → {n.edit.target_new} | {n.score:.3f} | {'yes' if n.passes else 'no'} |" for n in view.nearest
+        )
+        declining = f"\n\nThe counterfactual model, the best edit in context, would decline (end at once) with probability {view.decline_probability:.1%}."
+        return (f"**{view.prompt}**\n\n| edit | statement | score | ≥ threshold {view.threshold:.2f} |\n|---|---|---|---|\n{rows}"
+                f"{declining}\n\n{view.decision}")
+
+    def claims_table(self, edit_id: str) -> pd.DataFrame:
+        """The current probes an edit answers (routed to it and not declined)."""
+        if not any(e.id == edit_id for e in self.editor.edits):
+            raise ValueError(f"no stored edit {edit_id!r}")
+        rows = [[r.prompt, round(r.score, 3), r.output] for r in claimed_by(edit_id, self.results)]
+        return pd.DataFrame(rows, columns=["probe", "score", "final output"])
 
     # -------------------------------------------------------------- training and evaluation
     def train(
@@ -187,4 +232,29 @@ class Session:
                 continue
             step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
             reports[name] = evaluate(system, cases, mode=mode, threshold=self.editor.threshold, progress=step)
-        return Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])
+        self.evaluation = Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])
+        return self.evaluation
+
+    def failures_table(self) -> pd.DataFrame:
+        """The last evaluation's failing probes, as an inspector reads them."""
+        failures = self.evaluation.report.failures if self.evaluation else []
+        rows = [
+            [f.kind + (f"/{f.group}" if f.group else ""), f.prompt, f.expected, f.output, round(f.score, 3),
+             "yes" if f.routed else "no", "yes" if f.declined else "no", f"{f.best_edit.prompt} → {f.best_edit.target_new}" if f.best_edit else ""]
+            for f in failures
+        ]
+        return pd.DataFrame(rows, columns=["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"])
+
+    def load_failure(self, index: int) -> str:
+        """Put failing probe `index` of the last evaluation into the workspace: its case's edit (and
+        the edit it was wrongly routed to, if any) become the memory; returns the probe to ask."""
+        failures = self.evaluation.report.failures if self.evaluation else []
+        if not 0 <= index < len(failures):
+            raise ValueError("run an evaluation, then pick one of its failing probes")
+        failure = failures[index]
+        edits = [failure.edit] + ([failure.best_edit] if failure.best_edit and failure.best_edit.prompt != failure.edit.prompt else [])
+        fresh = EditMemory(max_edits=MAX_SESSION_EDITS)
+        fresh.add([Edit(e.prompt, e.target_new, e.subject, e.target_true) for e in edits], self.system.classifier)
+        self.editor.memory = fresh
+        self.results = []
+        return failure.prompt

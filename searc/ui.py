@@ -1,8 +1,11 @@
 """The Gradio workbench. Layout in one `Blocks`; handlers are plain functions above it that call
 into `searc.session.Session` (where all the logic lives and is tested).
 
-Each browser tab gets its own `Session` in a `gr.State` (its own edit memory and results); the
-models are shared read-only by all tabs.
+The first tab is the workspace: edits and memory on the left, probes and results on the right,
+and below them the inspection of one probe (scope, token view, per-target NLL) and of one edit
+(the probes it answers). Any change of the memory probes the current probes again. Train,
+Evaluate and Lessons are tabs of their own. Each browser tab gets its own `Session` in a
+`gr.State` (its own edit memory and results); the models are shared read-only by all tabs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from searc.access import SHARED_DATA, ServerAccess
-from searc.charts import evaluation_bars, nll_chart, scope_heatmap, training_curves
+from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips, training_curves
 from searc.checkpoint import CheckpointError
 from searc.data import DataError
 from searc.editor import SeracSystem
@@ -44,47 +47,58 @@ def _fail(error: Exception) -> None:
     raise gr.Error(str(error).strip("'\""))
 
 
-def memory_outputs(session: Session, message: str):
-    return session, session.memory_table(), message
-
-
-def probe_outputs(session: Session, message: str):
+def workspace_outputs(session: Session, edit_message: str, probe_message: str = ""):
+    """Everything the workspace shows after the memory or the probes changed."""
     probes = session.probe_prompts()
+    edit_ids = [e.id for e in session.editor.edits]
+    if not probe_message and session.results:
+        probe_message = f"{len(session.results)} probes, {sum(r.routed for r in session.results)} routed to the counterfactual model"
     return (
         session,
+        session.memory_table(),
+        edit_message,
         session.results_table(),
         scope_heatmap(session.results, session.editor.edits, session.editor.threshold),
         session.explanations(),
         gr.update(choices=list(probes), value=probes[0] if probes else None),
-        message,
+        probe_message,
+        gr.update(choices=edit_ids, value=edit_ids[0] if edit_ids else None),
     )
 
 
 def make_handlers(system: SeracSystem, access: ServerAccess):
-    """Handlers bound to the shared system."""
+    """Workspace and lesson handlers, bound to the shared system."""
 
-    def add_edit(state, prompt, target, subject):
+    def changed(session: Session, probes_text: str, threshold: float, message: str):
+        """The memory changed: probe the current probes again."""
+        try:
+            session.reprobe(probes_text, threshold)
+        except ValueError as error:
+            return workspace_outputs(session, message, f"Probes not run again: {error}")
+        return workspace_outputs(session, message)
+
+    def add_edit(state, prompt, target, subject, probes_text, threshold):
         session = _session(state, system)
         try:
             edit = session.add_edit(prompt, target, subject)
         except ValueError as error:
             _fail(error)
-        return memory_outputs(session, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
+        return changed(session, probes_text, threshold, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
 
-    def remove_edit(state, edit_id):
+    def remove_edit(state, edit_id, probes_text, threshold):
         session = _session(state, system)
         try:
             edit = session.remove_edit(edit_id)
         except KeyError as error:
             _fail(error)
-        return memory_outputs(session, f"Removed {edit.id}")
+        return changed(session, probes_text, threshold, f"Removed {edit.id}")
 
-    def clear_edits(state):
+    def clear_edits(state, probes_text, threshold):
         session = _session(state, system)
         session.clear()
-        return memory_outputs(session, "Memory cleared")
+        return changed(session, probes_text, threshold, "Memory cleared")
 
-    def import_edits(state, path):
+    def import_edits(state, path, probes_text, threshold):
         session = _session(state, system)
         if not path:
             _fail(ValueError("choose a .json, .jsonl or .csv file to import"))
@@ -93,7 +107,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             stored = session.import_edits(path)
         except (ValueError, OSError) as error:  # DataError is a ValueError
             _fail(error)
-        return memory_outputs(session, f"Imported {len(stored)} edits")
+        return changed(session, probes_text, threshold, f"Imported {len(stored)} edits")
 
     def export_edits(state):
         session = _session(state, system)
@@ -107,8 +121,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             session.probe(probes_text, threshold)
         except ValueError as error:
             _fail(error)
-        routed = sum(r.routed for r in session.results)
-        return probe_outputs(session, f"{len(session.results)} probes, {routed} routed to the counterfactual model")
+        return workspace_outputs(session, "")
 
     def reroute(state, threshold):
         session = _session(state, system)
@@ -116,16 +129,30 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             session.reroute(threshold)
         except ValueError as error:
             _fail(error)
-        return probe_outputs(session, f"Re-routed at threshold {threshold:.2f} (no model was run)")
+        return workspace_outputs(session, "", f"Re-routed at threshold {threshold:.2f} (no model was run)")
 
-    def inspect(state, probe_prompt, targets_text):
+    def inspect_probe(state, probe_prompt, targets_text):
+        """Scope inspector, token view and per-target NLL of one probed prompt."""
         session = _session(state, system)
         if not probe_prompt:
-            return nll_chart([])
+            return "", token_strips([]), nll_chart([])
         try:
-            return nll_chart(session.inspect(probe_prompt, targets_text))
+            return session.scope_markdown(probe_prompt), token_strips(session.output_tokens(probe_prompt)), nll_chart(session.inspect(probe_prompt, targets_text))
         except ValueError as error:
             _fail(error)
+
+    def inspect_edit(state, edit_id):
+        session = _session(state, system)
+        if not edit_id:
+            return None
+        try:
+            return session.claims_table(edit_id)
+        except ValueError as error:
+            _fail(error)
+
+    def preview_lesson(title):
+        lesson = next((l for l in load_lessons() if l.title == title), None)
+        return lesson.preview() if lesson else ""
 
     def load_lesson(state, title):
         session = _session(state, system)
@@ -133,11 +160,10 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         if lesson is None:
             _fail(ValueError("pick a lesson"))
         session.load_lesson(lesson)
-        labels = "\n".join(f"- {p.label()}: {p.prompt}" for p in lesson.probes)
-        text = f"**{lesson.title}.** {lesson.point}\n\nProbes:\n{labels}\n\nNow open the Probe tab and press Probe."
-        return session, session.memory_table(), lesson.probes_text(), session.editor.threshold, text
+        outputs = changed(session, lesson.probes_text(), session.editor.threshold, f"Loaded the lesson “{lesson.title}”")
+        return (*outputs, lesson.probes_text(), session.editor.threshold, gr.Tabs(selected="workspace"))
 
-    return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson
+    return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit, preview_lesson, load_lesson
 
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAccess):
@@ -184,10 +210,19 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         except (ValueError, DataError) as error:
             _fail(error)
         evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
-        table = [[name, *[round(v, 3) for v in metrics.values()]] for name, metrics in evaluation.rows.items()]
-        return session, evaluation_bars(evaluation.rows), table, evaluation.report.table()
+        return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 
-    return run_training, stop_training, load_checkpoint, run_evaluation
+    def load_failure(state, threshold, selected: gr.SelectData):
+        """One click on a failing probe: its case's edit (and the edit it went to) into the workspace, probed."""
+        session = _session(state, system)
+        try:
+            probe_text = session.load_failure(selected.index[0])
+        except ValueError as error:
+            _fail(error)
+        session.reprobe(probe_text, threshold)
+        return (*workspace_outputs(session, "Loaded a failing probe of the evaluation"), probe_text, gr.Tabs(selected="workspace"))
+
+    return run_training, stop_training, load_checkpoint, run_evaluation, load_failure
 
 
 def build_app(system: SeracSystem, pool: SystemPool | None = None, access: ServerAccess | None = None) -> gr.Blocks:
@@ -196,9 +231,11 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
     server paths for data, uploads up to DEMO_UPLOAD_BYTES, evaluations up to DEMO_EVAL_CASES cases."""
     pool = pool or SystemPool(system)
     access = access or ServerAccess.create("runs", [SHARED_DATA])
-    add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect, load_lesson = make_handlers(system, access)
-    run_training, stop_training, load_checkpoint, run_evaluation = make_heavy_handlers(system, pool, access)
+    (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit,
+     preview_lesson, load_lesson) = make_handlers(system, access)
+    run_training, stop_training, load_checkpoint, run_evaluation, load_failure = make_heavy_handlers(system, pool, access)
     checkpoint = access.shown(system.info.get("checkpoint")) if system.info.get("checkpoint") else "none (untrained: calibrated encoder + instruct model)"
+    lessons = load_lessons()
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
         state = gr.State(None)
         gr.Markdown(
@@ -207,94 +244,114 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             f"checkpoint `{checkpoint}`. The base model is never changed: edits live in a memory, a scope "
             "classifier decides which probes they cover, and a counterfactual model answers those."
         )
-        with gr.Tab("Edit"):
-            with gr.Row():
-                prompt = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of", scale=3)
-                target = gr.Textbox(label="New target", value="Rome", scale=1)
-                subject = gr.Textbox(label="Subject (optional)", value="Eiffel Tower", scale=1)
-            with gr.Row():
-                add_button = gr.Button("Add edit", variant="primary")
-                clear_button = gr.Button("Clear memory")
-                export_button = gr.Button("Export memory as JSON")
-            memory = gr.Dataframe(label="Edit memory", headers=["id", "prompt", "target_new", "subject"], interactive=False)
-            with gr.Row():
-                remove_id = gr.Textbox(label="Edit id to remove", placeholder="e1", scale=1)
-                remove_button = gr.Button("Remove edit", scale=1)
-                import_file = gr.File(label="Import edits (.json/.jsonl/.csv, any supported format)", type="filepath", scale=2)
-                export_file = gr.File(label="Exported memory", scale=2)
-            edit_status = gr.Markdown()
-        with gr.Tab("Probe"):
-            with gr.Row():
-                probes = gr.Textbox(label="Probe prompts (one per line)", value=EXAMPLE_PROBES, lines=5, scale=3)
-                with gr.Column(scale=1):
-                    threshold = gr.Slider(0.0, 1.0, value=system.info.get("threshold", 0.5), step=0.01, label="Routing threshold")
-                    probe_button = gr.Button("Probe", variant="primary")
-            probe_status = gr.Markdown()
-            results = gr.Dataframe(
-                label="Results", interactive=False, wrap=True, elem_id="results",
-                column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
-            )
-            heatmap = gr.Plot(label="Scope scores", elem_id="heatmap")
-            why = gr.Markdown(label="Why was each probe routed or not?")
-            with gr.Row():
-                inspect_probe = gr.Dropdown(label="Probe to inspect", choices=[], scale=2)
-                targets = gr.Textbox(label="Targets to score (one per line), e.g. old and new answer", value="Paris\nRome", lines=2, scale=2)
-                inspect_button = gr.Button("Show per-token NLL", scale=1)
-            nll = gr.Plot(label="Per-token NLL", elem_id="nll")
-        with gr.Tab("Lessons"):
-            lesson_titles = [lesson.title for lesson in load_lessons()]
-            with gr.Row():
-                lesson = gr.Dropdown(lesson_titles, value=lesson_titles[0] if lesson_titles else None, label="Scenario", scale=3)
-                lesson_button = gr.Button("Load into Edit and Probe", variant="primary", scale=1)
-            lesson_text = gr.Markdown()
-        with gr.Tab("Train"):
-            gr.Markdown("Train the scope classifier and the counterfactual model jointly on edit cases. "
-                        "About 4 s per step on 2 CPU cores; the best checkpoint is written atomically.")
-            with gr.Row():
-                train_path = gr.Textbox(label="Training data (in the server's data directory)", value="counterfact/train.json", scale=3)
-                val_path = gr.Textbox(label="Validation data", value="counterfact/val.json", scale=3)
-                train_upload = gr.File(label="…or upload training data (.json/.jsonl/.csv)", type="filepath", scale=2)
-            with gr.Row():
-                steps = gr.Number(label="Steps", value=20, precision=0)
-                batch_edits = gr.Number(label="Edits per step", value=8, precision=0)
-                lr = gr.Number(label="LoRA learning rate", value=5e-4)
-                c_edit = gr.Number(label="c_edit", value=1.0)
-                c_cls = gr.Number(label="c_cls", value=1.0)
-                variant = gr.Radio(["dense", "cross"], value="dense", label="Classifier")
-            with gr.Row():
-                out_dir = gr.Textbox(label="Checkpoint name (in the runs directory)", value="workbench-checkpoint", scale=3)
-                train_button = gr.Button("Start training", variant="primary", scale=1)
-                stop_button = gr.Button("Stop", scale=1)
-            train_status = gr.Markdown()
-            curves = gr.Plot(label="Training curves", elem_id="curves")
-            with gr.Row():
-                checkpoint_path = gr.Textbox(label="Checkpoint to load into this session: a name in the runs directory, 'default' (shipped) or empty (untrained)", scale=3)
-                load_button = gr.Button("Load checkpoint", scale=1)
-            load_status = gr.Markdown()
-        with gr.Tab("Evaluate"):
-            with gr.Row():
-                eval_path = gr.Textbox(label="Evaluation data (in the server's data directory)", value="counterfact/edit.json", scale=3)
-                eval_upload = gr.File(label="…or upload", type="filepath", scale=2)
-                eval_limit = gr.Number(label="Cases", value=10, precision=0, scale=1)
-                eval_mode = gr.Radio(["single", "batch"], value="single", label="Edits in memory", scale=1)
-                eval_button = gr.Button("Evaluate", variant="primary", scale=1)
-                eval_stop = gr.Button("Stop", scale=1)
-            eval_chart = gr.Plot(label="Comparison", elem_id="eval_chart")
-            eval_table = gr.Dataframe(headers=["system", "reliability", "generalization", "locality"], interactive=False)
-            eval_report = gr.Code(label="Full report (this editor)", language=None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Workspace", id="workspace"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Edits")
+                        prompt = gr.Textbox(label="Prompt", value="The Eiffel Tower is located in the city of")
+                        with gr.Row():
+                            target = gr.Textbox(label="New target", value="Rome")
+                            subject = gr.Textbox(label="Subject (optional)", value="Eiffel Tower")
+                        with gr.Row():
+                            add_button = gr.Button("Add edit", variant="primary")
+                            clear_button = gr.Button("Clear memory")
+                            export_button = gr.Button("Export as JSON")
+                        memory = gr.Dataframe(label="Edit memory", headers=["id", "prompt", "target_new", "subject"], interactive=False, elem_id="memory")
+                        with gr.Row():
+                            remove_id = gr.Textbox(label="Edit id to remove", placeholder="e1")
+                            remove_button = gr.Button("Remove edit")
+                        import_file = gr.File(label="Import edits (.json/.jsonl/.csv, any supported format)", type="filepath")
+                        export_file = gr.File(label="Exported memory")
+                        edit_status = gr.Markdown(elem_id="edit_status")
+                    with gr.Column(scale=3):
+                        gr.Markdown("### Probes")
+                        with gr.Row():
+                            probes = gr.Textbox(label="Probe prompts (one per line)", value=EXAMPLE_PROBES, lines=4, scale=3)
+                            with gr.Column(scale=1):
+                                threshold = gr.Slider(0.0, 1.0, value=system.info.get("threshold", 0.5), step=0.01, label="Routing threshold")
+                                probe_button = gr.Button("Probe", variant="primary")
+                        probe_status = gr.Markdown(elem_id="probe_status")
+                        results = gr.Dataframe(
+                            label="Results", interactive=False, wrap=True, elem_id="results",
+                            column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
+                        )
+                        heatmap = gr.Plot(label="Scope scores", elem_id="heatmap")
+                        why = gr.Markdown(label="Why was each probe routed or not?")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        gr.Markdown("### Inspect a probe")
+                        probe_pick = gr.Dropdown(label="Probe", choices=[], elem_id="probe_pick")
+                        scope = gr.Markdown(elem_id="scope")
+                        tokens = gr.Plot(label="Token view", elem_id="tokens")
+                        with gr.Row():
+                            targets = gr.Textbox(label="Targets to score (one per line), e.g. old and new answer", value="Paris\nRome", lines=2, scale=3)
+                            inspect_button = gr.Button("Score targets", scale=1)
+                        nll = gr.Plot(label="Per-token NLL", elem_id="nll")
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Inspect an edit")
+                        edit_pick = gr.Dropdown(label="Edit", choices=[], elem_id="edit_pick")
+                        claims = gr.Dataframe(label="Probes this edit answers", headers=["probe", "score", "final output"], interactive=False, elem_id="claims")
+            with gr.Tab("Lessons", id="lessons"):
+                titles = [lesson.title for lesson in lessons]
+                with gr.Row():
+                    lesson = gr.Dropdown(titles, value=titles[0] if titles else None, label="Scenario", scale=3)
+                    lesson_button = gr.Button("Load into the workspace", variant="primary", scale=1)
+                lesson_text = gr.Markdown(lessons[0].preview() if lessons else "", elem_id="lesson_text")
+            with gr.Tab("Train", id="train"):
+                gr.Markdown("Train the scope classifier and the counterfactual model jointly on edit cases. "
+                            "About 6 s per step on 2 CPU cores; the best checkpoint is written atomically.")
+                with gr.Row():
+                    train_path = gr.Textbox(label="Training data (in the server's data directory)", value="counterfact/train.json", scale=3)
+                    val_path = gr.Textbox(label="Validation data", value="counterfact/val.json", scale=3)
+                    train_upload = gr.File(label="…or upload training data (.json/.jsonl/.csv)", type="filepath", scale=2)
+                with gr.Row():
+                    steps = gr.Number(label="Steps", value=20, precision=0)
+                    batch_edits = gr.Number(label="Edits per step", value=8, precision=0)
+                    lr = gr.Number(label="LoRA learning rate", value=5e-4)
+                    c_edit = gr.Number(label="c_edit", value=1.0)
+                    c_cls = gr.Number(label="c_cls", value=1.0)
+                    variant = gr.Radio(["dense", "cross"], value="dense", label="Classifier")
+                with gr.Row():
+                    out_dir = gr.Textbox(label="Checkpoint name (in the runs directory)", value="workbench-checkpoint", scale=3)
+                    train_button = gr.Button("Start training", variant="primary", scale=1)
+                    stop_button = gr.Button("Stop", scale=1)
+                train_status = gr.Markdown()
+                curves = gr.Plot(label="Training curves", elem_id="curves")
+                with gr.Row():
+                    checkpoint_path = gr.Textbox(label="Checkpoint to load into this session: a name in the runs directory, 'default' (shipped) or empty (untrained)", scale=3)
+                    load_button = gr.Button("Load checkpoint", scale=1)
+                load_status = gr.Markdown()
+            with gr.Tab("Evaluate", id="evaluate"):
+                with gr.Row():
+                    eval_path = gr.Textbox(label="Evaluation data (in the server's data directory)", value="counterfact/edit.json", scale=3)
+                    eval_upload = gr.File(label="…or upload", type="filepath", scale=2)
+                    eval_limit = gr.Number(label="Cases", value=10, precision=0, scale=1)
+                    eval_mode = gr.Radio(["single", "batch"], value="single", label="Edits in memory", scale=1)
+                    eval_button = gr.Button("Evaluate", variant="primary", scale=1)
+                    eval_stop = gr.Button("Stop", scale=1)
+                eval_chart = gr.Plot(label="Comparison", elem_id="eval_chart")
+                eval_table = gr.Dataframe(headers=["system", "reliability", "generalization", "locality"], interactive=False, elem_id="eval_table")
+                gr.Markdown("**Failing probes** (click one to load its case into the workspace)")
+                failures = gr.Dataframe(
+                    headers=["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"], interactive=False, wrap=True,
+                    elem_id="failures",
+                )
+                eval_report = gr.Code(label="Full report (this editor)", language=None)
 
-        add_button.click(add_edit, [state, prompt, target, subject], [state, memory, edit_status], api_name="add_edit")
-        remove_button.click(remove_edit, [state, remove_id], [state, memory, edit_status], api_name="remove_edit")
-        clear_button.click(clear_edits, [state], [state, memory, edit_status], api_name="clear_edits")
+        workspace = [state, memory, edit_status, results, heatmap, why, probe_pick, probe_status, edit_pick]
+        add_button.click(add_edit, [state, prompt, target, subject, probes, threshold], workspace, api_name="add_edit")
+        remove_button.click(remove_edit, [state, remove_id, probes, threshold], workspace, api_name="remove_edit")
+        clear_button.click(clear_edits, [state, probes, threshold], workspace, api_name="clear_edits")
+        import_file.upload(import_edits, [state, import_file, probes, threshold], workspace, api_name="import_edits")
         export_button.click(export_edits, [state], [export_file], api_name="export_edits")
-        import_file.upload(import_edits, [state, import_file], [state, memory, edit_status], api_name="import_edits")
-        probe_outputs_list = [state, results, heatmap, why, inspect_probe, probe_status]
-        probe_button.click(probe, [state, probes, threshold], probe_outputs_list, api_name="probe").then(
-            inspect, [state, inspect_probe, targets], [nll], api_name=False
-        )
-        threshold.release(reroute, [state, threshold], probe_outputs_list, api_name="reroute")
-        inspect_button.click(inspect, [state, inspect_probe, targets], [nll], api_name="inspect")
-        lesson_button.click(load_lesson, [state, lesson], [state, memory, probes, threshold, lesson_text], api_name="load_lesson")
+        probe_button.click(probe, [state, probes, threshold], workspace, api_name="probe")
+        threshold.release(reroute, [state, threshold], workspace, api_name="reroute")
+        probe_pick.change(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name="inspect")
+        inspect_button.click(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False)
+        edit_pick.change(inspect_edit, [state, edit_pick], [claims], api_name="inspect_edit")
+        lesson.change(preview_lesson, [lesson], [lesson_text], api_name="preview_lesson")
+        lesson_button.click(load_lesson, [state, lesson], [*workspace, probes, threshold, tabs], api_name="load_lesson")
         train_button.click(
             run_training,
             [state, train_path, val_path, train_upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir],
@@ -304,8 +361,9 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
         stop_button.click(stop_training, [state], [train_status], api_name=False)
         load_button.click(load_checkpoint, [state, checkpoint_path], [state, memory, load_status], api_name="load_checkpoint")
         evaluation = eval_button.click(
-            run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode], [state, eval_chart, eval_table, eval_report],
+            run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode], [state, eval_chart, eval_table, eval_report, failures],
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
         eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)
+        failures.select(load_failure, [state, threshold], [*workspace, probes, tabs], api_name=False)
     return app

@@ -53,7 +53,7 @@ def test_a_protected_app_turns_away_the_wrong_login():
         with pytest.raises(Exception):
             Client(url, auth=("ann", "wrong"), verbose=False)
         client = Client(url, auth=("ann", "secret"), verbose=False)
-        memory, _ = client.predict("The capital of Japan is", "Kyoto", "", api_name="/add_edit")
+        memory, *_ = client.predict("The capital of Japan is", "Kyoto", "", "", 0.5, api_name="/add_edit")
         assert memory["data"][0][2] == "Kyoto"
     finally:
         app.close()

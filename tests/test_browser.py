@@ -1,5 +1,6 @@
-"""A real browser (Debian's Chromium, driven by Playwright) adds an edit, probes, and sees the
-routed output, the scope heatmap and the NLL chart."""
+"""A real browser (Debian's Chromium, driven by Playwright) drives the workspace: adds an edit,
+probes, opens the scope inspector and the token view, previews and loads a lesson, runs a 5-case
+evaluation and loads one of its failing probes back into the workspace."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.test_ui import url  # noqa: F401  (the launched tiny app)
+from tests.test_ui import server_dirs, url  # noqa: F401  (the launched tiny app and its directories)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -32,21 +33,44 @@ def browser():
         browser.close()
 
 
-def test_add_edit_probe_and_see_the_charts(browser, url):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+def test_the_workspace_end_to_end(browser, url):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
     page.goto(url)
+    # edit and probe side by side
     page.get_by_label("Prompt", exact=True).fill("The Eiffel Tower is located in the city of")
     page.get_by_label("New target").fill("Rome")
+    page.get_by_label("Probe prompts (one per line)").fill("The Eiffel Tower stands in")
     page.get_by_role("button", name="Add edit").click()
     page.get_by_text("Stored e1").wait_for(timeout=30_000)
-    page.get_by_role("tab", name="Probe").click()
-    page.get_by_label("Probe prompts (one per line)").fill("The Eiffel Tower stands in")
-    page.get_by_role("button", name="Probe", exact=True).click()
-    page.get_by_text("1 routed to the counterfactual model").wait_for(timeout=60_000)
-    results = page.locator("#results")
-    assert "yes" in results.inner_text()
+    page.get_by_text("1 routed to the counterfactual model").wait_for(timeout=60_000)  # adding re-probed
+    assert "yes" in page.locator("#results").inner_text()
     page.locator("#heatmap .plot-container").wait_for(timeout=30_000)
     assert "Scope classifier scores" in page.locator("#heatmap").inner_text()
+    # the inspection of the probe: scope inspector, token view, per-target NLL
+    page.locator("#scope").get_by_text("would decline").wait_for(timeout=30_000)
+    assert "e1" in page.locator("#scope").inner_text()
+    page.locator("#tokens .plot-container").wait_for(timeout=30_000)
+    assert "Output tokens" in page.locator("#tokens").inner_text()
     page.locator("#nll .plot-container").wait_for(timeout=30_000)
-    assert "Per-token NLL" in page.locator("#nll").inner_text()
+    # a lesson: its point shows before it is loaded
+    page.get_by_role("tab", name="Lessons").click()
+    page.get_by_label("Scenario").click()
+    page.get_by_role("option", name="An edit has consequences").click()
+    page.locator("#lesson_text").get_by_text("reasons with it").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Load into the workspace").click()
+    page.get_by_text("Loaded the lesson").wait_for(timeout=60_000)
+    assert "The Eiffel Tower is located in the country of" in page.get_by_label("Probe prompts (one per line)").input_value()
+    # a 5-case evaluation, then one failing probe back into the workspace
+    page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_label("Evaluation data (in the server's data directory)").fill("five.json")
+    page.get_by_label("Cases").fill("5")
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    page.locator("#eval_chart .plot-container").wait_for(timeout=120_000)
+    failing_probe = "The mother tongue of Danielle Darrieux is"  # the tiny model answers noise: this edit fails
+    cell = page.locator("#failures").get_by_text(failing_probe, exact=True).first
+    cell.wait_for(timeout=30_000)
+    cell.click()
+    page.get_by_text("Loaded a failing probe of the evaluation").wait_for(timeout=60_000)
+    assert page.get_by_label("Probe prompts (one per line)").input_value().strip() == failing_probe
+    assert failing_probe in page.locator("#memory").inner_text() and failing_probe in page.locator("#results").inner_text()
     page.close()

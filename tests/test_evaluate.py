@@ -183,7 +183,8 @@ def test_failing_probes_are_kept_with_why():
     kinds = [(f.kind, f.prompt) for f in report.failures]
     assert kinds == [(k, p.prompt) for c in CASES for k, p in zip(("reliability", "generalization"), c.in_scope)]
     first = report.failures[0]
-    assert not first.routed and first.expected == "Rome" and first.best_edit.endswith("-> Rome")
+    assert not first.routed and first.expected == "Rome" and first.best_edit.target_new == "Rome"
+    assert first.edit.prompt == CASES[0].edit.prompt and report.failures[-1].edit.target_new == "English"
     assert report.to_json()["failures"][0]["prompt"] == CASES[0].edit.prompt
 
 

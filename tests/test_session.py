@@ -134,3 +134,32 @@ def test_training_and_evaluation_run_from_the_session_without_a_browser(system, 
     evaluation = session.evaluate(pool, cases[:2], "batch", progress=lambda name, done, total: seen.append(name))
     assert list(evaluation.rows) == ["unedited model", "zero-shot editor", "this editor"]
     assert evaluation.report.n_cases == 2 and {"this editor", "zero-shot editor"} <= set(seen)
+
+
+def test_token_view_scope_view_and_claims_of_a_probe(system):
+    session = Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    session.add_edit("The capital of Japan is", "Kyoto", "")
+    session.probe("The Eiffel Tower stands in\nThe capital of Japan is", 0.5)  # every score is 0.5: all routed
+    result = session.results[0]
+    strips = session.output_tokens(result.prompt)
+    names = [s.name for s in strips]
+    assert names[0] == "base output" and strips[0].producer == "base model"
+    for strip in strips:
+        assert strip.tokens and strip.text.strip()
+        for token in strip.tokens:
+            assert token.nll >= 0 and len(token.alternatives) == 5
+            assert sum(p for _, p in token.alternatives) <= 1.0 + 1e-5
+            assert token.other_nll is None or token.other_nll >= 0
+    if result.routed and not result.declined:
+        assert names == ["base output", "final output"] and strips[1].producer == "counterfactual model"
+    view = session.scope_view(result.prompt)
+    assert [n.edit.id for n in view.nearest] == ["e1", "e2"] and all(n.passes for n in view.nearest)
+    assert 0.0 <= view.decline_probability <= 1.0 and view.decision == result.explanation()
+    assert "would decline" in session.scope_markdown(result.prompt)
+    claimed = session.claims_table(result.best_edit.id)
+    assert set(claimed["probe"]) == {r.prompt for r in session.results if r.routed and not r.declined and r.best_edit.id == result.best_edit.id}
+    with pytest.raises(ValueError, match="no stored edit"):
+        session.claims_table("e9")
+    with pytest.raises(ValueError, match="probe first"):
+        session.output_tokens("never probed")

@@ -43,6 +43,8 @@ def server_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     (root / "data").mkdir()
     (root / "data" / "cases.json").write_text(__import__("json").dumps(CASES))
+    more = [{**case, "prompt": case["prompt"].replace("The", "Today the", 1), "subject": ""} for case in CASES[:2]]
+    (root / "data" / "five.json").write_text(__import__("json").dumps(CASES + more))
     return ServerAccess.create(root / "runs", [root / "data"])
 
 
@@ -59,39 +61,72 @@ def url(server_dirs):
     app.close()
 
 
+# what every workspace endpoint (add, remove, clear, import, probe, reroute, load_lesson) returns, in order
+WORKSPACE = ("memory", "edit_status", "results", "heatmap", "why", "probe_pick", "probe_status", "edit_pick")
+
+
+def workspace(outputs) -> dict:
+    return dict(zip(WORKSPACE, outputs))
+
+
+def rows(table) -> list[dict]:
+    return [dict(zip(table["headers"], row)) for row in table["data"]]
+
+
 def test_named_endpoints(url):
     endpoints = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/add_edit", "/probe", "/reroute", "/inspect", "/remove_edit", "/clear_edits", "/export_edits",
-            "/train", "/evaluate", "/load_checkpoint", "/load_lesson", "/import_edits"} <= set(endpoints)
+    assert {"/add_edit", "/probe", "/reroute", "/inspect", "/inspect_edit", "/remove_edit", "/clear_edits", "/export_edits",
+            "/train", "/evaluate", "/load_checkpoint", "/load_lesson", "/preview_lesson", "/import_edits"} <= set(endpoints)
 
 
 def test_add_edit_then_probe_reads_the_routed_output(url):
     client = Client(url, verbose=False)
-    memory, message = client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
-    assert memory["data"] == [["e1", "The Eiffel Tower is located in the city of", "Rome", ""]] and "Stored e1" in message
-    table, *_, status = client.predict("The Eiffel Tower stands in", 0.5, api_name="/probe")
-    columns = table["headers"]
-    row = dict(zip(columns, table["data"][0]))
+    added = workspace(client.predict("The Eiffel Tower is located in the city of", "Rome", "", "", 0.5, api_name="/add_edit"))
+    assert added["memory"]["data"] == [["e1", "The Eiffel Tower is located in the city of", "Rome", ""]] and "Stored e1" in added["edit_status"]
+    assert added["results"]["data"] in ([], [[""] * 7], [[None] * 7]) or not rows(added["results"])[0]["probe"], "no probes typed: no results"
+    probed = workspace(client.predict("The Eiffel Tower stands in", 0.5, api_name="/probe"))
+    row = rows(probed["results"])[0]
     assert row["routed"] == "yes" and row["final output"] == row["counterfactual output"]
-    assert "1 routed" in status
+    assert "1 routed" in probed["probe_status"]
+
+
+def test_changing_the_memory_probes_the_current_probes_again(url):
+    client = Client(url, verbose=False)
+    probes = "The capital of Japan is\nThe Eiffel Tower stands in"
+    before = workspace(client.predict(probes, 0.5, api_name="/probe"))
+    assert [r["routed"] for r in rows(before["results"])] == ["no", "no"], "nothing stored yet"
+    added = workspace(client.predict("The capital of Japan is", "Kyoto", "", probes, 0.5, api_name="/add_edit"))
+    assert [r["routed"] for r in rows(added["results"])] == ["yes", "yes"] and "2 routed" in added["probe_status"]
+    assert added["edit_pick"]["value"] == "e1"
+    claims = client.predict("e1", api_name="/inspect_edit")
+    assert {r["probe"] for r in rows(claims)} <= {"The capital of Japan is", "The Eiffel Tower stands in"}
+    removed = workspace(client.predict("e1", probes, 0.5, api_name="/remove_edit"))
+    assert [r["routed"] for r in rows(removed["results"])] == ["no", "no"] and removed["memory"]["data"] in ([], [["", "", "", ""]], [[None] * 4])
+
+
+def test_inspecting_a_probe_gives_scope_tokens_and_nll(url):
+    client = Client(url, verbose=False)
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", "The Eiffel Tower stands in", 0.5, api_name="/add_edit")
+    scope, tokens, nll = client.predict("The Eiffel Tower stands in", "Paris\nRome", api_name="/inspect")
+    assert "e1" in scope and "would decline" in scope and "threshold" in scope
+    assert tokens and nll
 
 
 def test_each_client_has_its_own_memory(url):
     first, second = Client(url, verbose=False), Client(url, verbose=False)
-    first.predict("The capital of Japan is", "Kyoto", "", api_name="/add_edit")
-    table, *_ = second.predict("The capital of Japan is", 0.5, api_name="/probe")
-    row = dict(zip(table["headers"], table["data"][0]))
+    first.predict("The capital of Japan is", "Kyoto", "", "", 0.5, api_name="/add_edit")
+    row = rows(workspace(second.predict("The capital of Japan is", 0.5, api_name="/probe"))["results"])[0]
     assert row["routed"] == "no" and row["best edit"] == ""
 
 
 def test_bad_input_is_a_clear_error_and_changes_nothing(url):
     client = Client(url, verbose=False)
-    client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", "", 0.5, api_name="/add_edit")
     with pytest.raises(Exception, match="prompt is empty"):
-        client.predict("   ", "Rome", "", api_name="/add_edit")
+        client.predict("   ", "Rome", "", "", 0.5, api_name="/add_edit")
     with pytest.raises(Exception, match="already stored"):
-        client.predict("The Eiffel Tower is located in the city of", "Paris", "", api_name="/add_edit")
-    memory, _ = client.predict("Another prompt here", "x", "", api_name="/add_edit")
+        client.predict("The Eiffel Tower is located in the city of", "Paris", "", "", 0.5, api_name="/add_edit")
+    memory, *_ = client.predict("Another prompt here", "x", "", "", 0.5, api_name="/add_edit")
     assert [row[0] for row in memory["data"]] == ["e1", "e2"], "the failed adds left the memory as it was"
 
 
@@ -105,9 +140,11 @@ def test_train_load_and_evaluate(url, server_dirs):
     with pytest.raises(Exception, match="no checkpoint directory at runs/missing") as refused:
         client.predict("missing", api_name="/load_checkpoint")
     assert str(server_dirs.runs_dir) not in str(refused.value)
-    chart, table, report = client.predict("cases.json", None, 2, "single", api_name="/evaluate")
+    chart, table, report, failures = client.predict("cases.json", None, 2, "single", api_name="/evaluate")
     assert [row[0] for row in table["data"]] == ["unedited model", "zero-shot editor", "this editor"]
+    assert table["headers"][:4] == ["system", "reliability", "generalization", "locality"]
     assert "2 cases, single mode" in report
+    assert failures["headers"] == ["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"]
     with pytest.raises(Exception, match="evaluation only"):
         client.predict("edit.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
 
@@ -140,24 +177,23 @@ def test_import_edits_all_or_nothing(url, tmp_path):
     client = Client(url, verbose=False)
     good = tmp_path / "edits.csv"
     good.write_text("prompt,target_new\nThe capital of Japan is,Kyoto\nToko Yasuda plays the,piano\n")
-    memory, message = client.predict(handle_file(str(good)), api_name="/import_edits")
+    memory, message, *_ = client.predict(handle_file(str(good)), "", 0.5, api_name="/import_edits")
     assert message == "Imported 2 edits" and [row[2] for row in memory["data"]] == ["Kyoto", "piano"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "A new prompt", "target_new": "x"}\n{"prompt": "", "target_new": "y"}\n')
     with pytest.raises(Exception, match="bad.jsonl record 2"):
-        client.predict(handle_file(str(bad)), api_name="/import_edits")
-    memory, _ = client.predict("one more prompt", "z", "", api_name="/add_edit")
+        client.predict(handle_file(str(bad)), "", 0.5, api_name="/import_edits")
+    memory, *_ = client.predict("one more prompt", "z", "", "", 0.5, api_name="/add_edit")
     assert [row[2] for row in memory["data"]] == ["Kyoto", "piano", "z"], "nothing of the bad file was imported"
 
 
 def test_reroute_with_a_bad_threshold_is_a_clear_error(url):
     client = Client(url, verbose=False)
-    client.predict("The Eiffel Tower is located in the city of", "Rome", "", api_name="/add_edit")
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", "", 0.5, api_name="/add_edit")
     client.predict("The Eiffel Tower stands in", 0.5, api_name="/probe")
     with pytest.raises(Exception, match="greater than maximum value 1.0|threshold must be a number in"):
         client.predict(7.0, api_name="/reroute")
-    table, *_ = client.predict(0.99, api_name="/reroute")
-    assert dict(zip(table["headers"], table["data"][0]))["routed"] == "no"
+    assert rows(workspace(client.predict(0.99, api_name="/reroute"))["results"])[0]["routed"] == "no"
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +226,6 @@ def test_demo_mode_refuses_training_paths_and_big_uploads(demo_url, tmp_path):
     line = '{"prompt": "%s", "target_new": "x"}\n'
     big.write_text("".join(line % f"prompt number {i}" for i in range(DEMO_UPLOAD_BYTES // 40)))
     with pytest.raises(Exception, match="uploads up to|size"):
-        client.predict(handle_file(str(big)), api_name="/import_edits")
-    memory, message = client.predict(handle_file(str(data)), api_name="/import_edits")  # small uploads are fine
+        client.predict(handle_file(str(big)), "", 0.5, api_name="/import_edits")
+    memory, message, *_ = client.predict(handle_file(str(data)), "", 0.5, api_name="/import_edits")  # small uploads are fine
     assert message == "Imported 3 edits"
