@@ -184,9 +184,37 @@ def editing_rows(report: BenchReport, system: SeracSystem, keys: PrecomputedKeys
     report.add(f"full probe {n + 1:,} edits / 1 edit", many / one, unit="x", below=1.2)
 
 
+WORKSPACE_PROBES = (
+    "The Eiffel Tower stands in the city of",
+    "The Eiffel Tower was designed by",
+    "The Louvre is located in the city of",
+    "The capital of Japan is",
+)
+
+
+def workspace_rows(report: BenchReport, system: SeracSystem, repeats: int) -> None:
+    """What a workbench user waits for: an edit added and the workspace's 4 probes probed again,
+    and the token view of one probe (both outputs, both models' NLL, top-5 alternatives)."""
+    from searc.session import Session
+
+    session = Session(system)
+    probes = "\n".join(WORKSPACE_PROBES)
+    session.probe(probes, session.editor.threshold)
+
+    def add_and_reprobe() -> None:
+        session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+        session.reprobe(probes, session.editor.threshold)
+
+    ms = median_ms(add_and_reprobe, repeats, setup=session.clear)
+    report.add("workspace: add an edit, re-probe 4 probes", ms, below=1500.0)
+    routed = next((r.prompt for r in session.results if r.routed and not r.declined), WORKSPACE_PROBES[0])
+    report.add("workspace: token view of a routed probe", median_ms(lambda: session.output_tokens(routed), repeats), below=500.0,
+               note="base and final outputs, both models' NLL, top-5 alternatives")
+
+
 def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSystem, train_cases: Sequence[EditCase], eval_cases: Sequence[EditCase], steps: int) -> None:
     for checkpointing, suffix in ((False, ""), (True, ", --gradient-checkpointing")):
-        config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2, gradient_checkpointing=checkpointing)
+        config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2, gradient_checkpointing=checkpointing, consequences=False)
         events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
         report.add("training throughput" + suffix, statistics.median(e.examples_per_s for e in events), unit="examples/s",
                    note=f"batch of 8 edits, median of {len(events)} steps")
@@ -305,6 +333,7 @@ def run_bench(
     scoring_rows(report, dense_keys, texts, probes, sizes.scoring, sizes.repeats)
     progress("adding and probing")
     editing_rows(report, system, dense_keys, texts, sizes.edits, sizes.repeats)
+    workspace_rows(report, system, max(3, sizes.repeats // 2))
     del dense_keys
     progress("cross-encoder scoring")
     if cross_checkpoint:

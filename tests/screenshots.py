@@ -1,7 +1,8 @@
 """Screenshots of each workbench panel for the README: `make screenshots` (needs Debian's chromium).
 
-Starts the real app (bundled models, shipped checkpoint) on a free port, loads the "many edits"
-lesson, probes, and saves one PNG per tab to assets/screenshots/.
+Starts the real app (bundled models, shipped checkpoint) on a free port, previews and loads the
+"An edit has consequences" lesson into the workspace (probed, with the scope inspector and token
+view of its first probe), runs a 5-case evaluation, and saves one PNG per tab to assets/screenshots/.
 """
 
 from __future__ import annotations
@@ -34,21 +35,18 @@ def main() -> None:
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("tab", name="Lessons").click()
         page.get_by_label("Scenario").click()
-        page.get_by_role("option", name="Many edits at once").click()
-        page.get_by_role("button", name="Load into Edit and Probe").click()
-        page.get_by_text("Now open the Probe tab").wait_for(timeout=60_000)
+        page.get_by_role("option", name="An edit has consequences").click()
+        page.locator("#lesson_text").get_by_text("reasons with it").wait_for(timeout=60_000)
         page.screenshot(path=str(OUT / "lessons.png"), full_page=True)
-        page.get_by_role("tab", name="Edit").click()
-        page.screenshot(path=str(OUT / "edit.png"), full_page=True)
-        page.get_by_role("tab", name="Probe").click()
-        page.get_by_role("button", name="Probe", exact=True).click()
+        page.get_by_role("button", name="Load into the workspace").click()
         page.get_by_text(re.compile(r"^\d+ probes, \d+ routed")).wait_for(timeout=120_000)
+        page.locator("#tokens .plot-container").wait_for(timeout=60_000)
         page.locator("#nll .plot-container").wait_for(timeout=60_000)
-        page.screenshot(path=str(OUT / "probe.png"), full_page=True)
+        page.screenshot(path=str(OUT / "workspace.png"), full_page=True)
         page.get_by_role("tab", name="Train").click()
         page.screenshot(path=str(OUT / "train.png"), full_page=True)
         page.get_by_role("tab", name="Evaluate").click()
-        page.get_by_label("Cases").fill("3")
+        page.get_by_label("Cases").fill("5")
         page.get_by_role("button", name="Evaluate", exact=True).click()
         page.locator("#eval_chart .plot-container").wait_for(timeout=300_000)
         page.screenshot(path=str(OUT / "evaluate.png"), full_page=True)

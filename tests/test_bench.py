@@ -28,6 +28,8 @@ def test_bench_measures_everything_it_promises():
         "add one edit to a memory of 100",
         "full probe (score, route, generate 12 tokens), 1 edit",
         "full probe 101 edits / 1 edit",
+        "workspace: add an edit, re-probe 4 probes",
+        "workspace: token view of a routed probe",
         "cross scoring, 1 probe vs 100 edits",
         "naive cross scoring (every edit), 1 probe vs 100 edits",
         "top-32 recall of the exhaustive best edit",
@@ -40,6 +42,7 @@ def test_bench_measures_everything_it_promises():
     assert all(name in names for name in expected), set(expected) - set(names)
     assert all(row.value > 0 for row in report.rows if "recall" not in row.name)
     assert next(r for r in report.rows if r.name == "add one edit to a memory of 100").target == "< 20 ms"
+    assert next(r for r in report.rows if r.name == "workspace: token view of a routed probe").target == "< 500 ms"
     assert "measurement" in report.table() and json.loads(json.dumps(report.to_json()))["rows"]
 
 
