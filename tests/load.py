@@ -62,12 +62,12 @@ def _client_loop(url: str, index: int, deadline: float, report: LoadReport, lock
 
     while time.monotonic() < deadline:
         try:
-            memory, _ = call("add_edit", f"Fact number {count} kept by {mark} is", f"{mark}{count}", "")
+            memory, *_ = call("add_edit", f"Fact number {count} kept by {mark} is", f"{mark}{count}", "", "", 0.5)
             targets = [row[2] for row in memory["data"]]
             if targets != [f"{mark}{k}" for k in range(count + 1)]:
                 with lock:
                     report.leaks.append(f"client {index} memory: {targets}")
-            table, *_ = call("probe", f"Fact number {count} kept by {mark} is", 0.5)
+            table = call("probe", f"Fact number {count} kept by {mark} is", 0.5)[2]  # memory, status, then the results
             best = [row[1] for row in table["data"]]
             if any(cell and mark not in cell for cell in best):
                 with lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.load import run_load
-from tests.test_ui import url  # noqa: F401  (the launched tiny app)
+from tests.test_ui import server_dirs, url  # noqa: F401  (the launched tiny app and its directories)
 
 
 def test_twenty_concurrent_sessions_stay_isolated_and_error_free(url):  # noqa: F811
