@@ -214,7 +214,7 @@ def workspace_rows(report: BenchReport, system: SeracSystem, repeats: int) -> No
 
 def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSystem, train_cases: Sequence[EditCase], eval_cases: Sequence[EditCase], steps: int) -> None:
     for checkpointing, suffix in ((False, ""), (True, ", --gradient-checkpointing")):
-        config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2, gradient_checkpointing=checkpointing, consequences=False)
+        config = TrainConfig(steps=steps, batch_edits=8, val_every=10**6, val_cases=2, gradient_checkpointing=checkpointing)
         events = [e for e in train(trainee, train_cases, train_cases[:2], config) if e.kind == "step"][1:]  # first step warms up
         report.add("training throughput" + suffix, statistics.median(e.examples_per_s for e in events), unit="examples/s",
                    note=f"batch of 8 edits, median of {len(events)} steps")

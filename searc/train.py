@@ -62,7 +62,10 @@ class TrainConfig:
     drop_subject: float = 0.5  # train also on edits without a subject, as users type them
     hard_fraction: float = 0.5  # share of each batch drawn from the seed case's nearest neighbours
     augment: bool = True  # other wordings and other facts of each subject (searc.augment)
-    consequences: bool = True  # with augment: consequence probes from the base model's knowledge (searc.consequences)
+    # with augment: consequence probes from the base model's knowledge (searc.consequences). Off by
+    # default: the one run with them (README, "How well it works") answered consequences no better
+    # and lost recall on the edits' own paraphrases
+    consequences: bool = False
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
     # CounterFact relations left out of training entirely (their cases and their templates), so that

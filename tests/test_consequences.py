@@ -70,3 +70,26 @@ def test_the_augmenter_adds_a_consequence_in_scope_with_its_own_answer():
     consequences = [p for p in augmented.in_scope if p.group == "consequence"]
     assert len(consequences) == 1 and consequences[0].answer == "Italy"
     assert all(p.prompt != consequences[0].prompt for p in augmented.out_of_scope)
+
+
+def test_training_with_consequences_asks_the_base_model_once_and_records_how_many_facts(monkeypatch, tmp_path):
+    import searc.train as training
+    from searc.checkpoint import read_checkpoint
+    from searc.train import TrainConfig, train
+    from tests.conftest import make_system
+
+    asked = []
+
+    def facts_for(lm, cases):
+        asked.append(len(cases))
+        return {("Rome", "country"): "Italy"}
+
+    monkeypatch.setattr(training, "facts_for", facts_for)
+    cases = [LOUVRE, EditCase(Edit("The location of the Colosseum is", "Paris", subject="the Colosseum"),
+                              (Probe("The location of the Colosseum is", "Paris"),), (Probe("The location of Big Ben is", "London"),))]
+    config = TrainConfig(steps=1, batch_edits=2, val_every=1, val_cases=2, consequences=True, held_out_relations=())
+    events = list(train(make_system("llama"), cases, cases, config, out=tmp_path / "ck"))
+    assert events[-1].kind == "done" and asked == [2]
+    assert read_checkpoint(tmp_path / "ck").config["training"]["consequence_facts"] == 1
+    list(train(make_system("llama"), cases, cases, TrainConfig(steps=1, batch_edits=2, val_every=1, val_cases=2, held_out_relations=())))
+    assert asked == [2], "off by default"

@@ -121,7 +121,7 @@ def test_training_and_evaluation_run_from_the_session_without_a_browser(system, 
         for i in range(3)
     ]
     session, pool = Session(system), SystemPool(system, loader=tiny_loader)
-    config = TrainConfig(steps=2, batch_edits=2, val_every=1, val_cases=2, consequences=False)
+    config = TrainConfig(steps=2, batch_edits=2, val_every=1, val_cases=2)
     events = list(session.train(pool, cases, cases, config, "dense", tmp_path / "ck", threading.Event()))
     kinds = [event.kind for event, _ in events]
     assert kinds[-1] == "done" and kinds.count("step") == 2 and kinds.count("validation") == 2
