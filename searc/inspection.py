@@ -19,7 +19,7 @@ from typing import Sequence
 
 from searc.counterfactual import counterfactual_input
 from searc.editor import ProbeResult, SeracSystem
-from searc.lm import LanguageModel, TargetScore
+from searc.lm import TargetScore
 from searc.memory import Edit
 
 TOP_ALTERNATIVES = 5
@@ -79,31 +79,34 @@ def claimed_by(edit_id: str, results: Sequence[ProbeResult]) -> list[ProbeResult
 
 
 def output_tokens(system: SeracSystem, result: ProbeResult, k: int = TOP_ALTERNATIVES) -> list[OutputTokens]:
-    """Token strips of the base output and, when the counterfactual model answered, of the final output."""
+    """Token strips of the base output and, when the counterfactual model answered, of the final
+    output. Each model scores both outputs in one batch: two forward passes in all."""
     edit = result.best_edit
     context = counterfactual_input(edit, result.prompt) if edit is not None else None
-    strips = [_strip("base output", "base model", system.base, result.prompt, result.base_output,
-                     ("counterfactual model", system.counterfactual, context) if context else None, k)]
+    outputs = [("base output", "base model", result.base_output)]
     if result.routed and not result.declined:
-        strips.append(_strip("final output", "counterfactual model", system.counterfactual, context, result.output,
-                             ("base model", system.base, result.prompt), k))
-    return [s for s in strips if s is not None]
+        outputs.append(("final output", "counterfactual model", result.output))
+    outputs = [(name, producer, text) for name, producer, text in outputs if text.strip()]
+    if not outputs:
+        return []
+    texts = [text for _, _, text in outputs]
+    scores = {"base model": system.base.score_targets([result.prompt] * len(texts), texts)}
+    if context is not None:
+        scores["counterfactual model"] = system.counterfactual.score_targets([context] * len(texts), texts)
+    tokenizers = {"base model": system.base.tokenizer, "counterfactual model": system.counterfactual.tokenizer}
+    strips = []
+    for row, (name, producer, text) in enumerate(outputs):
+        other = next((m for m in scores if m != producer), None)
+        strips.append(_strip(name, producer, text, scores[producer][row], other, scores[other][row] if other else None, tokenizers[producer], k))
+    return strips
 
 
-def _strip(name: str, producer: str, lm: LanguageModel, prompt: str, text: str, other, k: int) -> OutputTokens | None:
-    if not text.strip():
-        return None
-    own = _scores(lm, prompt, text)
-    theirs = _scores(other[1], other[2], text) if other else None
+def _strip(name: str, producer: str, text: str, own: TargetScore, other: str | None, theirs: TargetScore | None, tokenizer, k: int) -> OutputTokens:
     if theirs is not None and theirs.token_ids != own.token_ids:
         theirs = None  # tokenised otherwise under the other prompt: no token-by-token comparison
     tokens = []
     for position, (token, nll) in enumerate(zip(own.tokens, own.token_nll)):
         top = own.log_probs[position].topk(k)
-        alternatives = tuple((lm.tokenizer.decode([i]), math.exp(float(v))) for v, i in zip(top.values, top.indices.tolist()))
+        alternatives = tuple((tokenizer.decode([i]), math.exp(float(v))) for v, i in zip(top.values, top.indices.tolist()))
         tokens.append(TokenInfo(token, nll, theirs.token_nll[position] if theirs else None, alternatives))
-    return OutputTokens(name, producer, other[0] if theirs else None, text, tuple(tokens))
-
-
-def _scores(lm: LanguageModel, prompt: str, text: str) -> TargetScore:
-    return lm.score_targets([prompt], [text])[0]
+    return OutputTokens(name, producer, other if theirs else None, text, tuple(tokens))
