@@ -107,6 +107,11 @@ class ServerAccess:
                 return f"{label}/{resolved.relative_to(base).as_posix()}"
         return resolved.name
 
+    def shown_spec(self, spec: str | None) -> str:
+        """A model spec for the page: 'bundled' or a hub id as given, a local path by its name."""
+        text = str(spec or "")
+        return self.shown(text) if text and Path(text).exists() else text
+
     def redact(self, message: str) -> str:
         """A message for the page with the server's directories named as the page names them."""
         shipped = default_checkpoint()

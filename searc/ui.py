@@ -42,9 +42,10 @@ def _session(state: Session | None, system: SeracSystem) -> Session:
     return state if state is not None else Session(system)
 
 
-def _fail(error: Exception) -> None:
-    """Bad input: a clear message in the page; the session is left exactly as it was."""
-    raise gr.Error(str(error).strip("'\""))
+def _fail(error: Exception, access: ServerAccess) -> None:
+    """Bad input: a clear message in the page (server directories named as the page names them);
+    the session is left exactly as it was."""
+    raise gr.Error(access.redact(str(error)).strip("'\""))
 
 
 def workspace_outputs(session: Session, edit_message: str, probe_message: str = ""):
@@ -82,7 +83,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             edit = session.add_edit(prompt, target, subject)
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
         return changed(session, probes_text, threshold, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
 
     def remove_edit(state, edit_id, probes_text, threshold):
@@ -90,7 +91,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             edit = session.remove_edit(edit_id)
         except KeyError as error:
-            _fail(error)
+            _fail(error, access)
         return changed(session, probes_text, threshold, f"Removed {edit.id}")
 
     def clear_edits(state, probes_text, threshold):
@@ -101,12 +102,12 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
     def import_edits(state, path, probes_text, threshold):
         session = _session(state, system)
         if not path:
-            _fail(ValueError("choose a .json, .jsonl or .csv file to import"))
+            _fail(ValueError("choose a .json, .jsonl or .csv file to import"), access)
         try:
             access.check_upload(path)
             stored = session.import_edits(path)
         except (ValueError, OSError) as error:  # DataError is a ValueError
-            _fail(error)
+            _fail(error, access)
         return changed(session, probes_text, threshold, f"Imported {len(stored)} edits")
 
     def export_edits(state):
@@ -120,7 +121,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             session.probe(probes_text, threshold)
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
         return workspace_outputs(session, "")
 
     def reroute(state, threshold):
@@ -128,7 +129,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             session.reroute(threshold)
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
         return workspace_outputs(session, "", f"Re-routed at threshold {threshold:.2f} (no model was run)")
 
     def inspect_probe(state, probe_prompt, targets_text):
@@ -139,7 +140,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             return session.scope_markdown(probe_prompt), token_strips(session.output_tokens(probe_prompt)), nll_chart(session.inspect(probe_prompt, targets_text))
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
 
     def inspect_edit(state, edit_id):
         session = _session(state, system)
@@ -148,7 +149,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         try:
             return session.claims_table(edit_id)
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
 
     def preview_lesson(title):
         lesson = next((l for l in load_lessons() if l.title == title), None)
@@ -158,7 +159,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         session = _session(state, system)
         lesson = next((l for l in load_lessons() if l.title == title), None)
         if lesson is None:
-            _fail(ValueError("pick a lesson"))
+            _fail(ValueError("pick a lesson"), access)
         session.load_lesson(lesson)
         outputs = changed(session, lesson.probes_text(), session.editor.threshold, f"Loaded the lesson “{lesson.title}”")
         return (*outputs, lesson.probes_text(), session.editor.threshold, gr.Tabs(selected="workspace"))
@@ -180,7 +181,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
                 raise ValueError("edit.json files are for evaluation only; train on a train split")
             train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
         except (ValueError, DataError) as error:
-            _fail(error)
+            _fail(error, access)
         stop = stops[id(session)] = threading.Event()
         for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop):
             progress(event.step / event.total_steps, desc="training")
@@ -200,7 +201,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         try:
             session.use_system(pool.get(access.checkpoint_to_load(name)))
         except (ValueError, CheckpointError) as error:
-            _fail(ValueError(access.redact(str(error))))
+            _fail(error, access)
         return session, session.memory_table(), f"This session now uses checkpoint: {access.shown(session.system.info.get('checkpoint'))}"
 
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
@@ -208,7 +209,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         try:
             cases = access.cases(data_path, upload, limit=min(int(limit), DEMO_EVAL_CASES) if access.demo_mode else int(limit))
         except (ValueError, DataError) as error:
-            _fail(error)
+            _fail(error, access)
         evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
         return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 
@@ -218,7 +219,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         try:
             probe_text = session.load_failure(selected.index[0])
         except ValueError as error:
-            _fail(error)
+            _fail(error, access)
         session.reprobe(probe_text, threshold)
         return (*workspace_outputs(session, "Loaded a failing probe of the evaluation"), probe_text, gr.Tabs(selected="workspace"))
 
@@ -235,12 +236,13 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
      preview_lesson, load_lesson) = make_handlers(system, access)
     run_training, stop_training, load_checkpoint, run_evaluation, load_failure = make_heavy_handlers(system, pool, access)
     checkpoint = access.shown(system.info.get("checkpoint")) if system.info.get("checkpoint") else "none (untrained: calibrated encoder + instruct model)"
+    lm, encoder = access.shown_spec(system.info.get("lm")), access.shown_spec(system.info.get("encoder"))
     lessons = load_lessons()
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
         state = gr.State(None)
         gr.Markdown(
             "# searc — memory-based model editing (SERAC)\n"
-            f"Base model `{system.info.get('lm')}`, classifier encoder `{system.info.get('encoder')}`, "
+            f"Base model `{lm}`, classifier encoder `{encoder}`, "
             f"checkpoint `{checkpoint}`. The base model is never changed: edits live in a memory, a scope "
             "classifier decides which probes they cover, and a counterfactual model answers those."
         )

@@ -169,6 +169,10 @@ def test_data_and_checkpoints_are_read_only_below_their_directories(url, server_
         assert str(tmp_path) not in str(refused.value)
     with pytest.raises(Exception, match="relative to the runs directory"):
         client.predict(str(tmp_path), api_name="/load_checkpoint")
+    (server_dirs.data_dirs[0] / "bad.json").write_text('[{"prompt": "", "target_new": "x"}]')
+    with pytest.raises(Exception, match="bad.json record 1") as refused:
+        client.predict("bad.json", None, 2, "single", api_name="/evaluate")
+    assert str(server_dirs.data_dirs[0]) not in str(refused.value), "a data error names the file as the page does"
 
 
 def test_import_edits_all_or_nothing(url, tmp_path):
