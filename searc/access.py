@@ -95,16 +95,15 @@ class ServerAccess:
             raise ValueError(f"cannot read {self.shown(source) if not upload else Path(upload).name}: {error.strerror}") from None
 
     def shown(self, path: str | Path | None) -> str:
-        """A server path as the page may show it: relative to the runs or a data directory, the
-        shipped checkpoint by that name, anything else by its last part alone."""
+        """A server path as the page may show it: relative to the shipped checkpoint, the runs or a
+        data directory, by that name; anything else by its last part alone."""
         if path is None:
             return "none"
         resolved = Path(path).resolve()
-        if resolved == (default_checkpoint() or Path("/nonexistent")).resolve():
-            return "shipped"
-        for base, label in ((self.runs_dir, "runs"), *((d, "data") for d in self.data_dirs)):
+        for base, label in self._labelled_dirs():
             if resolved.is_relative_to(base):
-                return f"{label}/{resolved.relative_to(base).as_posix()}"
+                inside = resolved.relative_to(base).as_posix()
+                return label if inside == "." else f"{label}/{inside}"
         return resolved.name
 
     def shown_spec(self, spec: str | None) -> str:
@@ -114,10 +113,14 @@ class ServerAccess:
 
     def redact(self, message: str) -> str:
         """A message for the page with the server's directories named as the page names them."""
-        shipped = default_checkpoint()
-        for base, label in ((self.runs_dir, "runs"), *((d, "data") for d in self.data_dirs), *(((shipped, "shipped"),) if shipped else ())):
+        for base, label in self._labelled_dirs():
             message = message.replace(str(base), label)
         return message
+
+    def _labelled_dirs(self) -> list[tuple[Path, str]]:
+        """The server directories the page names, and their names: the shipped checkpoint first."""
+        shipped = default_checkpoint()
+        return [*(((shipped.resolve(), "shipped"),) if shipped else ()), (self.runs_dir, "runs"), *((d, "data") for d in self.data_dirs)]
 
 
 def _relative_name(name: str, what: str) -> PurePath:

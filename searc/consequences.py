@@ -7,10 +7,11 @@ probes, so they are made here from the unedited model's own knowledge:
 
 1. every training edit (subject, relation, new object) whose relation gives its object a kind this
    module knows (a place, an organisation, a language, a position in a sport, a religion) has
-   follow-on `Step`s: a place has a country, a continent, a capital, an official language;
+   follow-on `Step`s: a place has a country, a capital, an official language (`STEPS`);
 2. the unedited model is asked each step of each new object in two wordings ("Rome is located in
-   the country of", "Which country is Rome in? It is in"), greedily; an answer is kept only when
-   both wordings give it (one's words start the other's) and it is neither the object nor empty;
+   the country of", "Rome is a city in the country of"), greedily; an answer is kept only when
+   both wordings give it (one's words start the other's), it is not empty and echoes neither the
+   question nor the object, and a country gets no country;
 3. probes about the subject compose the edit with the step, in scope with that answer as target:
    a relation-and-step cloze and question ("The country of the location of {s} is", "What is the
    country of the location of {s}? It is"), and, where a relation of the step's own kind reads

@@ -58,3 +58,7 @@ def load_lesson(path: Path) -> Lesson:
 
 def load_lessons(directory: Path = LESSONS_DIR) -> list[Lesson]:
     return [load_lesson(path) for path in sorted(directory.glob("*.json"))]
+
+
+def lesson_titled(title: str | None, directory: Path = LESSONS_DIR) -> Lesson | None:
+    return next((lesson for lesson in load_lessons(directory) if lesson.title == title), None)

@@ -87,14 +87,18 @@ class Session:
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
         return self.editor.add_edit(prompt, target_new, (subject or "").strip() or None)
 
-    def load_lesson(self, lesson) -> None:
-        """Replace the memory with a lesson's edits (all validated before anything is cleared)."""
+    def replace_memory(self, edits: Sequence[Edit]) -> None:
+        """A memory of exactly `edits` (all validated before anything is cleared); no results yet."""
         fresh = EditMemory(max_edits=MAX_SESSION_EDITS)
-        fresh.add(list(lesson.edits), self.system.classifier)
+        fresh.add(list(edits), self.system.classifier)
         self.editor.memory = fresh
-        if lesson.threshold is not None:
-            self.editor.threshold = check_threshold(lesson.threshold)
         self.results = []
+
+    def load_lesson(self, lesson) -> None:
+        """Replace the memory with a lesson's edits, and the threshold with the lesson's if it has one."""
+        threshold = check_threshold(lesson.threshold) if lesson.threshold is not None else self.editor.threshold
+        self.replace_memory(lesson.edits)
+        self.editor.threshold = threshold
 
     def import_edits(self, path: str) -> list[Edit]:
         """Add every edit of a data file (any format `load_cases` reads), all or nothing."""
@@ -225,11 +229,12 @@ class Session:
         self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None
     ) -> Evaluation:
         """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this session's threshold."""
-        systems = {"this editor": self.system, "zero-shot editor": pool.get(None)}
+        systems = {"this editor": self.system}
+        zero_shot = pool.get(None)
+        if zero_shot is not self.system:  # an untrained session is itself the zero-shot editor
+            systems["zero-shot editor"] = zero_shot
         reports = {}
         for name, system in systems.items():
-            if name == "zero-shot editor" and system is self.system:
-                continue
             step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
             reports[name] = evaluate(system, cases, mode=mode, threshold=self.editor.threshold, progress=step)
         self.evaluation = Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])
@@ -253,8 +258,5 @@ class Session:
             raise ValueError("run an evaluation, then pick one of its failing probes")
         failure = failures[index]
         edits = [failure.edit] + ([failure.best_edit] if failure.best_edit and failure.best_edit.prompt != failure.edit.prompt else [])
-        fresh = EditMemory(max_edits=MAX_SESSION_EDITS)
-        fresh.add([Edit(e.prompt, e.target_new, e.subject, e.target_true) for e in edits], self.system.classifier)
-        self.editor.memory = fresh
-        self.results = []
+        self.replace_memory([Edit(e.prompt, e.target_new, e.subject, e.target_true) for e in edits])  # fresh ids
         return failure.prompt

@@ -21,7 +21,7 @@ from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips
 from searc.checkpoint import CheckpointError
 from searc.data import DataError
 from searc.editor import SeracSystem
-from searc.lessons import load_lessons
+from searc.lessons import lesson_titled, load_lessons
 from searc.session import Session
 from searc.system import SystemPool
 from searc.train import TrainConfig
@@ -152,12 +152,12 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             _fail(error, access)
 
     def preview_lesson(title):
-        lesson = next((l for l in load_lessons() if l.title == title), None)
+        lesson = lesson_titled(title)
         return lesson.preview() if lesson else ""
 
     def load_lesson(state, title):
         session = _session(state, system)
-        lesson = next((l for l in load_lessons() if l.title == title), None)
+        lesson = lesson_titled(title)
         if lesson is None:
             _fail(ValueError("pick a lesson"), access)
         session.load_lesson(lesson)
