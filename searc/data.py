@@ -36,10 +36,10 @@ class Probe:
     answer: str  # the expected answer (target_new in scope; the true answer out of scope); "" = unknown
     aliases: tuple[str, ...] = ()  # other answers that count as right (KnowEdit's alias lists)
     group: str = ""  # the data's category (KnowEdit: "Relation_Specificity", "Reasoning", ...)
-    # a portability probe's second step, asked of the new object alone ("Volkswagen Group
-    # headquartered in" -> Wolfsburg): whether the unedited model knows it bounds what an editor
-    # built on that model can port (zsRE's "Recalled Relation")
-    second_step: Probe | None = None
+    # a portability probe's second step, asked of the new object alone in several wordings
+    # ("Volkswagen Group headquartered in" -> Wolfsburg): whether the unedited model knows it in any
+    # of them bounds what an editor built on that model can port (zsRE's "Recalled Relation")
+    second_steps: tuple[Probe, ...] = ()
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -202,8 +202,8 @@ def _zsre(record: dict, where: str) -> EditCase:
     portability = record.get("portability") or {}
     ported = ()
     if portability.get("New Question") and portability.get("New Answer"):
-        step = _recalled_relation(portability.get("Recalled Relation"), portability["New Answer"])
-        ported = (Probe(portability["New Question"], portability["New Answer"], group="New Question", second_step=step),)
+        steps = _recalled_relation(portability.get("Recalled Relation"), portability["New Answer"])
+        ported = (Probe(portability["New Question"], portability["New Answer"], group="New Question", second_steps=steps),)
     return EditCase(
         Edit(prompt, target, record.get("subject"), answers[0] if answers else None),
         (Probe(prompt, target), Probe(_text(record, "rephrase", where), target)),
@@ -212,16 +212,21 @@ def _zsre(record: dict, where: str) -> EditCase:
     )
 
 
-def _recalled_relation(triple: object, new_answer: str) -> Probe | None:
-    """zsRE's "(object, relation, answer)" as a cloze of the second step ("Volkswagen Group
-    headquartered in" -> "Wolfsburg, Germany"; the new answer also counts); None if not a triple."""
+def _recalled_relation(triple: object, new_answer: str) -> tuple[Probe, ...]:
+    """zsRE's "(object, relation, answer)" as the second step in three wordings, a cloze, a noun
+    phrase and a question ("Volkswagen Group headquartered in", "The headquartered in of Volkswagen
+    Group is", "Question: What is the headquartered in of Volkswagen Group? Answer:"), since a
+    relation label reads well in only some of them; the answer is "Wolfsburg, Germany" and the new
+    answer also counts. No wording if the field is not such a triple."""
     if not isinstance(triple, str):
-        return None
+        return ()
     parts = [p.strip() for p in triple.strip().removeprefix("(").removesuffix(")").split(", ", 2)]
     if len(parts) != 3 or not all(parts):
-        return None
+        return ()
     subject, relation, answer = parts
-    return Probe(f"{subject} {relation}", answer, (new_answer,) if new_answer != answer else ())
+    aliases = (new_answer,) if new_answer != answer else ()
+    wordings = (f"{subject} {relation}", f"The {relation} of {subject} is", f"Question: What is the {relation} of {subject}? Answer:")
+    return tuple(Probe(w, answer, aliases) for w in wordings)
 
 
 FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict, str], EditCase]]] = {

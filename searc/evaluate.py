@@ -83,8 +83,9 @@ MAX_FAILURES = 500  # kept in a report (the metrics count every probe)
 class Ceiling:
     """What an editor built on this base model can reach on portability probes (generation).
 
-    `second_step`: the fraction whose second step the unedited model answers alone ("Volkswagen
-    Group headquartered in" -> Wolfsburg), where the data gives the step (zsRE), else nan;
+    `second_step`: the fraction whose second step the unedited model answers alone, in any of its
+    wordings ("Volkswagen Group headquartered in" -> Wolfsburg), where the data gives the step
+    (zsRE), else nan;
     `told`: the fraction it answers when told the edit (the counterfactual model's input, untrained
     weights, the right edit: what reading the edit with this model's knowledge gives).
     `within_*`: this editor's portability on the probes within that ceiling."""
@@ -164,7 +165,7 @@ class _Probe:
     edit_index: int  # index of the case's edit in the editor's memory
     group: str = ""
     claimed: bool = False  # a locality prompt that asks for a stored edit's fact
-    second_step: Probe | None = None  # portability: the second step alone (see `Ceiling`)
+    second_steps: tuple[Probe, ...] = ()  # portability: the second step alone, its wordings (see `Ceiling`)
 
     @property
     def answer(self) -> str:
@@ -193,7 +194,7 @@ def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[
     probes += [
         _Probe("locality", p.prompt, p.answers, edit_index, p.group, claimed=any(claims(e, p) for e in claimants)) for p in case.out_of_scope
     ]
-    probes += [_Probe("portability", p.prompt, p.answers, edit_index, p.group, second_step=p.second_step) for p in case.portability]
+    probes += [_Probe("portability", p.prompt, p.answers, edit_index, p.group, second_steps=p.second_steps) for p in case.portability]
     return probes
 
 
@@ -239,10 +240,11 @@ def _ceilings(chunk: Sequence[tuple[Editor, _Probe]]) -> dict[int, tuple[bool, b
         [counterfactual_input(editor.memory.edits[probe.edit_index], probe.prompt) for editor, probe in (chunk[i] for i in ported)],
         max_new_tokens=budget,
     )
-    stepped = [i for i in ported if chunk[i][1].second_step is not None]
-    steps = [chunk[i][1].second_step for i in stepped]
-    alone = base.generate([s.prompt for s in steps], max_new_tokens=base.budget_for([a for s in steps for a in s.answers]))
-    known = {i: starts_with_any(g.text, s.answers) for i, s, g in zip(stepped, steps, alone)}
+    steps = [(i, step) for i in ported for step in chunk[i][1].second_steps]
+    alone = base.generate([s.prompt for _, s in steps], max_new_tokens=base.budget_for([a for _, s in steps for a in s.answers]))
+    known: dict[int, bool] = {}
+    for (i, step), generated in zip(steps, alone):  # known if any wording gets it
+        known[i] = known.get(i, False) or starts_with_any(generated.text, step.answers)
     return {i: (starts_with_any(g.text, chunk[i][1].answers), known.get(i)) for i, g in zip(ported, told)}
 
 

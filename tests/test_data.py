@@ -201,6 +201,9 @@ def test_zsre_portability_is_a_new_question_with_its_second_step(tmp_path):
     case, without_step = load_cases(path)
     (ported,) = case.portability
     assert (ported.group, ported.answers) == ("New Question", ("Wolfsburg",))
-    assert ported.second_step.prompt == "Volkswagen Group headquartered in"
-    assert ported.second_step.answers == ("Wolfsburg, Germany", "Wolfsburg")  # the triple's answer, then the new answer
-    assert without_step.portability[0].second_step is None
+    assert [s.prompt for s in ported.second_steps] == [
+        "Volkswagen Group headquartered in", "The headquartered in of Volkswagen Group is",
+        "Question: What is the headquartered in of Volkswagen Group? Answer:",
+    ]
+    assert {s.answers for s in ported.second_steps} == {("Wolfsburg, Germany", "Wolfsburg")}  # the triple's answer, then the new answer
+    assert without_step.portability[0].second_steps == ()

@@ -190,25 +190,30 @@ def test_failing_probes_are_kept_with_why():
 
 def test_portability_ceilings_count_what_the_base_model_answers_told_the_edit_and_alone():
     system = system_with_bias(8.0)
-    step = Probe("Rome is located in the country of", "Italy")
+    steps = (Probe("Rome is located in the country of", "Italy"), Probe("The country of Rome is", "Italy"))
     ported = EditCase(
         CASES[0].edit, CASES[0].in_scope, CASES[0].out_of_scope,
-        (Probe("The Eiffel Tower is in the country of", "Italy", group="New Question", second_step=step),
+        (Probe("The Eiffel Tower is in the country of", "Italy", group="New Question", second_steps=steps),
          Probe("The Eiffel Tower's continent is", "Europe", group="New Question")),
     )
     generate = system.base.generate
 
-    def told_knows_italy_alone_knows_nothing(prompts, max_new_tokens=None):
-        outputs = generate(prompts, max_new_tokens)
-        return [replace(o, text=" Italy" if p.startswith("New fact:") and "country" in p else " ?") for p, o in zip(prompts, outputs)]
+    def knows(alone_wording):
+        """A base model that answers Italy told the edit, and alone only in `alone_wording`."""
+        def fake(prompts, max_new_tokens=None):
+            right = lambda p: (p.startswith("New fact:") and "country" in p) or p == alone_wording
+            return [replace(o, text=" Italy" if right(p) else " ?") for p, o in zip(prompts, generate(prompts, max_new_tokens))]
+        return fake
 
-    system.base.generate = told_knows_italy_alone_knows_nothing
+    system.base.generate = knows(alone_wording=None)
     report = evaluate(system, [ported], mode="batch")
     ceiling = report.ceilings["portability/New Question"]
     assert ceiling.probes == 2 and ceiling.told == 0.5 and ceiling.second_step == 0.0
     assert ceiling.within_second_step != ceiling.within_second_step  # nan: no probe within it
     assert 0.0 <= ceiling.within_told <= 1.0 and report.ceilings["portability"].probes == 2
     assert "portability/New Question ceiling: told the edit" in report.table()
+    system.base.generate = knows(alone_wording="The country of Rome is")  # the second wording suffices
+    assert evaluate(system, [ported], mode="batch").ceilings["portability/New Question"].second_step == 1.0
 
 
 def test_only_the_asked_kinds_of_probe_are_scored_with_the_same_memory():
