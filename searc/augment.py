@@ -20,6 +20,12 @@ out of scope (the classifier's negatives and the counterfactual model's decline 
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
   the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects.
 
+and targets of every form (`target_form`): CounterFact's targets are single plain words and zsRE's
+rarely carry punctuation, so a counterfactual model trained on them alone drops what it never
+copied ("The Time Machine (1960 film)" -> " The Time Machine (1960 film", "Frederick II, Margrave
+of Bavaria" -> " Frederick II Margrave Bavaria"); a share of the cases is trained with its target
+rewritten as a parenthesised or comma-qualified name, a number or date, or a name in another script.
+
 Constructed out-of-scope probes have no known answer (""): they train routing and declining, not
 answers. Relations listed in `held_out` are left out of every constructed probe, so that a run can
 be validated and evaluated on relations it never saw.
@@ -57,6 +63,21 @@ GENERIC_NATURAL = (
     "{} is an instance of", "{} was influenced by", "{} is buried in", "{} lived in", "The father of {} is",
     "When was {} founded? In", "Who is the author of {}?", "How tall is {}?", "What award did {} win?",
 )
+# Target forms the training files lack (see `target_form`): what a parenthesis or a comma adds to
+# a name, and whole targets that are numbers, dates or names in other scripts.
+DISAMBIGUATORS = (
+    "film", "1960 film", "2004 film", "TV series", "play", "novel", "album", "song", "band", "musician", "footballer",
+    "city", "river", "mountain", "company", "video game", "language", "opera", "magazine", "ship",
+)
+QUALIFIERS = (
+    "Jr.", "1st Baron", "Duke of York", "Count of Flanders", "Margrave of Bavaria", "Ontario", "Texas", "New South Wales",
+    "Inc.", "Lord Hale", "Earl of Derby", "Pennsylvania", "Bavaria", "2nd Earl of Leicester", "Queen of Sweden",
+)
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
+OTHER_SCRIPTS = (
+    "東京", "北京大学", "大阪", "Москва", "Київ", "Санкт-Петербург", "Αθήνα", "Ελληνικά", "القاهرة", "العربية",
+    "서울", "한국어", "मुंबई", "हिन्दी", "ירושלים", "עברית", "กรุงเทพ", "Tbilisi (თბილისი)", "Ереван", "Þingvellir",
+)
 STOPWORDS = frozenset("the a an of is was in on by to what which who whom when where how does did do are and for it its they this that".split())
 
 
@@ -67,6 +88,7 @@ class AugmentConfig:
     other_relations: int = 2  # templates of other relations with the subject, out of scope
     generic: int = 1  # generic other facts of the subject, out of scope
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
+    target_forms: float = 0.2  # chance that a case is trained with its target in another form (`target_form`)
 
 
 def content_words(text: str) -> set[str]:
@@ -89,6 +111,8 @@ class Augmenter:
         ]
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
+        if rng.random() < self.config.target_forms:
+            case = with_target(case, target_form(case.edit.target_new, rng))
         subject = case.edit.subject
         if not subject or subject not in case.edit.prompt:
             return case
@@ -127,6 +151,31 @@ class Augmenter:
             in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope) + tuple(consequences),
             out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
         )
+
+
+def target_form(target: str, rng: random.Random) -> str:
+    """`target` in a form the training files lack: "Rome (city)", "Rome, Ontario", a number or a
+    date, or a name in another script (the last two replace it: an edit's target may be anything)."""
+    form = rng.randrange(5)
+    if form == 0:
+        return f"{target} ({rng.choice(DISAMBIGUATORS)})"
+    if form == 1:
+        return f"{target}, {rng.choice(QUALIFIERS)}"
+    if form == 2:
+        return f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1500, 2024)}"
+    if form == 3:
+        return rng.choice((f"{rng.randint(1000, 999_999):,}", str(rng.randint(2, 2024)), f"{rng.randint(1, 99)}.{rng.randint(1, 9)}"))
+    return rng.choice(OTHER_SCRIPTS)
+
+
+def with_target(case: EditCase, target: str) -> EditCase:
+    """The case with its edit's new target, and every in-scope probe that answered it, replaced."""
+    old = case.edit.target_new
+    return replace(
+        case,
+        edit=replace(case.edit, target_new=target),
+        in_scope=tuple(replace(p, answer=target) if p.answer == old else p for p in case.in_scope),
+    )
 
 
 def split_by_relation(cases: Sequence[EditCase], relations: Sequence[str]) -> tuple[list[EditCase], list[EditCase]]:

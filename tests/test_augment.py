@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from searc.augment import Augmenter, augmented_validation, split_by_relation
+from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation, target_form
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
 from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, case_relation, relation_id, relation_of, relation_of_text
@@ -21,6 +21,7 @@ def counterfact_case(template: str, subject: str, target: str, neighbour: str = 
 
 
 DARRIEUX = counterfact_case("The mother tongue of {} is", "Danielle Darrieux", "English")
+SAME_TARGET = AugmentConfig(target_forms=0.0)  # for tests of the probes built: targets as given
 ZSRE = EditCase(
     Edit("What is the product made by UniFirst?", "unmanned aircraft", subject="UniFirst"),
     (Probe("What is the product made by UniFirst?", "unmanned aircraft"), Probe("What will be the product of UniFirst?", "unmanned aircraft")),
@@ -55,7 +56,7 @@ def test_the_shared_counterfact_files_have_known_relations():
 
 
 def test_counterfact_case_gets_other_wordings_in_scope_and_other_facts_out_of_scope():
-    augmenter = Augmenter([DARRIEUX])
+    augmenter = Augmenter([DARRIEUX], SAME_TARGET)
     for seed in range(20):
         case = augmenter(DARRIEUX, random.Random(seed))
         assert case.in_scope[0] == DARRIEUX.in_scope[0] and case.out_of_scope[0] == DARRIEUX.out_of_scope[0]
@@ -81,10 +82,10 @@ def test_held_out_relations_never_appear_in_built_probes():
 
 
 def test_questions_get_other_questions_about_their_subject():
-    augmenter = Augmenter([ZSRE, *QUESTIONS])
-    case = augmenter(ZSRE, random.Random(0))
-    assert [p.prompt for p in case.in_scope] == [p.prompt for p in ZSRE.in_scope]  # no relation known: no new wordings
-    built = [p.prompt for p in case.out_of_scope[1:]]
+    augmenter = Augmenter([ZSRE, *QUESTIONS], SAME_TARGET)
+    cases = [augmenter(ZSRE, random.Random(seed)) for seed in range(5)]
+    assert all([p.prompt for p in case.in_scope] == [p.prompt for p in ZSRE.in_scope] for case in cases)  # no relation: no new wordings
+    built = {p.prompt for case in cases for p in case.out_of_scope[1:]}
     assert "Which river flows through UniFirst?" in built and "Who founded UniFirst?" in built
     # a question of the same wording as the case's own is never a negative
     assert not any(p.prompt == "Which river flows through Khartoum?" for p in augmenter(QUESTIONS[0], random.Random(0)).out_of_scope)
@@ -92,7 +93,7 @@ def test_questions_get_other_questions_about_their_subject():
 
 def test_cases_without_their_subject_are_left_as_they_are():
     plain = EditCase(Edit("The sky is", "green"), (Probe("The sky is", "green"),), ())
-    assert Augmenter([plain])(plain, random.Random(0)) == plain
+    assert Augmenter([plain], SAME_TARGET)(plain, random.Random(0)) == plain
 
 
 def test_split_by_relation_and_fixed_validation_wordings():
@@ -100,3 +101,18 @@ def test_split_by_relation_and_fixed_validation_wordings():
     kept, held = split_by_relation([DARRIEUX, place], ["P17"])
     assert kept == [DARRIEUX] and held == [place]
     assert augmented_validation([DARRIEUX, place], seed=1) == augmented_validation([DARRIEUX, place], seed=1)
+
+
+def test_target_forms_rewrite_the_edit_and_its_in_scope_answers_together():
+    forms = {target_form("Rome", random.Random(seed)) for seed in range(200)}
+    assert any(f.startswith("Rome (") and f.endswith(")") for f in forms)  # "Rome (city)": the parenthesis is the last token
+    assert any(f.startswith("Rome, ") for f in forms)
+    assert any(not f.isascii() for f in forms) and any(f[:1].isdigit() for f in forms)
+    always = Augmenter([DARRIEUX], AugmentConfig(target_forms=1.0))
+    for seed in range(20):
+        case = always(DARRIEUX, random.Random(seed))
+        assert case.edit.target_new != "English" and case.edit.prompt == DARRIEUX.edit.prompt
+        assert {p.answer for p in case.in_scope} == {case.edit.target_new}  # the edit prompt and every new wording
+        assert [p.answer for p in case.out_of_scope[:1]] == ["French"]  # out of scope untouched
+    never = Augmenter([DARRIEUX], AugmentConfig(target_forms=0.0))
+    assert all(never(DARRIEUX, random.Random(seed)).edit.target_new == "English" for seed in range(20))
