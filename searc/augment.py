@@ -24,7 +24,8 @@ and targets of every form (`target_form`): CounterFact's targets are single plai
 rarely carry punctuation, so a counterfactual model trained on them alone drops what it never
 copied ("The Time Machine (1960 film)" -> " The Time Machine (1960 film", "Frederick II, Margrave
 of Bavaria" -> " Frederick II Margrave Bavaria"); a share of the cases is trained with its target
-rewritten as a parenthesised or comma-qualified name, a number or date, or a name in another script.
+rewritten as a parenthesised or comma-qualified name, a number or date, or a name in another script
+(opt-in: `target_forms`).
 
 Constructed out-of-scope probes have no known answer (""): they train routing and declining, not
 answers. Relations listed in `held_out` are left out of every constructed probe, so that a run can
@@ -89,7 +90,7 @@ class AugmentConfig:
     other_relations: int = 2  # templates of other relations with the subject, out of scope
     generic: int = 1  # generic other facts of the subject, out of scope
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
-    target_forms: float = 0.2  # chance that a case is trained with its target in another form (`target_form`)
+    target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
 
 
 def content_words(text: str) -> set[str]:
@@ -202,10 +203,12 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
     return fresh
 
 
-def augmented_validation(cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0) -> list[EditCase]:
+def augmented_validation(
+    cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0, target_forms: float = 0.0
+) -> list[EditCase]:
     """Validation cases with the same kinds of probes as training adds (consequences aside: they
     need the base model's answers, and validation measures scope), drawn once with a fixed seed,
     so that validations (and threshold tuning) compare like with like and include other facts of
     each edited subject."""
-    augmenter, rng = Augmenter(cases, held_out=held_out), random.Random(seed)
+    augmenter, rng = Augmenter(cases, AugmentConfig(target_forms=target_forms), held_out=held_out), random.Random(seed)
     return [augmenter(case, rng) for case in cases]

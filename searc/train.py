@@ -34,7 +34,7 @@ from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 
-from searc.augment import Augmenter, augmented_validation, split_by_relation
+from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation
 from searc.consequences import facts_for
 from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase
@@ -66,6 +66,10 @@ class TrainConfig:
     # default: the one run with them (README, "How well it works") answered consequences no better
     # and lost recall on the edits' own paraphrases
     consequences: bool = False
+    # with augment: the share of cases trained (and validated) with the target in a form the
+    # training files lack (searc.augment.target_form). Off by default: the one run with 0.2
+    # (README) copied every form, but its decline refused more paraphrases than the shipped run's
+    target_forms: float = 0.0
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
     # CounterFact relations left out of training entirely (their cases and their templates), so that
@@ -86,8 +90,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.mixed_precision not in ("no", "bf16"):  # fp16 would need loss scaling, which the loop does not do
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if not 0.0 <= self.hard_fraction <= 1.0:
-            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction!r}")
+        for name in ("hard_fraction", "target_forms"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         for name in ("lr", "classifier_lr", "calibration_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -162,10 +167,11 @@ def train(
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
-    augmenter = Augmenter(train_cases, held_out=config.held_out_relations, facts=facts) if config.augment else None
+    augment = AugmentConfig(target_forms=config.target_forms)
+    augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = list(val_cases)[: config.val_cases]
     if config.augment:
-        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed)
+        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms)
     classifier, cf = system.classifier, system.counterfactual
     lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]
     calibration = [p for n, p in classifier.named_parameters() if n in ("scale", "bias")]

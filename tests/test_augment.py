@@ -116,3 +116,11 @@ def test_target_forms_rewrite_the_edit_and_its_in_scope_answers_together():
         assert [p.answer for p in case.out_of_scope[:1]] == ["French"]  # out of scope untouched
     never = Augmenter([DARRIEUX], AugmentConfig(target_forms=0.0))
     assert all(never(DARRIEUX, random.Random(seed)).edit.target_new == "English" for seed in range(20))
+
+
+def test_validation_rewrites_targets_only_when_the_run_did():
+    cases = [DARRIEUX, counterfact_case("{} is located in the country of", "Biure", "Spain", "Girona, which is located in")]
+    assert [c.edit.target_new for c in augmented_validation(cases)] == ["English", "Spain"]
+    rewritten = augmented_validation(cases, target_forms=1.0)
+    assert all(c.edit.target_new not in ("English", "Spain") for c in rewritten)
+    assert rewritten == augmented_validation(cases, target_forms=1.0)  # fixed seed: the same cases each validation

@@ -44,6 +44,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--memory", "0", "--mode", "batch"], "--memory"),
         (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
         (["train", "--data", "x.json", "--val", "y.json", "--held-out-relations", "P99999"], "unknown relation"),
+        (["train", "--data", "x.json", "--val", "y.json", "--target-forms", "1.5"], "target_forms must be in [0, 1]"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
