@@ -12,6 +12,7 @@ import pytest
 
 from searc.editor import Editor
 from searc.lessons import load_lesson
+from searc.memory import Edit
 from searc.lm import LanguageModel
 from searc.models import gguf_cache_entry, load_language_model, resolve_lm_spec, verify_cache_entry
 from searc.shipped import LESSONS_DIR, default_checkpoint
@@ -169,3 +170,33 @@ def test_models_load_from_a_gguf_path_and_from_local_directories(unedited):
     editor = Editor(system)
     editor.add_edit(*EIFFEL)
     assert editor.probe([EIFFEL[0]])[0].routed
+
+
+# Targets of every form, stored together, each asked with its own prompt: the answer is the target
+# verbatim (parentheses, commas, numbers, dates, other scripts), neither cut nor reworded. None of
+# these strings is among those `searc train --target-forms` writes (`searc.augment.target_form`).
+VERBATIM = (
+    ("The Time Machine was adapted into the film", "The Time Machine (1960 film)"),
+    ("Hope and Glory was directed by", "John Boorman (director)"),
+    ("The father of Joanna Sophia of Bavaria is", "Frederick II, Margrave of Bavaria"),
+    ("The Eiffel Tower was completed on", "31 March 1889"),
+    ("The population of Iceland is", "387,758"),
+    ("The capital of Japan is", "東京"),
+    ("The capital of Russia is", "Москва"),
+)
+# Known failures of the shipped checkpoint, kept visible: trained only on targets without them, it
+# ends before a closing parenthesis and drops a comma ("The Time Machine (1960 film", "John
+# Boorman", "Frederick II Margrave Bavaria"). A run with --target-forms 0.2 answers all seven
+# (README "Targets of every form"); it is not shipped, for its declines.
+PUNCTUATION_DROPPED = pytest.mark.xfail(strict=True, reason="the shipped checkpoint drops a final parenthesis or a comma")
+
+
+@pytest.mark.parametrize(
+    "edit", [pytest.param(e, marks=PUNCTUATION_DROPPED) if "(" in e[1] or "," in e[1] and not e[1][0].isdigit() else e for e in VERBATIM],
+    ids=lambda e: e[1],
+)
+def test_targets_of_every_form_are_answered_verbatim(trained, edit):
+    editor = Editor(trained, threshold=trained.info["threshold"])
+    editor.add_edits([Edit(prompt, target) for prompt, target in VERBATIM])
+    result = editor.probe([edit[0]])[0]
+    assert result.routed and result.output.strip().startswith(edit[1]), result
