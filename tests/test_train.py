@@ -92,6 +92,21 @@ def test_cross_encoder_trains_too(tmp_path):
     assert events[-1].kind == "done" and read_checkpoint(tmp_path / "ck").config["classifier"]["variant"] == "cross"
 
 
+def test_target_forms_rewrite_training_and_validation_targets_only_when_asked(tmp_path, monkeypatch):
+    import searc.augment as augment
+    import searc.train as training
+
+    written, validated = [], []
+    real_form, real_validation = augment.target_form, training.augmented_validation
+    monkeypatch.setattr(augment, "target_form", lambda target, rng: written.append(target) or real_form(target, rng))
+    monkeypatch.setattr(training, "augmented_validation", lambda *args: validated.append(args[-1]) or real_validation(*args))
+    run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=()))
+    assert not written and validated == [0.0], "off by default"
+    run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=(), target_forms=1.0), out=tmp_path / "ck")
+    assert validated[-1] == 1.0 and len(written) > 2  # the validation cases, then every case drawn
+    assert read_checkpoint(tmp_path / "ck").config["training"]["config"]["target_forms"] == 1.0
+
+
 def test_stop_event_cancels_and_keeps_the_last_good_checkpoint(tmp_path):
     stop = threading.Event()
     system = make_system("llama")
