@@ -167,8 +167,10 @@ def train(
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
-    augment = AugmentConfig(target_forms=config.target_forms)
-    augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
+    augmenter = (
+        Augmenter(train_cases, AugmentConfig(target_forms=config.target_forms), held_out=config.held_out_relations, facts=facts)
+        if config.augment else None
+    )
     val_cases = list(val_cases)[: config.val_cases]
     if config.augment:
         val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms)
