@@ -40,14 +40,35 @@ def parse_edit(text: str) -> Edit:
     return Edit(prompt.strip(), target.strip())
 
 
-def parse_threshold(text: str) -> float:
+def parse_threshold(text: str, option: str = "--threshold") -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--threshold expects a number in [0, 1], got {text!r}") from None
+        raise UsageError(f"{option} expects a number in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
-        raise UsageError(f"--threshold expects a number in [0, 1], got {text!r}")
+        raise UsageError(f"{option} expects a number in [0, 1], got {text!r}")
     return value
+
+
+def threshold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
+    p.add_argument("--decline-threshold", default=None,
+                   help="the counterfactual model declines when its probability of ending at once reaches this (default: the checkpoint's, else 0.5)")
+
+
+def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """(routing, decline) thresholds as given, None where not: checked before any model loads."""
+    routing = parse_threshold(args.threshold) if args.threshold is not None else None
+    decline = parse_threshold(args.decline_threshold, "--decline-threshold") if args.decline_threshold is not None else None
+    return routing, decline
+
+
+def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> float:
+    """A given decline threshold replaces the loaded checkpoint's; returns the routing threshold to use."""
+    routing, decline = thresholds
+    if decline is not None:
+        system.decline_threshold = decline
+    return routing if routing is not None else system.info.get("threshold", 0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
     probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
     probe.add_argument("--probe", action="append", default=[], metavar="PROMPT", help="a probe prompt (repeatable)")
-    probe.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
+    threshold_options(probe)
     probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
     probe.add_argument("--json", action="store_true", help="print a JSON list")
     model_options(probe)
@@ -72,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training cases, one or more files of any supported format (never an edit.json evaluation file)")
     train.add_argument("--val", required=True, help="validation cases")
     train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
+    train.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="continue from this checkpoint's classifier and adapter (their settings too: --variant, "
+                            "--trainable-layers and --top-k are then the checkpoint's); with --c-edit 0 --c-decline 0 "
+                            "only the classifier trains")
     train.add_argument("--variant", choices=["dense", "cross"], default="dense")
     train.add_argument("--trainable-layers", type=int, default=ClassifierConfig.trainable_layers,
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
@@ -98,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="batch mode with the first M edits of the file in memory (one per prompt), the --limit cases probed")
     evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
                           help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
-    evaluate.add_argument("--threshold", default=None, help="routing threshold (default: the checkpoint's, else 0.5)")
+    threshold_options(evaluate)
     evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
                           help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
     evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
     model_options(evaluate)
 
-    tune = sub.add_parser("tune", help="re-tune a checkpoint's routing threshold on validation cases (all edits in memory)")
+    tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True)
     tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
     tune.add_argument("--limit", type=int, default=200)
@@ -127,7 +152,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from searc.editor import Editor
     from searc.system import load_system
 
-    threshold = parse_threshold(args.threshold) if args.threshold is not None else None
+    thresholds = parsed_thresholds(args)
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
         raise UsageError("searc probe: give at least one --probe")
@@ -138,8 +163,7 @@ def run_probe(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"searc probe: {error}") from None
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    threshold = threshold if threshold is not None else system.info.get("threshold", 0.5)
-    editor = Editor(system, threshold=threshold, routing="soft" if args.soft else "hard")
+    editor = Editor(system, threshold=apply_thresholds(system, thresholds), routing="soft" if args.soft else "hard")
     try:
         editor.add_edits(edits)
         results = editor.probe(args.probe)
@@ -157,6 +181,8 @@ def run_probe(args: argparse.Namespace) -> int:
         print(f"  scores: {scores}")
         routed = ("yes, but the counterfactual model declined" if result.declined else "yes") if result.routed else "no"
         print(f"  routed: {routed} (best {result.score:.3f}, threshold {result.threshold:.2f})")
+        if result.decline_probability is not None:
+            print(f"  declines:       p(end at once) {result.decline_probability:.3f}, decline threshold {result.decline_threshold:.2f}")
         print(f"  base:           {result.base_output!r}")
         print(f"  counterfactual: {result.counterfactual_output!r}")
         print(f"  output:         {result.output!r}")
@@ -199,8 +225,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
-    classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
-    system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
+    if args.init is not None:
+        system = load_system(args.lm, args.encoder, checkpoint=args.init)
+    else:
+        classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
+        system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
     for event in train(system, train_cases, val_cases, config, out=args.out):
         if event.kind == "step":
             losses = " ".join(f"{k}={v:.3f}" for k, v in event.losses.items())
@@ -225,6 +254,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError("searc eval: --limit must be at least 1")
     if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
         raise UsageError("searc eval: --memory takes a positive number and --mode batch")
+    thresholds = parsed_thresholds(args)
     try:
         relations = [relation_id(name) for name in args.relation]
         cases = load_cases(args.data)
@@ -237,7 +267,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not cases:
         raise UsageError(f"searc eval: no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    threshold = parse_threshold(args.threshold) if args.threshold is not None else system.info.get("threshold", 0.5)
+    threshold = apply_thresholds(system, thresholds)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
@@ -262,7 +292,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from searc.augment import augmented_validation
     from searc.data import load_cases
     from searc.system import load_system, save_checkpoint
-    from searc.validation import tune_threshold
+    from searc.validation import tune_thresholds
 
     if Path(args.val).name == "edit.json":
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
@@ -271,9 +301,11 @@ def run_tune(args: argparse.Namespace) -> int:
     config = (system.info.get("training") or {}).get("config", {})
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
         cases = augmented_validation(cases, config.get("held_out_relations", ()), config.get("seed", 0), config.get("target_forms", 0.0))
-    tuned = tune_threshold(system, cases)
+    tuned = tune_thresholds(system, cases)
     metrics = {**system.info.get("metrics", {}), **tuned, "threshold_cases": len(cases)}
-    save_checkpoint(system, args.checkpoint, tuned["threshold"], training=system.info.get("training"), metrics=metrics)
+    save_checkpoint(
+        system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.get("training"), metrics=metrics
+    )
     print(json.dumps(tuned))
     return 0
 

@@ -4,8 +4,10 @@ For a probe x and stored edits e_1..e_n the scope classifier gives s_i = p(x in 
 With the best edit e* = argmax s_i:
 - hard routing (default): if s* >= threshold the counterfactual model answers with e* in its
   context, otherwise the base model answers, untouched. A trained counterfactual model can also
-  *decline* (end its output at once) when it reads that e* does not apply to x; the base model's
-  answer then stands. This second check is what keeps a false route from costing locality;
+  *decline*: it learned to end its output at once when it reads that e* does not apply to x, and
+  when its probability of ending at once reaches the system's decline threshold (tuned on
+  validation with the routing threshold, `validation.tune_thresholds`) the base model's answer
+  stands. This second check is what keeps a false route from costing locality;
 - soft routing (SERAC's mixture): p(y | x) = s* p_cf(y | e*, x) + (1 - s*) p_base(y | x),
   decoded greedily token by token.
 With an empty memory the base model answers, bit for bit.
@@ -24,11 +26,14 @@ import torch
 
 from searc.classifier import ScopeClassifier
 from searc.counterfactual import counterfactual_input
-from searc.lm import LanguageModel, TargetScore
+from searc.lm import Generation, LanguageModel, TargetScore
 from searc.memory import Edit, EditMemory, validate_text
 
 Routing = Literal["hard", "soft"]
 MAX_PROBES = 64  # per call: a probe batch is generated in one go
+# Checkpoints written before the decline threshold was tuned read as "decline when ending at once
+# is at least as likely as not"
+DEFAULT_DECLINE_THRESHOLD = 0.5
 
 
 @dataclass
@@ -39,6 +44,7 @@ class SeracSystem:
     counterfactual: LanguageModel
     classifier: ScopeClassifier
     info: dict = field(default_factory=dict)  # model specs and checkpoint provenance
+    decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
 
 
 @dataclass
@@ -61,14 +67,16 @@ class ProbeResult:
     score: float  # best score, 0 with an empty memory
     routed: bool
     base_output: str
-    counterfactual_output: str | None  # computed for routed probes, for all on request; "" = declined
+    counterfactual_output: str | None  # computed for routed probes, for all on request: what it answers if it does not decline
     output: str
     threshold: float
+    decline_probability: float | None = None  # the counterfactual model's p(end at once), with counterfactual_output
+    decline_threshold: float = DEFAULT_DECLINE_THRESHOLD
 
     @property
     def declined(self) -> bool:
         """Routed, but the counterfactual model read the edit as not applying: the base answer stands."""
-        return self.routed and self.counterfactual_output == ""
+        return self.routed and declines(self.decline_probability, self.decline_threshold)
 
     def to_json(self) -> dict:
         return {
@@ -80,6 +88,7 @@ class ProbeResult:
             "declined": self.declined,
             "base_output": self.base_output,
             "counterfactual_output": self.counterfactual_output,
+            "decline_probability": self.decline_probability,
             "output": self.output,
         }
 
@@ -89,7 +98,7 @@ class ProbeResult:
         routed = self.best_edit is not None and self.score >= threshold
         if routed and self.counterfactual_output is None:
             raise ValueError("this probe has no counterfactual output; probe again with counterfactual_for_all=True")
-        output = self.counterfactual_output if routed and self.counterfactual_output else self.base_output
+        output = self.counterfactual_output if routed and not declines(self.decline_probability, self.decline_threshold) else self.base_output
         return replace(self, routed=routed, output=output, threshold=threshold)
 
     def explanation(self) -> str:
@@ -99,7 +108,8 @@ class ProbeResult:
         nearest = f"The nearest edit is {self.best_edit.id} (\"{self.best_edit.statement()}\") with score {self.score:.3f}"
         if self.declined:
             return (f"{nearest}, at or above the threshold {self.threshold:.2f}, but the counterfactual model read that the edit "
-                    "does not apply and declined: the base model answered.")
+                    f"does not apply and declined (it would end at once with probability {self.decline_probability:.0%}, "
+                    f"at or above its decline threshold {self.decline_threshold:.0%}): the base model answered.")
         if self.routed:
             return f"{nearest}, at or above the threshold {self.threshold:.2f}: the counterfactual model answered with that edit in context."
         return f"{nearest}, below the threshold {self.threshold:.2f}: the probe is out of scope and the base model answered."
@@ -228,7 +238,7 @@ def compare_targets(
             target_ids = torch.tensor(base.token_ids).unsqueeze(-1)
             edited = (-mixture.gather(-1, target_ids).squeeze(-1)).tolist()
             edited_predicted = mixture.argmax(-1).tolist()
-        elif route.routed and not declines(system.counterfactual, counterfactual):
+        elif route.routed and not declines(teacher_forced_end_probability(system.counterfactual, counterfactual), system.decline_threshold):
             edited, edited_predicted = counterfactual.token_nll, counterfactual.predicted_ids
         comparisons.append(
             TargetComparison(
@@ -249,20 +259,26 @@ def compare_targets(
     return comparisons
 
 
-def declines(counterfactual: LanguageModel, score: TargetScore) -> bool:
-    """Teacher-forced view of declining: the counterfactual model's first choice is to end at once."""
-    return bool(score.predicted_ids) and score.predicted_ids[0] == counterfactual.tokenizer.eos_token_id
+def declines(end_probability: float | None, decline_threshold: float) -> bool:
+    """Whether the counterfactual model, this likely to end at once, declines the edit it was given."""
+    return end_probability is not None and end_probability >= decline_threshold
 
 
-def first_token_declines(system: SeracSystem, prompts: Sequence[str], edits: Sequence[Edit], chunk: int = 32) -> list[bool]:
-    """Whether the counterfactual model, each edit in context, declines each prompt (its first token ends the output)."""
-    eos = system.counterfactual.tokenizer.eos_token_id
+def teacher_forced_end_probability(counterfactual: LanguageModel, score: TargetScore) -> float | None:
+    """Teacher-forced view of declining: p(end at once) at the target's first position."""
+    if not score.token_ids:
+        return None
+    return math.exp(float(score.log_probs[0, counterfactual.tokenizer.eos_token_id]))
+
+
+def end_probabilities(system: SeracSystem, prompts: Sequence[str], edits: Sequence[Edit], chunk: int = 32) -> list[float]:
+    """The counterfactual model's probability of ending at once (declining), each edit in context of its prompt."""
     inputs = [counterfactual_input(edit, prompt) for prompt, edit in zip(prompts, edits)]
-    declined = []
-    for start in range(0, len(inputs), chunk):
-        for generation in system.counterfactual.generate(inputs[start : start + chunk], max_new_tokens=1):
-            declined.append(generation.token_ids[:1] == [eos])
-    return declined
+    return [
+        generation.end_probability
+        for start in range(0, len(inputs), chunk)
+        for generation in system.counterfactual.generate(inputs[start : start + chunk], max_new_tokens=1)
+    ]
 
 
 def answer(
@@ -283,32 +299,33 @@ def answer(
     wanted = [
         i for i, r in enumerate(routes) if r.best_edit is not None and (r.routed or counterfactual_for_all or routing == "soft")
     ]
-    counterfactual_outputs: list[str | None] = [None] * len(prompts)
+    counterfactual: dict[int, Generation] = {}
     if wanted:
         cf = system.counterfactual
         budget = cf.budget_for([routes[i].best_edit.target_new for i in wanted])  # a long target is finished, not cut
-        generations = cf.generate([counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted], max_new_tokens=budget)
-        for i, generation in zip(wanted, generations):
-            counterfactual_outputs[i] = generation.text
+        inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
+        counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True)))
     results = []
-    for prompt, route, base_output, counterfactual_output in zip(prompts, routes, base_outputs, counterfactual_outputs):
-        if routing == "soft" and route.best_edit is not None:
-            output = soft_generate(system, prompt, route.best_edit, route.score)
-        else:
-            output = counterfactual_output if route.routed and counterfactual_output else base_output
-        results.append(
-            ProbeResult(
-                prompt=prompt,
-                scores=route.scores,
-                best_edit=route.best_edit,
-                score=route.score,
-                routed=route.routed,
-                base_output=base_output,
-                counterfactual_output=counterfactual_output,
-                output=output,
-                threshold=threshold,
-            )
+    for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):
+        generation = counterfactual.get(i)
+        result = ProbeResult(
+            prompt=prompt,
+            scores=route.scores,
+            best_edit=route.best_edit,
+            score=route.score,
+            routed=route.routed,
+            base_output=base_output,
+            counterfactual_output=generation.text if generation else None,
+            output=base_output,
+            threshold=threshold,
+            decline_probability=generation.end_probability if generation else None,
+            decline_threshold=system.decline_threshold,
         )
+        if routing == "soft" and route.best_edit is not None:
+            result.output = soft_generate(system, prompt, route.best_edit, route.score)
+        elif route.routed and not result.declined:
+            result.output = result.counterfactual_output
+        results.append(result)
     return results
 
 

@@ -112,6 +112,8 @@ class EvalReport:
     group_sizes: dict[str, int]
     ceilings: dict[str, Ceiling]  # "portability" and "portability/<group>" -> what the base model can reach
     edits_in_memory: int
+    threshold: float  # routing
+    decline_threshold: float  # the counterfactual model's
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
     seconds: float
@@ -138,7 +140,8 @@ class EvalReport:
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
         set_aside = f" ({self.set_aside_cases} re-editing an earlier case's fact set aside)" if self.set_aside_cases else ""
-        return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {self.seconds:.0f} s"])
+        settings = f"threshold {self.threshold:.2f}, decline threshold {self.decline_threshold:.2f}"
+        return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {settings}, {self.seconds:.0f} s"])
 
 
 @dataclass
@@ -381,6 +384,8 @@ def evaluate(
             for name in sorted({k[: -len(" ceiling told")] for k in tally.sums if k.endswith(" ceiling told")})
         },
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
+        threshold=threshold,
+        decline_threshold=system.decline_threshold,
         classifier=classifier,
         unedited=unedited,
         seconds=time.perf_counter() - started,

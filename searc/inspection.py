@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from searc.counterfactual import counterfactual_input
-from searc.editor import ProbeResult, SeracSystem
+from searc.editor import ProbeResult, SeracSystem, end_probabilities
 from searc.lm import TargetScore
 from searc.memory import Edit
 
@@ -37,6 +37,7 @@ class NearEdit:
 class ScopeView:
     prompt: str
     threshold: float
+    decline_threshold: float
     nearest: tuple[NearEdit, ...]  # best first
     decline_probability: float | None  # of the best edit, under the counterfactual model; None without edits
     decision: str
@@ -59,18 +60,14 @@ class OutputTokens:
     tokens: tuple[TokenInfo, ...]
 
 
-def decline_probability(system: SeracSystem, prompt: str, edit: Edit) -> float:
-    """The counterfactual model's probability that its answer, `edit` in context, ends at once."""
-    cf = system.counterfactual
-    return math.exp(float(cf.next_token_log_probs(counterfactual_input(edit, prompt), [])[cf.tokenizer.eos_token_id]))
-
-
 def scope_view(system: SeracSystem, result: ProbeResult, edits: Sequence[Edit], k: int = NEAREST_EDITS) -> ScopeView:
     by_id = {e.id: e for e in edits}
     ranked = sorted(((by_id[i], s) for i, s in result.scores.items() if i in by_id), key=lambda pair: -pair[1])[:k]
     nearest = tuple(NearEdit(edit, score, score >= result.threshold) for edit, score in ranked)
-    declining = decline_probability(system, result.prompt, result.best_edit) if result.best_edit is not None else None
-    return ScopeView(result.prompt, result.threshold, nearest, declining, result.explanation())
+    declining = result.decline_probability
+    if declining is None and result.best_edit is not None:  # not routed, and the counterfactual model was not asked
+        declining = end_probabilities(system, [result.prompt], [result.best_edit])[0]
+    return ScopeView(result.prompt, result.threshold, result.decline_threshold, nearest, declining, result.explanation())
 
 
 def claimed_by(edit_id: str, results: Sequence[ProbeResult]) -> list[ProbeResult]:

@@ -39,6 +39,7 @@ class Generation:
 
     text: str
     token_ids: list[int]
+    end_probability: float  # p(first new token = end of sequence): how strongly the model would say nothing
 
 
 @dataclass
@@ -225,8 +226,12 @@ class LanguageModel:
         return max(self.max_new_tokens, longest + 3)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[Generation]:
-        """Greedy continuations (KV-cached, left-padded batch)."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None, answer: bool = False) -> list[Generation]:
+        """Greedy continuations (KV-cached, left-padded batch), each with its end probability.
+
+        answer=True never ends at once: the first token is the likeliest one other than end of
+        sequence, so a counterfactual model that would rather decline still shows what it would
+        say; whether it declines is the caller's reading of `end_probability`."""
         if not prompts:
             return []
         rows = [self.encode(p) for p in prompts]
@@ -238,17 +243,22 @@ class LanguageModel:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
+                min_new_tokens=1 if answer else 0,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
                 top_k=None,
                 pad_token_id=self.pad_token_id,
+                return_dict_in_generate=True,
+                output_logits=True,  # the first step's logits before `min_new_tokens` masks the end token
             )
-        new_tokens = output if self.is_seq2seq else output[:, input_ids.shape[1]:]
+        sequences = output.sequences
+        new_tokens = sequences if self.is_seq2seq else sequences[:, input_ids.shape[1]:]
+        end_probabilities = torch.softmax(output.logits[0].float(), dim=-1)[:, self.tokenizer.eos_token_id].tolist()
         generations = []
-        for row in new_tokens.tolist():
+        for row, end_probability in zip(new_tokens.tolist(), end_probabilities):
             ids = [t for t in row if t != self.pad_token_id] if self.is_seq2seq else _strip_after_eos(row, self.tokenizer.eos_token_id)
-            generations.append(Generation(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids))
+            generations.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), ids, end_probability))
         return generations
 
     @torch.inference_mode()

@@ -158,7 +158,7 @@ class Session:
                 round(r.score, 3),
                 ("declined" if r.declined else "yes") if r.routed else "no",
                 r.base_output,
-                "(declined)" if r.declined else r.counterfactual_output or "",
+                f"(declined, p(end) {r.decline_probability:.0%}) {r.counterfactual_output}" if r.declined else r.counterfactual_output or "",
                 r.output,
             ]
             for r in self.results
@@ -202,7 +202,8 @@ class Session:
         rows = "\n".join(
             f"| {n.edit.id} | {n.edit.prompt} → {n.edit.target_new} | {n.score:.3f} | {'yes' if n.passes else 'no'} |" for n in view.nearest
         )
-        declining = f"\n\nThe counterfactual model, the best edit in context, would decline (end at once) with probability {view.decline_probability:.1%}."
+        declining = (f"\n\nThe counterfactual model, the best edit in context, would decline (end at once) with probability "
+                     f"{view.decline_probability:.1%}; it declines at {view.decline_threshold:.0%} or more.")
         return (f"**{view.prompt}**\n\n| edit | statement | score | ≥ threshold {view.threshold:.2f} |\n|---|---|---|---|\n{rows}"
                 f"{declining}\n\n{view.decision}")
 

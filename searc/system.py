@@ -17,7 +17,7 @@ from searc.counterfactual import (
     separate_counterfactual,
     shared_base_and_counterfactual,
 )
-from searc.editor import SeracSystem
+from searc.editor import DEFAULT_DECLINE_THRESHOLD, SeracSystem, check_threshold
 from searc.lm import LanguageModel
 from searc.models import BUNDLED, load_encoder, load_language_model
 from searc.shipped import default_checkpoint
@@ -97,7 +97,10 @@ def load_system(
     return system
 
 
-def checkpoint_of(system: SeracSystem, threshold: float, training: dict | None = None, metrics: dict | None = None) -> Checkpoint:
+def checkpoint_of(
+    system: SeracSystem, threshold: float, training: dict | None = None, metrics: dict | None = None, decline_threshold: float | None = None
+) -> Checkpoint:
+    """The system's trained parts and settings; `decline_threshold` defaults to the system's own."""
     classifier = system.classifier
     return Checkpoint(
         config={
@@ -109,6 +112,7 @@ def checkpoint_of(system: SeracSystem, threshold: float, training: dict | None =
             "lora": system.info["lora"],
             "prompt_format": PROMPT_FORMAT,
             "threshold": threshold,
+            "decline_threshold": system.decline_threshold if decline_threshold is None else decline_threshold,
             "training": training or {},
             "metrics": metrics or {},
         },
@@ -133,6 +137,10 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         )
     if LoraSettings(**config["lora"]).to_dict() != system.info["lora"]:
         raise CheckpointError(f"checkpoint {source}: LoRA settings {config['lora']} differ from the loaded model's {system.info['lora']}")
+    try:
+        decline_threshold = check_threshold(config.get("decline_threshold", DEFAULT_DECLINE_THRESHOLD))
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {source}: decline_threshold: {error}") from None
     old = system.classifier
     new = build_classifier(_fresh_encoder_copy(old), old.tokenizer, ClassifierConfig(**config["classifier"]))
     try:
@@ -148,6 +156,7 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         raise CheckpointError(f"checkpoint {source}: {error}") from None
     new.eval()
     system.classifier = new
+    system.decline_threshold = decline_threshold
     system.info = {
         **system.info,
         "checkpoint": source,

@@ -129,14 +129,18 @@ def backward_on(
     `autocast` (mixed precision), backward passes outside it."""
     cf = system.counterfactual
     probes, labels = scope_matrix(cases)
-    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject, config.cf_examples_per_case)
+    inputs, targets = counterfactual_examples(cases, rng, config.drop_subject, config.cf_examples_per_case) if config.c_edit > 0 else ([], [])
     with autocast():
         logits = system.classifier.matrix_logits([case.edit for case in cases], probes)
         bce = balanced_bce(logits.flatten(), labels.flatten().to(logits.device))
-        stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
-        loss = config.c_edit * stats.nll + config.c_cls * bce
+        terms = {"bce": bce}
+        loss = config.c_cls * bce
+        if inputs:  # with c_edit = 0 (the classifier alone) the language model is not run
+            stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
+            terms |= {"nll": stats.nll, "token_accuracy": stats.token_accuracy}
+            loss = loss + config.c_edit * stats.nll
     (loss * scale).backward()
-    losses = {name: float(value.detach()) for name, value in (("loss", loss), ("nll", stats.nll), ("bce", bce), ("token_accuracy", stats.token_accuracy))}
+    losses = {name: float(value.detach()) for name, value in {"loss": loss, **terms}.items()}
     n_examples = len(inputs) + labels.numel()
     if config.c_decline > 0:
         decline_inputs = decline_examples(cases, probes, labels, logits.detach(), rng, config.drop_subject, config.declines_per_case * len(cases))
@@ -247,7 +251,10 @@ def _train_loop(
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     started = time.perf_counter()
     best_score, stale, best_path = -1.0, 0, None
-    record = {"config": asdict(config), "train_cases": len(train_cases), "processes": world, "consequence_facts": n_facts}
+    record = {
+        "config": asdict(config), "train_cases": len(train_cases), "processes": world, "consequence_facts": n_facts,
+        "init": system.info.get("checkpoint"),  # the checkpoint training continued from, if any
+    }
     sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()
     completed = 0
@@ -284,7 +291,9 @@ def _train_loop(
             if improved:
                 best_score, stale = metrics["score"], 0
                 if out is not None and main:
-                    best_path = str(save_checkpoint(system, out, metrics["threshold"], training=record | {"step": step}, metrics=metrics))
+                    best_path = str(save_checkpoint(
+                        system, out, metrics["threshold"], decline_threshold=metrics["decline_threshold"], training=record | {"step": step}, metrics=metrics
+                    ))
             else:
                 stale += 1
             if main:

@@ -1,8 +1,8 @@
-"""Choosing checkpoints and the routing threshold on validation cases.
+"""Choosing checkpoints, the routing threshold and the decline threshold on validation cases.
 
 `validate` reports what the training loop keeps the best checkpoint by: the classifier's AUROC and
 accuracy on (edit, probe) pairs, the counterfactual model's teacher-forced answers (edit prompt,
-other wordings, declines with a wrong edit in context), and `tune_threshold`'s batch recall and
+other wordings, declines with a wrong edit in context), and `tune_thresholds`' batch recall and
 locality with every validation edit in memory at once. The validation cases should be augmented
 as training cases are (`searc.augment`), so that other facts of an edited subject are among the
 out-of-scope probes, and should include relations held out of training.
@@ -18,7 +18,7 @@ import torch
 from searc.batches import classifier_pairs, decline_examples, scope_matrix
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
-from searc.editor import Editor, SeracSystem, first_token_declines
+from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, end_probabilities
 from searc.evaluate import claimants, claims
 
 
@@ -33,23 +33,26 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 @torch.no_grad()
-def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
-    """The routing threshold that best separates in-scope from out-of-scope probes with *all*
-    the cases' edits in memory at once (as in batch evaluation): the mean of batch recall (answered
-    from the probe's own edit) and batch locality (out-of-scope probes left to the base model) is
-    maximised. A route the counterfactual model declines leaves the probe to the base model, as
-    it does when the system answers (`editor.answer`). As in evaluation, an out-of-scope prompt
-    that a stored edit claims (`evaluate.claims`; its own case's edit included) asks that edit's
-    own fact and is left out of locality."""
+def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
+    """The routing threshold and the decline threshold that best separate in-scope from
+    out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):
+    the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
+    (out-of-scope probes left to the base model: not routed, or routed and declined) is maximised
+    over both grids together. The two trade against each other: a lower routing threshold reaches
+    loose paraphrases and leans on the decline to turn away other facts of the subject; a higher
+    decline threshold declines fewer in-scope probes and more false routes get answered. As in
+    evaluation, an out-of-scope prompt that a stored edit claims (`evaluate.claims`; its own case's
+    edit included) asks that edit's own fact and is left out of locality."""
     editor = Editor(system)
     editor.add_edits([case.edit for case in cases])
     probes, labels = scope_matrix(cases)
     scores = editor.scores(probes)  # [n_probes, n_edits]
     best_scores, best_edit = scores.max(dim=1)
-    declined = torch.tensor(first_token_declines(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
+    ends = torch.tensor(end_probabilities(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
     owner = labels.argmax(0)
     in_scope = labels.any(0)
     right_edit = best_edit == owner
@@ -61,14 +64,23 @@ def tune_threshold(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, 
     local = ~in_scope & ~claimed
     candidates = []
     for threshold in THRESHOLD_GRID:
-        answered = (best_scores >= threshold) & ~declined
-        recall = float((answered & right_edit)[in_scope].float().mean())
-        locality = float((~answered[local]).float().mean()) if local.any() else 1.0
-        candidates.append(((recall + locality) / 2, -abs(threshold - 0.5), threshold, recall, locality))
-    _, _, threshold, recall, locality = max(candidates)
+        routed = best_scores >= threshold
+        for decline_threshold in DECLINE_GRID:
+            declined = ends >= decline_threshold
+            answered = routed & ~declined
+            recall = float((answered & right_edit)[in_scope].float().mean())
+            locality = float((~answered[local]).float().mean()) if local.any() else 1.0
+            own_routes = routed & right_edit & in_scope
+            declined_own = float(declined[own_routes].float().mean()) if own_routes.any() else 0.0
+            false_routes = routed & local
+            declined_false = float(declined[false_routes].float().mean()) if false_routes.any() else float("nan")
+            # ties go to the thresholds nearest the untuned defaults
+            closeness = -abs(threshold - 0.5) - abs(decline_threshold - DEFAULT_DECLINE_THRESHOLD)
+            candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality, declined_own, declined_false))
+    _, _, threshold, decline_threshold, recall, locality, declined_own, declined_false = max(candidates)
     return {
-        "threshold": threshold, "batch_recall": recall, "batch_locality": locality,
-        "declined_routes": float(declined[~in_scope].float().mean()), "claimed_prompts": int(claimed.sum()),
+        "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
+        "declined_own_routes": declined_own, "declined_false_routes": declined_false, "claimed_prompts": int(claimed.sum()),
     }
 
 
@@ -114,7 +126,7 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
                 batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
                 hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / len(inputs) if inputs else 1.0
-    metrics.update(tune_threshold(system, cases))
+    metrics.update(tune_thresholds(system, cases))
     batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
     answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
     metrics["score"] = (batch_accuracy + answers) / 2

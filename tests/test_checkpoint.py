@@ -31,19 +31,44 @@ def observe(system) -> tuple:
     editor = Editor(system, threshold=0.3)
     editor.add_edit(*EIFFEL)
     results = editor.probe(PROBES, counterfactual_for_all=True)
-    return tuple((r.scores["e1"], r.counterfactual_output, r.output) for r in results)
+    return tuple((r.scores["e1"], r.counterfactual_output, r.decline_probability, r.output) for r in results)
 
 
 @pytest.mark.parametrize("variant", ["dense", "cross"])
 def test_round_trip_restores_behaviour(tmp_path, variant):
     system = trained_system(variant=variant)
-    save_checkpoint(system, tmp_path / "ck", threshold=0.3, metrics={"score": 0.5})
+    save_checkpoint(system, tmp_path / "ck", threshold=0.3, decline_threshold=0.8, metrics={"score": 0.5})
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == sorted([CONFIG_FILE, CLASSIFIER_FILE, ADAPTER_FILE])
     fresh = make_system("llama", variant)
     assert observe(fresh) != observe(system)
     apply_checkpoint(fresh, read_checkpoint(tmp_path / "ck"))
+    system.decline_threshold = 0.8
     assert observe(fresh) == observe(system)
-    assert fresh.info["threshold"] == 0.3 and fresh.info["metrics"] == {"score": 0.5}
+    assert fresh.info["threshold"] == 0.3 and fresh.info["metrics"] == {"score": 0.5} and fresh.decline_threshold == 0.8
+
+
+def test_a_checkpoint_without_a_decline_threshold_declines_at_even_odds(tmp_path):
+    """Checkpoints written before the decline threshold was tuned still load."""
+    save_checkpoint(trained_system(), tmp_path / "ck", decline_threshold=0.9)
+    config = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
+    del config["decline_threshold"]
+    (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps(config))
+    fresh = make_system("llama")
+    fresh.decline_threshold = 0.7
+    apply_checkpoint(fresh, read_checkpoint(tmp_path / "ck"))
+    assert fresh.decline_threshold == 0.5
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, "high", None])
+def test_a_bad_decline_threshold_is_refused_and_the_system_is_unchanged(tmp_path, bad):
+    save_checkpoint(trained_system(), tmp_path / "ck")
+    config = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
+    (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps({**config, "decline_threshold": bad}))
+    target = trained_system()
+    target.decline_threshold, classifier_before, before = 0.7, target.classifier, observe(target)
+    with pytest.raises(CheckpointError, match="decline_threshold"):
+        apply_checkpoint(target, read_checkpoint(tmp_path / "ck"))
+    assert target.decline_threshold == 0.7 and target.classifier is classifier_before and observe(target) == before
 
 
 def test_checkpoint_stores_only_trainable_tensors(tmp_path):

@@ -15,6 +15,8 @@ from searc.cli import main, parse_edit
         (["probe", "--edit", "The Eiffel Tower is in|", "--probe", "x"], "PROMPT|TARGET"),
         (["probe", "--edit", "a|b", "--probe", "x", "--threshold", "1.5"], "--threshold"),
         (["probe", "--edit", "a|b", "--probe", "x", "--threshold", "high"], "--threshold"),
+        (["probe", "--edit", "a|b", "--probe", "x", "--decline-threshold", "2"], "--decline-threshold expects a number in [0, 1]"),
+        (["eval", "--data", "x.json", "--decline-threshold", "often"], "--decline-threshold expects a number in [0, 1]"),
         (["probe", "--edit", "a|b"], "at least one --probe"),
         (["probe", "--bogus"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
@@ -92,3 +94,19 @@ def test_app_help_lists_the_launch_options():
     assert completed.returncode == 0
     for option in ("--host", "--port", "--checkpoint", "--lm", "--encoder", "--share", "--auth"):
         assert option in completed.stdout
+
+
+def test_a_given_decline_threshold_replaces_the_checkpoints(tmp_path, capsys):
+    """searc probe --decline-threshold: the probe reports its end probability and the threshold it was read against."""
+    import json
+
+    from tests.conftest import save_tiny_models
+
+    lm, encoder = save_tiny_models(tmp_path)
+    argv = ["probe", "--edit", "The Eiffel Tower is in|Rome", "--probe", "The Eiffel Tower is in", "--threshold", "0",
+            "--lm", lm, "--encoder", encoder, "--checkpoint", "none", "--json"]
+    for decline_threshold, declined in (("0", True), ("1", False)):
+        assert main([*argv, "--decline-threshold", decline_threshold]) == 0
+        [result] = json.loads(capsys.readouterr().out)
+        assert result["routed"] and result["declined"] is declined and 0.0 <= result["decline_probability"] <= 1.0
+        assert result["output"] == (result["base_output"] if declined else result["counterfactual_output"])

@@ -26,7 +26,7 @@ class ScriptedLM:
 
     def generate(self, prompts, max_new_tokens=None):
         self.asked += list(prompts)
-        return [Generation(text=self.answers.get(p, "\n\nI do not know"), token_ids=[]) for p in prompts]
+        return [Generation(text=self.answers.get(p, "\n\nI do not know"), token_ids=[], end_probability=0.0) for p in prompts]
 
 
 def test_an_answer_is_the_first_words_of_a_continuation_up_to_punctuation():

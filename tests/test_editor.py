@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,25 +147,54 @@ def test_a_declining_counterfactual_model_hands_the_probe_back_to_the_base_model
     editor = Editor(system)
     editor.add_edit(*EIFFEL)
     set_dense_bias(editor, 8.0)  # everything routed
-    eos = system.counterfactual.tokenizer.eos_token_id
-    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None: [Generation("", [eos]) for _ in prompts])
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.7) for _ in prompts])
     result = editor.probe([PROBES[1]])[0]
+    # ending at once is 70% likely, at or above the decline threshold (0.5 by default)
     assert result.routed and result.declined and result.output == result.base_output
-    assert "declined" in result.explanation() and result.to_json()["declined"] is True
+    assert result.counterfactual_output == " Rome" and result.decline_probability == 0.7  # what it would have said
+    assert "declined" in result.explanation() and "70%" in result.explanation() and result.to_json()["declined"] is True
     assert result.with_threshold(0.1).output == result.base_output
 
+    system.decline_threshold = 0.8  # the same model, a checkpoint tuned to decline only when surer
+    result = editor.probe([PROBES[1]])[0]
+    assert result.routed and not result.declined and result.output == " Rome"
+    assert result.with_threshold(1.0).output == result.base_output and result.with_threshold(0.1).output == " Rome"
+
+    system.decline_threshold = 0.5
+    eos = system.counterfactual.tokenizer.eos_token_id
     original = system.counterfactual.score_targets
 
     def first_choice_is_eos(prompts, targets):
         scores = original(prompts, targets)
-        for score in scores:
-            score.predicted_ids[0] = eos
+        for score in scores:  # ending at once is certain
+            score.log_probs = torch.full_like(score.log_probs, -1e4).index_fill_(-1, torch.tensor([eos]), 0.0)
         return scores
 
     monkeypatch.setattr(system.counterfactual, "score_targets", first_choice_is_eos)
     comparison = editor.score_target(PROBES[1], "Tokyo")
     assert comparison.routed and comparison.edited_nll == comparison.base_nll
     assert comparison.edited_predicted == comparison.base_predicted
+
+
+def test_the_counterfactual_answer_is_generated_past_a_likely_end(monkeypatch):
+    """answer=True never ends at once, and reports the first step's end probability before that is masked."""
+    system = make_system("llama")
+    cf = system.counterfactual
+    eos = cf.tokenizer.eos_token_id
+    prompt = counterfactual_input(Edit(*EIFFEL[:2]), PROBES[1])
+    bias = torch.zeros(len(cf.tokenizer))  # make ending the likeliest token everywhere
+    bias[eos] = 30.0
+    hook = cf.model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: output + bias)
+    try:
+        plain = cf.generate([prompt])[0]
+        answered = cf.generate([prompt], answer=True)[0]
+        expected = math.exp(float(cf.next_token_log_probs(prompt, [])[eos]))
+    finally:
+        hook.remove()
+    assert plain.token_ids == [eos] and plain.text == ""
+    assert answered.token_ids and answered.token_ids[0] != eos
+    assert answered.end_probability == pytest.approx(expected, abs=1e-5) and plain.end_probability == pytest.approx(expected, abs=1e-5)
+    assert answered.end_probability > 0.99
 
 
 def test_soft_routing_mixes_the_two_distributions(monkeypatch):
@@ -220,7 +251,7 @@ def test_a_routed_long_target_gets_a_budget_to_finish(monkeypatch):
     assert cf.budget_for(["Rome"]) == cf.max_new_tokens
     assert cf.budget_for([long_target]) >= len(cf.encode(" " + long_target)) + 1 > cf.max_new_tokens
     budgets, generate = [], LanguageModel.generate
-    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None: budgets.append(max_new_tokens) or generate(self, prompts, max_new_tokens))
+    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None, answer=False: budgets.append(max_new_tokens) or generate(self, prompts, max_new_tokens, answer))
     editor = Editor(system, threshold=0.0)
     editor.add_edit("The play of the year is", long_target)
     editor.probe(["The play of the year is"])

@@ -121,7 +121,7 @@ def test_cli_probe_json():
     assert completed.returncode == 0, completed.stderr
     results = json.loads(completed.stdout)
     assert [set(r) for r in results] == [
-        {"prompt", "scores", "best_edit", "score", "routed", "declined", "base_output", "counterfactual_output", "output"}
+        {"prompt", "scores", "best_edit", "score", "routed", "declined", "base_output", "counterfactual_output", "decline_probability", "output"}
     ] * 2
     assert results[0]["routed"] and results[0]["output"].strip().startswith("Rome")
     assert not results[1]["routed"] and results[1]["output"] == results[1]["base_output"]

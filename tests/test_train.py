@@ -140,14 +140,14 @@ def test_bad_configs_are_refused(bad):
 @pytest.mark.parametrize("negative_score, expected", [(0.3, 0.5), (0.6, 0.65), (0.95, 0.5)])
 def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, expected):
     from searc.editor import Editor
-    from searc.validation import tune_threshold
+    from searc.validation import tune_thresholds
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))  # [n_probes, n_edits]
     fake[~labels.any(0), 0] = negative_score  # out-of-scope probes look like edit 0
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    tuned = tune_threshold(make_system("llama"), cases)
+    tuned = tune_thresholds(make_system("llama"), cases)
     assert tuned["threshold"] == expected
     if negative_score < 0.9:
         assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
@@ -214,10 +214,49 @@ def test_decline_loss_alone_trains_the_adapter_and_nothing_else():
     assert all(torch.equal(p, classifier_after[n]) for n, p in head_before.items())
 
 
+def test_the_classifier_alone_trains_without_running_the_language_model(monkeypatch):
+    """c_edit = c_decline = 0: the counterfactual model is never run and its adapter stays as it was."""
+    system = make_system("llama")
+    lora_before = {n: p.clone() for n, p in system.counterfactual.model.named_parameters() if "lora_" in n}
+    classifier_before = {n: p.clone() for n, p in system.classifier.named_parameters() if system.classifier.is_trainable(n)}
+    calls = []
+    original = type(system.counterfactual).target_log_probs
+    monkeypatch.setattr(type(system.counterfactual), "target_log_probs", lambda self, batch: calls.append(1) or original(self, batch))
+    config = TrainConfig(steps=2, batch_edits=4, val_every=2, val_cases=2, c_edit=0.0, c_cls=1.0, c_decline=0.0)
+    events = list(train(system, CASES[:4], CASES[:2], config))
+    steps = [e for e in events if e.kind == "step"]
+    assert all(e.losses["loss"] == pytest.approx(e.losses["bce"]) and "nll" not in e.losses for e in steps)
+    lora_after = dict(system.counterfactual.model.named_parameters())
+    assert all(torch.equal(p, lora_after[n]) for n, p in lora_before.items())
+    classifier_after = dict(system.classifier.named_parameters())
+    assert any(not torch.equal(p, classifier_after[n]) for n, p in classifier_before.items())
+    assert len(calls) == 3  # validation's three teacher-forced checks alone
+
+
+def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
+    """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
+    from searc.cli import main
+    from searc.system import load_system
+    from tests.conftest import require_shared_data, save_tiny_models
+
+    data = require_shared_data()
+    lm, encoder = save_tiny_models(tmp_path)
+    common = ["--data", str(data / "counterfact/train.json"), "--limit", "6", "--val", str(data / "counterfact/val.json"),
+              "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder]
+    assert main(["train", *common, "--trainable-layers", "1", "--out", str(tmp_path / "first")]) == 0, capsys.readouterr().err
+    argv = ["train", *common, "--init", str(tmp_path / "first"), "--c-edit", "0", "--c-decline", "0", "--out", str(tmp_path / "second")]
+    assert main(argv) == 0, capsys.readouterr().err
+    first, second = (read_checkpoint(tmp_path / name) for name in ("first", "second"))
+    assert second.config["training"]["init"] == str(tmp_path / "first")
+    assert second.config["classifier"]["trainable_layers"] == 1  # the checkpoint's settings, not the flag's default
+    assert all(torch.equal(first.adapter_state[k], second.adapter_state[k]) for k in first.adapter_state)
+    assert any(not torch.equal(first.classifier_state[k], second.classifier_state[k]) for k in first.classifier_state)
+
+
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     import searc.validation
     from searc.editor import Editor
-    from searc.validation import tune_threshold
+    from searc.validation import tune_thresholds
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
@@ -226,15 +265,37 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
     # ... but the counterfactual model declines them all
-    monkeypatch.setattr(searc.validation, "first_token_declines", lambda system, prompts, edits: [p in out_of_scope for p in prompts])
-    tuned = tune_threshold(make_system("llama"), cases)
-    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_routes"] == 1.0
+    monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [float(p in out_of_scope) for p in prompts])
+    tuned = tune_thresholds(make_system("llama"), cases)
+    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_false_routes"] == 1.0
+    assert tuned["declined_own_routes"] == 0.0
+
+
+@pytest.mark.parametrize("in_scope_end, out_of_scope_end, expected", [(0.45, 0.55, 0.5), (0.65, 0.75, 0.7), (0.1, 0.25, 0.2)])
+def test_the_decline_threshold_is_tuned_between_in_scope_and_out_of_scope_end_probabilities(monkeypatch, in_scope_end, out_of_scope_end, expected):
+    """Every probe is routed; only a decline threshold between the two end probabilities gets both
+    recall and locality, wherever they lie (ending at once need not be the likeliest token)."""
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import tune_thresholds
+
+    cases = CASES[:3]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
+    fake[~labels.any(0), 0] = 0.97  # every out-of-scope probe routed to the first edit
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    ends = lambda system, prompts, edits: [out_of_scope_end if p in out_of_scope else in_scope_end for p in prompts]
+    monkeypatch.setattr(searc.validation, "end_probabilities", ends)
+    tuned = tune_thresholds(make_system("llama"), cases)
+    assert tuned["decline_threshold"] == expected
+    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
 
 
 def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     """A locality prompt asking for another stored edit's old fact is that edit's own: routing it is right."""
     from searc.editor import Editor
-    from searc.validation import tune_threshold
+    from searc.validation import tune_thresholds
 
     subject_case = EditCase(Edit("Toko Yasuda plays the", "guitar", subject="Toko Yasuda", target_true="piano"),
                             (Probe("Toko Yasuda plays the", "guitar"), Probe("Toko Yasuda performs on the", "guitar")),
@@ -247,8 +308,8 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[probes.index("Toko Yasuda is known to play the"), 0] = 0.95  # routed to the edit it asks about
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    monkeypatch.setattr("searc.validation.first_token_declines", lambda system, prompts, edits: [False] * len(prompts))
-    tuned = tune_threshold(make_system("llama"), cases)
+    monkeypatch.setattr("searc.validation.end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
+    tuned = tune_thresholds(make_system("llama"), cases)
     assert tuned["claimed_prompts"] == 1
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
 
