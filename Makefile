@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.searc-installed
 
-.PHONY: setup demo test test-fast bench profile load-test screenshots clean
+.PHONY: setup demo test test-fast bench quality profile load-test screenshots clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,19 @@ test-fast: setup
 # Speed and memory, one table (README "Performance"); JSON in runs/bench.json.
 bench: setup
 	$(PY) -m searc.cli bench --json runs/bench.json $(BENCH_ARGS)
+
+# The README's quality table ("How well it works"): the five batch evaluations, one after another
+# (about 40 minutes on 2 cores), each report as text and JSON in runs/quality/.
+CHECKPOINT ?= default
+SEARC_EVAL = $(PY) -m searc.cli eval --checkpoint $(CHECKPOINT) --mode batch
+quality: setup
+	mkdir -p runs/quality
+	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --limit 500 --json runs/quality/counterfact-500.json | tee runs/quality/counterfact-500.txt
+	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --memory 10000 --limit 300 --json runs/quality/counterfact-10000.json | tee runs/quality/counterfact-10000.txt
+	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --relation P20 --relation P101 --relation P449 --relation P138 --limit 200 \
+		--json runs/quality/counterfact-held-out.json | tee runs/quality/counterfact-held-out.txt
+	$(SEARC_EVAL) --data ../shared/data/knowedit/zsre-test.json --limit 500 --json runs/quality/knowedit-500.json | tee runs/quality/knowedit-500.txt
+	$(SEARC_EVAL) --data ../shared/data/zsre/edit.json --limit 500 --json runs/quality/zsre-500.json | tee runs/quality/zsre-500.txt
 
 # Where the time goes in a quick benchmark run (pyinstrument is installed on demand).
 profile: setup

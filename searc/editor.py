@@ -74,9 +74,14 @@ class ProbeResult:
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD
 
     @property
+    def counterfactual_declines(self) -> bool:
+        """The counterfactual model reads the best edit as not applying to this probe (routed or not)."""
+        return declines(self.decline_probability, self.decline_threshold)
+
+    @property
     def declined(self) -> bool:
         """Routed, but the counterfactual model read the edit as not applying: the base answer stands."""
-        return self.routed and declines(self.decline_probability, self.decline_threshold)
+        return self.routed and self.counterfactual_declines
 
     def to_json(self) -> dict:
         return {
@@ -98,7 +103,7 @@ class ProbeResult:
         routed = self.best_edit is not None and self.score >= threshold
         if routed and self.counterfactual_output is None:
             raise ValueError("this probe has no counterfactual output; probe again with counterfactual_for_all=True")
-        output = self.counterfactual_output if routed and not declines(self.decline_probability, self.decline_threshold) else self.base_output
+        output = self.counterfactual_output if routed and not self.counterfactual_declines else self.base_output
         return replace(self, routed=routed, output=output, threshold=threshold)
 
     def explanation(self) -> str:
