@@ -66,22 +66,23 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str,
     for threshold in THRESHOLD_GRID:
         routed = best_scores >= threshold
         for decline_threshold in DECLINE_GRID:
-            declined = ends >= decline_threshold
-            answered = routed & ~declined
+            answered = routed & (ends < decline_threshold)
             recall = float((answered & right_edit)[in_scope].float().mean())
             locality = float((~answered[local]).float().mean()) if local.any() else 1.0
-            own_routes = routed & right_edit & in_scope
-            declined_own = float(declined[own_routes].float().mean()) if own_routes.any() else 0.0
-            false_routes = routed & local
-            declined_false = float(declined[false_routes].float().mean()) if false_routes.any() else float("nan")
             # ties go to the thresholds nearest the untuned defaults
             closeness = -abs(threshold - 0.5) - abs(decline_threshold - DEFAULT_DECLINE_THRESHOLD)
-            candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality, declined_own, declined_false))
-    _, _, threshold, decline_threshold, recall, locality, declined_own, declined_false = max(candidates)
+            candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality))
+    _, _, threshold, decline_threshold, recall, locality = max(candidates)
+    routed, declined = best_scores >= threshold, ends >= decline_threshold
     return {
         "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
-        "declined_own_routes": declined_own, "declined_false_routes": declined_false, "claimed_prompts": int(claimed.sum()),
+        "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
+        "claimed_prompts": int(claimed.sum()),
     }
+
+
+def _mean(flags: torch.Tensor) -> float:
+    return float(flags.float().mean()) if len(flags) else float("nan")
 
 
 @torch.no_grad()
