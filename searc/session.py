@@ -158,7 +158,8 @@ class Session:
                 round(r.score, 3),
                 ("declined" if r.declined else "yes") if r.routed else "no",
                 r.base_output,
-                f"(declined, p(end) {r.decline_probability:.0%}) {r.counterfactual_output}" if r.declined else r.counterfactual_output or "",
+                # what it would answer, and whether it declines the best edit (routed or not)
+                f"(declines, p(end) {r.decline_probability:.0%}) {r.counterfactual_output}" if r.counterfactual_declines else r.counterfactual_output or "",
                 r.output,
             ]
             for r in self.results

@@ -39,6 +39,21 @@ def test_add_probe_reroute_inspect(system):
     assert all(len(c.base_nll) == len(c.edited_nll) == len(c.tokens) for c in comparisons)
 
 
+def test_the_results_table_shows_what_a_declining_counterfactual_model_would_have_answered(system, monkeypatch):
+    from searc.lm import Generation
+
+    session = Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.9) for _ in prompts])
+    session.probe("The Eiffel Tower was designed by", 0.5)
+    row = session.results_table().iloc[0]
+    assert row["routed"] == "declined" and row["counterfactual output"] == "(declines, p(end) 90%)  Rome"
+    assert row["final output"] == row["base output"]
+    session.reroute(0.6)  # not routed: the column still says that it would decline
+    row = session.results_table().iloc[0]
+    assert row["routed"] == "no" and row["counterfactual output"].startswith("(declines, p(end) 90%)")
+
+
 def test_sessions_do_not_share_memory(system):
     first, second = Session(system), Session(system)
     first.add_edit("The Eiffel Tower is located in the city of", "Rome")
