@@ -264,8 +264,9 @@ def compare_targets(
     return comparisons
 
 
-def declines(end_probability: float | None, decline_threshold: float) -> bool:
-    """Whether the counterfactual model, this likely to end at once, declines the edit it was given."""
+def declines(end_probability: float | torch.Tensor | None, decline_threshold: float) -> bool | torch.Tensor:
+    """Whether the counterfactual model, this likely to end at once, declines the edit it was given
+    (elementwise for a tensor of end probabilities, as tuning reads them)."""
     return end_probability is not None and end_probability >= decline_threshold
 
 

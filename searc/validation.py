@@ -18,7 +18,7 @@ import torch
 from searc.batches import classifier_pairs, decline_examples, scope_matrix
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
-from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, end_probabilities
+from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
 from searc.evaluate import claimants, claims
 
 
@@ -66,14 +66,14 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str,
     for threshold in THRESHOLD_GRID:
         routed = best_scores >= threshold
         for decline_threshold in DECLINE_GRID:
-            answered = routed & (ends < decline_threshold)
+            answered = routed & ~declines(ends, decline_threshold)
             recall = float((answered & right_edit)[in_scope].float().mean())
             locality = float((~answered[local]).float().mean()) if local.any() else 1.0
             # ties go to the thresholds nearest the untuned defaults
             closeness = -abs(threshold - 0.5) - abs(decline_threshold - DEFAULT_DECLINE_THRESHOLD)
             candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality))
     _, _, threshold, decline_threshold, recall, locality = max(candidates)
-    routed, declined = best_scores >= threshold, ends >= decline_threshold
+    routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
     return {
         "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
         "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
