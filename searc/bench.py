@@ -221,7 +221,7 @@ def throughput_rows(report: BenchReport, trainee: SeracSystem, system: SeracSyst
         elapsed = [e.elapsed_s for e in events]
         report.add("training step" + suffix, statistics.median(b - a for a, b in zip(elapsed, elapsed[1:])) * 1000)
     started = time.perf_counter()
-    evaluate(system, eval_cases, mode="single", threshold=system.info.get("threshold", 0.5))
+    evaluate(system, eval_cases, mode="single")
     report.add("evaluation throughput", len(eval_cases) / (time.perf_counter() - started), unit="cases/s",
                note=f"{len(eval_cases)} CounterFact cases, single mode, both scorings")
 

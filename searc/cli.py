@@ -63,12 +63,13 @@ def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | N
     return routing, decline
 
 
-def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> float:
-    """A given decline threshold replaces the loaded checkpoint's; returns the routing threshold to use."""
+def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> None:
+    """Thresholds given on the command line replace the loaded checkpoint's."""
     routing, decline = thresholds
+    if routing is not None:
+        system.threshold = routing
     if decline is not None:
         system.decline_threshold = decline
-    return routing if routing is not None else system.info.get("threshold", 0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +164,8 @@ def run_probe(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"searc probe: {error}") from None
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    editor = Editor(system, threshold=apply_thresholds(system, thresholds), routing="soft" if args.soft else "hard")
+    apply_thresholds(system, thresholds)
+    editor = Editor(system, routing="soft" if args.soft else "hard")
     try:
         editor.add_edits(edits)
         results = editor.probe(args.probe)
@@ -267,13 +269,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if not cases:
         raise UsageError(f"searc eval: no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    threshold = apply_thresholds(system, thresholds)
+    apply_thresholds(system, thresholds)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
     try:
-        report = evaluate(system, cases, mode=args.mode, threshold=threshold, progress=progress, stored=stored, kinds=args.only or KINDS)
+        report = evaluate(system, cases, mode=args.mode, progress=progress, stored=stored, kinds=args.only or KINDS)
     except ValueError as error:
         raise UsageError(f"searc eval: {error}") from None
     print(file=sys.stderr)

@@ -31,8 +31,9 @@ from searc.memory import Edit, EditMemory, validate_text
 
 Routing = Literal["hard", "soft"]
 MAX_PROBES = 64  # per call: a probe batch is generated in one go
-# Checkpoints written before the decline threshold was tuned read as "decline when ending at once
-# is at least as likely as not"
+# An untrained system routes at even odds; checkpoints written before the decline threshold was
+# tuned read as "decline when ending at once is at least as likely as not"
+DEFAULT_THRESHOLD = 0.5
 DEFAULT_DECLINE_THRESHOLD = 0.5
 
 
@@ -44,6 +45,7 @@ class SeracSystem:
     counterfactual: LanguageModel
     classifier: ScopeClassifier
     info: dict = field(default_factory=dict)  # model specs and checkpoint provenance
+    threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
 
 
@@ -89,11 +91,13 @@ class ProbeResult:
             "scores": self.scores,
             "best_edit": self.best_edit.to_dict() if self.best_edit else None,
             "score": self.score,
+            "threshold": self.threshold,
             "routed": self.routed,
             "declined": self.declined,
             "base_output": self.base_output,
             "counterfactual_output": self.counterfactual_output,
             "decline_probability": self.decline_probability,
+            "decline_threshold": self.decline_threshold,
             "output": self.output,
         }
 
@@ -151,14 +155,15 @@ class Editor:
         self,
         system: SeracSystem,
         memory: EditMemory | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         routing: Routing = "hard",
     ) -> None:
+        """`threshold`: routing; default the system's (its checkpoint's tuned threshold)."""
         if routing not in ("hard", "soft"):
             raise ValueError(f"routing must be 'hard' or 'soft', got {routing!r}")
         self.system = system
         self.memory = memory if memory is not None else EditMemory()
-        self.threshold = check_threshold(threshold)
+        self.threshold = check_threshold(system.threshold if threshold is None else threshold)
         self.routing = routing
 
     # ------------------------------------------------------------------ memory

@@ -45,7 +45,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
-from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, check_threshold, compare_targets
 from searc.memory import Edit
 from searc.relations import case_relation_of, relation_of
 
@@ -321,14 +321,15 @@ def evaluate(
     system: SeracSystem,
     cases: Sequence[EditCase],
     mode: Mode = "single",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     stored: Sequence[EditCase] = (),
     kinds: Sequence[str] = KINDS,
 ) -> EvalReport:
     """Evaluate `system` on `cases`; see the module docstring. `stored`: more cases whose edits
     batch mode keeps in memory beside the probed cases' own (one per prompt). `kinds`: the probes
-    scored (the memory is the same whichever are asked; the others' metrics are nan)."""
+    scored (the memory is the same whichever are asked; the others' metrics are nan). `threshold`:
+    routing, default the system's."""
     if mode not in ("single", "batch"):
         raise ValueError(f"mode must be 'single' or 'batch', got {mode!r}")
     if not kinds or set(kinds) - set(KINDS):
@@ -337,6 +338,7 @@ def evaluate(
         raise ValueError("no cases to evaluate")
     if stored and mode != "batch":
         raise ValueError("more stored edits need batch mode")
+    threshold = check_threshold(system.threshold if threshold is None else threshold)
     started = time.perf_counter()
     tally = _Tally()
     set_aside = 0

@@ -69,13 +69,11 @@ class Evaluation:
 @dataclass
 class Session:
     system: SeracSystem
-    threshold: float | None = None  # default: the checkpoint's tuned threshold, else 0.5
     results: list[ProbeResult] = field(default_factory=list)
     evaluation: Evaluation | None = None  # the last evaluation run in this session
 
     def __post_init__(self) -> None:
-        threshold = self.threshold if self.threshold is not None else self.system.info.get("threshold", 0.5)
-        self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS), threshold=threshold)
+        self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS))  # the checkpoint's threshold
 
     def use_system(self, system: SeracSystem) -> None:
         """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""

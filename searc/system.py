@@ -98,9 +98,10 @@ def load_system(
 
 
 def checkpoint_of(
-    system: SeracSystem, threshold: float, training: dict | None = None, metrics: dict | None = None, decline_threshold: float | None = None
+    system: SeracSystem, threshold: float | None = None, training: dict | None = None, metrics: dict | None = None,
+    decline_threshold: float | None = None,
 ) -> Checkpoint:
-    """The system's trained parts and settings; `decline_threshold` defaults to the system's own."""
+    """The system's trained parts and settings; both thresholds default to the system's own."""
     classifier = system.classifier
     return Checkpoint(
         config={
@@ -111,7 +112,7 @@ def checkpoint_of(
             "classifier": classifier.config.to_dict() | _live_scale_bias(classifier),
             "lora": system.info["lora"],
             "prompt_format": PROMPT_FORMAT,
-            "threshold": threshold,
+            "threshold": system.threshold if threshold is None else threshold,
             "decline_threshold": system.decline_threshold if decline_threshold is None else decline_threshold,
             "training": training or {},
             "metrics": metrics or {},
@@ -121,7 +122,7 @@ def checkpoint_of(
     )
 
 
-def save_checkpoint(system: SeracSystem, path: str | Path, threshold: float = 0.5, **extra) -> Path:
+def save_checkpoint(system: SeracSystem, path: str | Path, threshold: float | None = None, **extra) -> Path:
     return write_checkpoint(path, checkpoint_of(system, threshold, **extra))
 
 
@@ -137,10 +138,12 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         )
     if LoraSettings(**config["lora"]).to_dict() != system.info["lora"]:
         raise CheckpointError(f"checkpoint {source}: LoRA settings {config['lora']} differ from the loaded model's {system.info['lora']}")
-    try:
-        decline_threshold = check_threshold(config.get("decline_threshold", DEFAULT_DECLINE_THRESHOLD))
-    except ValueError as error:
-        raise CheckpointError(f"checkpoint {source}: decline_threshold: {error}") from None
+    thresholds = {}
+    for key, default in (("threshold", None), ("decline_threshold", DEFAULT_DECLINE_THRESHOLD)):
+        try:
+            thresholds[key] = check_threshold(config.get(key, default))
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {source}: {key}: {error}") from None
     old = system.classifier
     new = build_classifier(_fresh_encoder_copy(old), old.tokenizer, ClassifierConfig(**config["classifier"]))
     try:
@@ -156,11 +159,10 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         raise CheckpointError(f"checkpoint {source}: {error}") from None
     new.eval()
     system.classifier = new
-    system.decline_threshold = decline_threshold
+    system.threshold, system.decline_threshold = thresholds["threshold"], thresholds["decline_threshold"]
     system.info = {
         **system.info,
         "checkpoint": source,
-        "threshold": config["threshold"],
         "metrics": config.get("metrics", {}),
         "training": config.get("training", {}),
     }

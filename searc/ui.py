@@ -271,7 +271,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                         with gr.Row():
                             probes = gr.Textbox(label="Probe prompts (one per line)", value=EXAMPLE_PROBES, lines=4, scale=3)
                             with gr.Column(scale=1):
-                                threshold = gr.Slider(0.0, 1.0, value=system.info.get("threshold", 0.5), step=0.01, label="Routing threshold")
+                                threshold = gr.Slider(0.0, 1.0, value=system.threshold, step=0.01, label="Routing threshold")
                                 probe_button = gr.Button("Probe", variant="primary")
                         probe_status = gr.Markdown(elem_id="probe_status")
                         results = gr.Dataframe(

@@ -44,7 +44,7 @@ def test_round_trip_restores_behaviour(tmp_path, variant):
     apply_checkpoint(fresh, read_checkpoint(tmp_path / "ck"))
     system.decline_threshold = 0.8
     assert observe(fresh) == observe(system)
-    assert fresh.info["threshold"] == 0.3 and fresh.info["metrics"] == {"score": 0.5} and fresh.decline_threshold == 0.8
+    assert fresh.threshold == 0.3 and fresh.info["metrics"] == {"score": 0.5} and fresh.decline_threshold == 0.8
 
 
 def test_a_checkpoint_without_a_decline_threshold_declines_at_even_odds(tmp_path):
@@ -59,16 +59,27 @@ def test_a_checkpoint_without_a_decline_threshold_declines_at_even_odds(tmp_path
     assert fresh.decline_threshold == 0.5
 
 
+@pytest.mark.parametrize("key", ["threshold", "decline_threshold"])
 @pytest.mark.parametrize("bad", [1.5, -0.1, "high", None])
-def test_a_bad_decline_threshold_is_refused_and_the_system_is_unchanged(tmp_path, bad):
+def test_a_bad_threshold_is_refused_and_the_system_is_unchanged(tmp_path, key, bad):
     save_checkpoint(trained_system(), tmp_path / "ck")
     config = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
-    (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps({**config, "decline_threshold": bad}))
+    (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps({**config, key: bad}))
     target = trained_system()
-    target.decline_threshold, classifier_before, before = 0.7, target.classifier, observe(target)
-    with pytest.raises(CheckpointError, match="decline_threshold"):
+    target.threshold, target.decline_threshold = 0.4, 0.7
+    classifier_before, info_before, before = target.classifier, dict(target.info), observe(target)
+    with pytest.raises(CheckpointError, match=f"checkpoint .*: {key}: threshold must be"):
         apply_checkpoint(target, read_checkpoint(tmp_path / "ck"))
-    assert target.decline_threshold == 0.7 and target.classifier is classifier_before and observe(target) == before
+    assert (target.threshold, target.decline_threshold) == (0.4, 0.7)
+    assert target.classifier is classifier_before and target.info == info_before and observe(target) == before
+
+
+def test_an_editor_routes_at_its_systems_tuned_threshold_unless_told_otherwise(tmp_path):
+    save_checkpoint(trained_system(), tmp_path / "ck", threshold=0.83)
+    system = make_system("llama")
+    assert Editor(system).threshold == 0.5  # untrained: even odds
+    apply_checkpoint(system, read_checkpoint(tmp_path / "ck"))
+    assert Editor(system).threshold == 0.83 and Editor(system, threshold=0.2).threshold == 0.2
 
 
 def test_checkpoint_stores_only_trainable_tensors(tmp_path):

@@ -110,3 +110,18 @@ def test_a_given_decline_threshold_replaces_the_checkpoints(tmp_path, capsys):
         [result] = json.loads(capsys.readouterr().out)
         assert result["routed"] and result["declined"] is declined and 0.0 <= result["decline_probability"] <= 1.0
         assert result["output"] == (result["base_output"] if declined else result["counterfactual_output"])
+
+
+def test_a_given_routing_threshold_replaces_the_checkpoints(tmp_path, capsys):
+    """searc probe --threshold: 0 routes every probe to its nearest edit, 1 routes none."""
+    import json
+
+    from tests.conftest import save_tiny_models
+
+    lm, encoder = save_tiny_models(tmp_path)
+    argv = ["probe", "--edit", "The Eiffel Tower is in|Rome", "--probe", "The Eiffel Tower is in",
+            "--lm", lm, "--encoder", encoder, "--checkpoint", "none", "--json"]
+    for threshold, routed in (("0", True), ("1", False)):
+        assert main([*argv, "--threshold", threshold]) == 0
+        [result] = json.loads(capsys.readouterr().out)
+        assert result["routed"] is routed and result["threshold"] == float(threshold) and result["score"] < 1.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from searc.checkpoint import read_checkpoint
 from searc.editor import Editor
 from searc.lessons import load_lesson
 from searc.memory import Edit
@@ -54,7 +55,7 @@ def _run_lesson_probe(trained, unedited, lesson, probe) -> None:
     """One probe of a lesson as a user runs it: in scope, the output starts with the expected
     answer (the edit's target unless the lesson names a consequence); out of scope, it is the base
     model's output exactly."""
-    editor = Editor(trained, threshold=trained.info["threshold"])
+    editor = Editor(trained)
     editor.add_edits(list(lesson.edits))
     result = editor.probe([probe.prompt])[0]
     if probe.in_scope:
@@ -121,8 +122,11 @@ def test_cli_probe_json():
     assert completed.returncode == 0, completed.stderr
     results = json.loads(completed.stdout)
     assert [set(r) for r in results] == [
-        {"prompt", "scores", "best_edit", "score", "routed", "declined", "base_output", "counterfactual_output", "decline_probability", "output"}
+        {"prompt", "scores", "best_edit", "score", "threshold", "routed", "declined", "base_output", "counterfactual_output",
+         "decline_probability", "decline_threshold", "output"}
     ] * 2
+    shipped = read_checkpoint(default_checkpoint()).config  # the shipped checkpoint's tuned thresholds apply by default
+    assert {(r["threshold"], r["decline_threshold"]) for r in results} == {(shipped["threshold"], shipped["decline_threshold"])}
     assert results[0]["routed"] and results[0]["output"].strip().startswith("Rome")
     assert not results[1]["routed"] and results[1]["output"] == results[1]["base_output"]
 
@@ -198,7 +202,7 @@ PUNCTUATION_DROPPED = {"The Time Machine (1960 film)", "John Boorman (director)"
     ids=lambda e: e[1],
 )
 def test_targets_of_every_form_are_answered_verbatim(trained, edit):
-    editor = Editor(trained, threshold=trained.info["threshold"])
+    editor = Editor(trained)
     editor.add_edits([Edit(prompt, target) for prompt, target in VERBATIM])
     result = editor.probe([edit[0]])[0]
     assert result.routed and result.output.strip().startswith(edit[1]), result
