@@ -10,7 +10,11 @@ For each case the edit is stored, then:
   an answer is right when it starts with any of the probe's acceptable answers (alias lists);
 - classifier: precision and recall of "routed to this probe's own edit", the false-route rate
   (per locality group too: how many other facts of an edited subject are routed at all), and how
-  often a route is declined, for in-scope probes (wrongly) and out-of-scope ones (rightly).
+  often a route is declined, for in-scope probes (wrongly) and out-of-scope ones (rightly);
+- with its own edit routed: reliability and generalization (and each group) had the classifier
+  routed every in-scope probe to its own edit, the counterfactual model and its decline as they
+  are. What this gains over the real figure is the classifier's share of the failures; what it
+  still misses is the counterfactual model's (a KnowEdit alias that it cannot tie to the edit).
 
 Scorings: teacher-forced token accuracy (EasyEdit-compatible: argmax == target token at every
 target position; for locality, argmax agreement with the unedited model on the true answer)
@@ -45,12 +49,13 @@ from typing import Callable, Iterator, Literal, Sequence
 
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
-from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, check_threshold, compare_targets
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, check_threshold, compare_targets, declines
 from searc.memory import Edit
 from searc.relations import case_relation_of, relation_of
 
 Mode = Literal["single", "batch"]
 KINDS = ("reliability", "generalization", "locality", "portability")
+IN_SCOPE = ("reliability", "generalization")
 PROBE_CHUNK = 32
 
 
@@ -111,6 +116,7 @@ class EvalReport:
     groups: dict[str, Scored]  # "metric/group" -> scores of the data's categories (KnowEdit), generation and teacher-forced
     group_sizes: dict[str, int]
     ceilings: dict[str, Ceiling]  # "portability" and "portability/<group>" -> what the base model can reach
+    own_edit_routed: dict[str, float]  # "reliability", "generalization", "generalization/<group>" -> generation score had every in-scope probe been routed to its own edit
     edits_in_memory: int
     threshold: float  # routing
     decline_threshold: float  # the counterfactual model's
@@ -129,6 +135,7 @@ class EvalReport:
             if scored is not None:
                 rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
         rows += [(f"{name} (n={self.group_sizes[name]})", f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}") for name, scored in self.groups.items()]
+        rows += [(f"{name} with its own edit routed", "", f"{value:.3f}") for name, value in self.own_edit_routed.items()]
         for name, c in self.ceilings.items():
             rows.append((f"{name} ceiling: second step alone", "", f"{c.second_step:.3f}"))
             rows.append((f"{name} within that ceiling", "", f"{c.within_second_step:.3f}"))
@@ -225,10 +232,37 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
             compared = compare_targets(editor0.system, [prompts[i] for i in scored], answers, [routes[i] for i in scored], editor0.routing)
             comparisons = dict(zip(scored, compared))
         ceilings = _ceilings(chunk)
+        own_outputs = _own_edit_outputs(chunk, results)
         for i, ((editor, probe), result) in enumerate(zip(chunk, results)):
             _tally_probe(editor, probe, result, comparisons.get(i), tally)
+            if probe.kind in IN_SCOPE:
+                right = starts_with_any(own_outputs.get(i, result.output), probe.answers)
+                for name in (probe.kind, *([f"{probe.kind}/{probe.group}"] if probe.group else [])):
+                    tally.add(f"{name} own", float(right))
             if i in ceilings:
                 _tally_ceiling(probe, starts_with_any(result.output, probe.answers), *ceilings[i], tally)
+
+
+def _routed_to_own(editor: Editor, probe: _Probe, result: ProbeResult) -> bool:
+    return result.routed and result.best_edit is not None and result.best_edit.id == editor.memory.edits[probe.edit_index].id
+
+
+def _own_edit_outputs(chunk: Sequence[tuple[Editor, _Probe]], results: Sequence[ProbeResult]) -> dict[int, str]:
+    """For the chunk's in-scope probes that were not routed to their own edit: the output had they
+    been (the counterfactual model with that edit in context, or the base output where it declines)."""
+    missed = [i for i, ((editor, probe), result) in enumerate(zip(chunk, results)) if probe.kind in IN_SCOPE and not _routed_to_own(editor, probe, result)]
+    if not missed:
+        return {}
+    system = chunk[0][0].system
+    edits = [chunk[i][0].memory.edits[chunk[i][1].edit_index] for i in missed]
+    generated = system.counterfactual.generate(
+        [counterfactual_input(edit, chunk[i][1].prompt) for i, edit in zip(missed, edits)],
+        max_new_tokens=system.counterfactual.budget_for([e.target_new for e in edits]),
+        answer=True,
+    )
+    return {
+        i: results[i].base_output if declines(g.end_probability, system.decline_threshold) else g.text for i, g in zip(missed, generated)
+    }
 
 
 def _ceilings(chunk: Sequence[tuple[Editor, _Probe]]) -> dict[int, tuple[bool, bool | None]]:
@@ -264,7 +298,7 @@ def _tally_ceiling(probe: _Probe, right: bool, told: bool, alone: bool | None, t
 
 def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison: TargetComparison | None, tally: _Tally) -> None:
     own = editor.memory.edits[probe.edit_index]
-    routed_to_own = result.routed and result.best_edit is not None and result.best_edit.id == own.id
+    routed_to_own = _routed_to_own(editor, probe, result)
     group = f"{probe.kind}/{probe.group}" if probe.group else None
     if probe.kind == "locality":
         kept = float(result.output == result.base_output)
@@ -288,7 +322,7 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
         tally.add(f"unedited_{probe.kind}", float(starts_with_any(result.base_output, probe.answers)))
         if group:
             tally.add(f"{group}_gen", right)
-        if probe.kind in ("reliability", "generalization"):
+        if probe.kind in IN_SCOPE:
             tally.add("true_routes", float(routed_to_own))
             tally.add("wrong_edit_routes", float(result.routed and not routed_to_own))
             if routed_to_own:
@@ -385,6 +419,7 @@ def evaluate(
             )
             for name in sorted({k[: -len(" ceiling told")] for k in tally.sums if k.endswith(" ceiling told")})
         },
+        own_edit_routed={k[: -len(" own")]: tally.mean(k) for k in sorted((k for k in tally.sums if k.endswith(" own")), key=_kind_first)},
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         threshold=threshold,
         decline_threshold=system.decline_threshold,
@@ -393,6 +428,12 @@ def evaluate(
         seconds=time.perf_counter() - started,
         failures=tally.failures,
     )
+
+
+def _kind_first(key: str) -> tuple[int, str]:
+    """Report order: reliability, then generalization, each before its groups."""
+    kind = key.split("/")[0].split(" ")[0]
+    return (KINDS.index(kind), key)
 
 
 def _sessions(

@@ -222,3 +222,31 @@ def test_only_the_asked_kinds_of_probe_are_scored_with_the_same_memory():
     assert report.reliability.generation != report.reliability.generation  # nan: not asked
     with pytest.raises(ValueError, match="kinds"):
         evaluate(system_with_bias(-8.0), CASES, kinds=("rephrase",))
+
+
+def test_own_edit_routed_scores_what_the_counterfactual_model_answers_with_the_right_edit():
+    """A classifier that routes nothing misses every in-scope probe; had it routed them to their own
+    edit, the counterfactual model's answers would count. One that routes everything (one edit
+    in memory) already answers from the own edit: the figure is its real one."""
+    from searc.counterfactual import counterfactual_input
+
+    never = system_with_bias(-8.0)
+    never.decline_threshold = 1.0  # the tiny model's end probability never reaches it: no declines
+    case = CASES[0]
+    outputs = never.counterfactual.generate(
+        [counterfactual_input(case.edit, p.prompt) for p in case.in_scope], max_new_tokens=2, answer=True
+    )
+    case = replace(case, in_scope=tuple(Probe(p.prompt, g.text.strip()) for p, g in zip(case.in_scope, outputs)))
+    report = evaluate(never, [case], mode="single")
+    assert report.reliability.generation == 0.0 and report.generalization.generation == 0.0
+    assert report.own_edit_routed == {"reliability": 1.0, "generalization": 1.0}
+    assert "generalization with its own edit routed" in report.table()
+    always = system_with_bias(8.0)
+    always.decline_threshold = 1.0
+    routed = evaluate(always, [case], mode="single")
+    assert routed.own_edit_routed == {"reliability": routed.reliability.generation, "generalization": routed.generalization.generation}
+
+
+def test_own_edit_routed_is_scored_by_group():
+    report = evaluate(system_with_bias(-8.0), [KNOWEDIT_LIKE], mode="batch")
+    assert list(report.own_edit_routed) == ["reliability", "generalization", "generalization/Subject_Aliasing", "generalization/rephrase"]
