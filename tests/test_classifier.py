@@ -96,7 +96,10 @@ def test_calibration_separates_classes():
 
 
 @pytest.mark.parametrize("variant", ["dense", "cross"])
-def test_matrix_logits_agree_with_pair_logits(variant):
+@pytest.mark.parametrize("pair_chunk", [256, 5])
+def test_matrix_logits_agree_with_pair_logits(variant, pair_chunk, monkeypatch):
+    """The cross-encoder's pairs go through the encoder PAIR_CHUNK at a time: the same logits, in order."""
+    monkeypatch.setattr("searc.classifier.PAIR_CHUNK", pair_chunk)
     classifier = make_system(variant=variant).classifier
     with torch.no_grad():
         matrix = classifier.matrix_logits(EDITS, PROBES)
