@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from this checkpoint's classifier and adapter (their settings too: --variant, "
                             "--trainable-layers and --top-k are then the checkpoint's); with --c-edit 0 --c-decline 0 "
                             "only the classifier trains")
+    train.add_argument("--new-classifier", action="store_true",
+                       help="with --init: keep only the checkpoint's counterfactual model (adapter, decline threshold) "
+                            "and train a new classifier of --variant, --trainable-layers and --top-k from the encoder")
     train.add_argument("--variant", choices=["dense", "cross"], default="dense")
     train.add_argument("--trainable-layers", type=int, default=ClassifierConfig.trainable_layers,
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
@@ -207,7 +210,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from searc.data import DataError, load_cases
-    from searc.system import load_system
+    from searc.system import load_system, replace_classifier
     from searc.train import train
 
     try:
@@ -227,10 +230,14 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
+    if args.new_classifier and args.init is None:
+        raise UsageError("searc train: --new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
+    classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
     if args.init is not None:
         system = load_system(args.lm, args.encoder, checkpoint=args.init)
+        if args.new_classifier:
+            replace_classifier(system, classifier)
     else:
-        classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
         system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
     for event in train(system, train_cases, val_cases, config, out=args.out):
         if event.kind == "step":

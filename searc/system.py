@@ -17,7 +17,7 @@ from searc.counterfactual import (
     separate_counterfactual,
     shared_base_and_counterfactual,
 )
-from searc.editor import DEFAULT_DECLINE_THRESHOLD, SeracSystem, check_threshold
+from searc.editor import DEFAULT_DECLINE_THRESHOLD, DEFAULT_THRESHOLD, SeracSystem, check_threshold
 from searc.lm import LanguageModel
 from searc.models import BUNDLED, load_encoder, load_language_model
 from searc.shipped import default_checkpoint
@@ -97,6 +97,17 @@ def load_system(
     return system
 
 
+def replace_classifier(system: SeracSystem, config: ClassifierConfig) -> None:
+    """An untrained classifier of `config` in place of the system's, on the encoder as its spec loads
+    (none of a checkpoint's fine-tuned layers), routing at the untrained default threshold; the
+    counterfactual model and its decline threshold stay. Training then fits the new classifier
+    beside a counterfactual model already trained."""
+    encoder, tokenizer = load_encoder(system.info["encoder"])
+    system.classifier = build_classifier(encoder, tokenizer, config)
+    system.threshold = DEFAULT_THRESHOLD
+    system.info = {**system.info, "classifier_init": "untrained"}
+
+
 def checkpoint_of(
     system: SeracSystem, threshold: float | None = None, training: dict | None = None, metrics: dict | None = None,
     decline_threshold: float | None = None,
@@ -163,6 +174,7 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
     system.info = {
         **system.info,
         "checkpoint": source,
+        "classifier_init": "checkpoint",  # training from this system continues this classifier
         "metrics": config.get("metrics", {}),
         "training": config.get("training", {}),
     }

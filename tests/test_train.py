@@ -251,6 +251,29 @@ def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
     assert second.config["classifier"]["trainable_layers"] == 1  # the checkpoint's settings, not the flag's default
     assert all(torch.equal(first.adapter_state[k], second.adapter_state[k]) for k in first.adapter_state)
     assert any(not torch.equal(first.classifier_state[k], second.classifier_state[k]) for k in first.classifier_state)
+    assert (first.config["training"]["classifier_init"], second.config["training"]["classifier_init"]) == ("untrained", "checkpoint")
+
+
+def test_a_new_classifier_can_be_trained_beside_a_checkpoints_counterfactual_model(tmp_path, capsys):
+    """searc train --init CK --new-classifier --variant cross: CK's adapter, a cross-encoder trained from the encoder."""
+    from searc.cli import main
+    from tests.conftest import require_shared_data, save_tiny_models
+
+    data = require_shared_data()
+    lm, encoder = save_tiny_models(tmp_path)
+    common = ["--data", str(data / "counterfact/train.json"), "--limit", "6", "--val", str(data / "counterfact/val.json"),
+              "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder]
+    assert main(["train", *common, "--trainable-layers", "1", "--out", str(tmp_path / "dense")]) == 0, capsys.readouterr().err
+    argv = ["train", *common, "--init", str(tmp_path / "dense"), "--new-classifier", "--variant", "cross", "--trainable-layers", "2",
+            "--c-edit", "0", "--c-decline", "0", "--out", str(tmp_path / "cross")]
+    assert main(argv) == 0, capsys.readouterr().err
+    dense, cross = (read_checkpoint(tmp_path / name) for name in ("dense", "cross"))
+    assert cross.config["classifier"]["variant"] == "cross" and cross.config["classifier"]["trainable_layers"] == 2
+    assert cross.config["training"]["classifier_init"] == "untrained" and cross.config["training"]["init"] == str(tmp_path / "dense")
+    assert dense.adapter_state.keys() == cross.adapter_state.keys()
+    assert all(torch.equal(dense.adapter_state[k], cross.adapter_state[k]) for k in dense.adapter_state)
+    assert main(["train", *common, "--new-classifier", "--out", str(tmp_path / "x")]) == 2
+    assert "--new-classifier goes with --init" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
