@@ -101,14 +101,15 @@ class ProbeResult:
             "output": self.output,
         }
 
-    def with_threshold(self, threshold: float) -> "ProbeResult":
-        """Re-route under another threshold without running any model (hard routing only)."""
+    def with_thresholds(self, threshold: float, decline_threshold: float) -> "ProbeResult":
+        """Re-route under other thresholds without running any model (hard routing only)."""
         check_threshold(threshold)
-        routed = self.best_edit is not None and self.score >= threshold
-        if routed and self.counterfactual_output is None:
+        moved = replace(self, threshold=threshold, decline_threshold=check_threshold(decline_threshold))
+        moved.routed = self.best_edit is not None and self.score >= threshold
+        if moved.routed and self.counterfactual_output is None:
             raise ValueError("this probe has no counterfactual output; probe again with counterfactual_for_all=True")
-        output = self.counterfactual_output if routed and not self.counterfactual_declines else self.base_output
-        return replace(self, routed=routed, output=output, threshold=threshold)
+        moved.output = self.counterfactual_output if moved.routed and not moved.counterfactual_declines else self.base_output
+        return moved
 
     def explanation(self) -> str:
         """Why this probe was routed or not, in words."""
@@ -157,13 +158,16 @@ class Editor:
         memory: EditMemory | None = None,
         threshold: float | None = None,
         routing: Routing = "hard",
+        decline_threshold: float | None = None,
     ) -> None:
-        """`threshold`: routing; default the system's (its checkpoint's tuned threshold)."""
+        """`threshold` (routing) and `decline_threshold`: this session's; default the system's (its
+        checkpoint's tuned pair). A session may move them; the shared system keeps its own."""
         if routing not in ("hard", "soft"):
             raise ValueError(f"routing must be 'hard' or 'soft', got {routing!r}")
         self.system = system
         self.memory = memory if memory is not None else EditMemory()
         self.threshold = check_threshold(system.threshold if threshold is None else threshold)
+        self.decline_threshold = check_threshold(system.decline_threshold if decline_threshold is None else decline_threshold)
         self.routing = routing
 
     # ------------------------------------------------------------------ memory
@@ -214,17 +218,18 @@ class Editor:
         prompts = [validate_text("probe", p) for p in prompts]
         if len(prompts) > MAX_PROBES:
             raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
-        return answer(self.system, prompts, self.route(prompts), self.threshold, self.routing, counterfactual_for_all)
+        return answer(self.system, prompts, self.route(prompts), self.threshold, self.decline_threshold, self.routing, counterfactual_for_all)
 
     def score_target(self, prompt: str, target: str) -> TargetComparison:
         """Per-token NLL of `target` after `prompt`, base model vs edited system."""
         prompt = validate_text("prompt", prompt)
         target = validate_text("target", target)
-        return compare_targets(self.system, [prompt], [target], self.route([prompt]), self.routing)[0]
+        return compare_targets(self.system, [prompt], [target], self.route([prompt]), self.decline_threshold, self.routing)[0]
 
 
 def compare_targets(
-    system: SeracSystem, prompts: Sequence[str], targets: Sequence[str], routes: Sequence[Route], routing: Routing = "hard"
+    system: SeracSystem, prompts: Sequence[str], targets: Sequence[str], routes: Sequence[Route], decline_threshold: float,
+    routing: Routing = "hard",
 ) -> list[TargetComparison]:
     """Teacher-forced scoring of each target under the base model and under the edited system,
     batched: one base pass for all prompts, one counterfactual pass for those with a best edit.
@@ -248,7 +253,7 @@ def compare_targets(
             target_ids = torch.tensor(base.token_ids).unsqueeze(-1)
             edited = (-mixture.gather(-1, target_ids).squeeze(-1)).tolist()
             edited_predicted = mixture.argmax(-1).tolist()
-        elif route.routed and not declines(teacher_forced_end_probability(system.counterfactual, counterfactual), system.decline_threshold):
+        elif route.routed and not declines(teacher_forced_end_probability(system.counterfactual, counterfactual), decline_threshold):
             edited, edited_predicted = counterfactual.token_nll, counterfactual.predicted_ids
         comparisons.append(
             TargetComparison(
@@ -297,6 +302,7 @@ def answer(
     prompts: Sequence[str],
     routes: Sequence[Route],
     threshold: float,
+    decline_threshold: float,
     routing: Routing = "hard",
     counterfactual_for_all: bool = False,
 ) -> list[ProbeResult]:
@@ -330,7 +336,7 @@ def answer(
             output=base_output,
             threshold=threshold,
             decline_probability=generation.end_probability if generation else None,
-            decline_threshold=system.decline_threshold,
+            decline_threshold=decline_threshold,
         )
         if routing == "soft" and route.best_edit is not None:
             result.output = soft_generate(system, prompt, route.best_edit, route.score)

@@ -224,12 +224,14 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
         routes = [editor.route([probe.prompt])[0] for editor, probe in chunk]
         editor0 = chunk[0][0]
         prompts = [p.prompt for _, p in chunk]
-        results = answer(editor0.system, prompts, routes, editor0.threshold, editor0.routing)
+        results = answer(editor0.system, prompts, routes, editor0.threshold, editor0.decline_threshold, editor0.routing)
         scored = [i for i, (_, p) in enumerate(chunk) if p.answer]
         comparisons = {}
         if scored:
             answers = [chunk[i][1].answer for i in scored]
-            compared = compare_targets(editor0.system, [prompts[i] for i in scored], answers, [routes[i] for i in scored], editor0.routing)
+            compared = compare_targets(
+                editor0.system, [prompts[i] for i in scored], answers, [routes[i] for i in scored], editor0.decline_threshold, editor0.routing
+            )
             comparisons = dict(zip(scored, compared))
         ceilings = _ceilings(chunk)
         own_outputs = _own_edit_outputs(chunk, results)
@@ -253,7 +255,8 @@ def _own_edit_outputs(chunk: Sequence[tuple[Editor, _Probe]], results: Sequence[
     missed = [i for i, ((editor, probe), result) in enumerate(zip(chunk, results)) if probe.kind in IN_SCOPE and not _routed_to_own(editor, probe, result)]
     if not missed:
         return {}
-    system = chunk[0][0].system
+    editor = chunk[0][0]
+    system = editor.system
     edits = [chunk[i][0].memory.edits[chunk[i][1].edit_index] for i in missed]
     generated = system.counterfactual.generate(
         [counterfactual_input(edit, chunk[i][1].prompt) for i, edit in zip(missed, edits)],
@@ -261,7 +264,7 @@ def _own_edit_outputs(chunk: Sequence[tuple[Editor, _Probe]], results: Sequence[
         answer=True,
     )
     return {
-        i: results[i].base_output if declines(g.end_probability, system.decline_threshold) else g.text for i, g in zip(missed, generated)
+        i: results[i].base_output if declines(g.end_probability, editor.decline_threshold) else g.text for i, g in zip(missed, generated)
     }
 
 
@@ -356,14 +359,15 @@ def evaluate(
     cases: Sequence[EditCase],
     mode: Mode = "single",
     threshold: float | None = None,
+    decline_threshold: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     stored: Sequence[EditCase] = (),
     kinds: Sequence[str] = KINDS,
 ) -> EvalReport:
     """Evaluate `system` on `cases`; see the module docstring. `stored`: more cases whose edits
     batch mode keeps in memory beside the probed cases' own (one per prompt). `kinds`: the probes
-    scored (the memory is the same whichever are asked; the others' metrics are nan). `threshold`:
-    routing, default the system's."""
+    scored (the memory is the same whichever are asked; the others' metrics are nan). `threshold` and
+    `decline_threshold`: default the system's."""
     if mode not in ("single", "batch"):
         raise ValueError(f"mode must be 'single' or 'batch', got {mode!r}")
     if not kinds or set(kinds) - set(KINDS):
@@ -373,6 +377,7 @@ def evaluate(
     if stored and mode != "batch":
         raise ValueError("more stored edits need batch mode")
     threshold = check_threshold(system.threshold if threshold is None else threshold)
+    decline_threshold = check_threshold(system.decline_threshold if decline_threshold is None else decline_threshold)
     started = time.perf_counter()
     tally = _Tally()
     set_aside = 0
@@ -380,7 +385,7 @@ def evaluate(
         cases, repeats = one_edit_per_fact(cases)
         set_aside = len(repeats)
         stored = one_edit_per_fact([*cases, *stored])[0][len(cases) :]
-    sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, stored)]
+    sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, decline_threshold, stored)]
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
         _score(sessions[start : start + group], tally)
@@ -422,7 +427,7 @@ def evaluate(
         own_edit_routed={k[: -len(" own")]: tally.mean(k) for k in sorted((k for k in tally.sums if k.endswith(" own")), key=_kind_first)},
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         threshold=threshold,
-        decline_threshold=system.decline_threshold,
+        decline_threshold=decline_threshold,
         classifier=classifier,
         unedited=unedited,
         seconds=time.perf_counter() - started,
@@ -437,18 +442,18 @@ def _kind_first(key: str) -> tuple[int, str]:
 
 
 def _sessions(
-    system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float, stored: Sequence[EditCase] = ()
+    system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float, decline_threshold: float, stored: Sequence[EditCase] = ()
 ) -> Iterator[tuple[Editor, list[_Probe]]]:
     """Editors with their memory filled as the mode says, and the probes to ask them: single mode
     keys each case's edit in its own small memory; batch mode keys them all at once."""
     if mode == "batch":
-        editor = Editor(system, threshold=threshold)
+        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold)
         edits = editor.add_edits([c.edit for c in (*cases, *stored)])
         stored_claimants = claimants(cases, edits)
         yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, stored_claimants[i])]
         return
     for case in cases:
-        editor = Editor(system, threshold=threshold)
+        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold)
         editor.add_edits([case.edit])
         yield editor, _probes(case, 0, editor.edits)
 

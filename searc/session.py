@@ -73,12 +73,12 @@ class Session:
     evaluation: Evaluation | None = None  # the last evaluation run in this session
 
     def __post_init__(self) -> None:
-        self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS))  # the checkpoint's threshold
+        self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS))  # the checkpoint's thresholds
 
     def use_system(self, system: SeracSystem) -> None:
         """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""
         self.system = system
-        self.editor = Editor(system, memory=self.editor.memory, threshold=self.editor.threshold)
+        self.editor = Editor(system, memory=self.editor.memory, threshold=self.editor.threshold, decline_threshold=self.editor.decline_threshold)
         self.results = []
 
     # -------------------------------------------------------------- memory
@@ -122,30 +122,37 @@ class Session:
         return json.dumps([e.to_dict() for e in self.editor.edits], indent=2, ensure_ascii=False)
 
     # -------------------------------------------------------------- probing
-    def probe(self, probes_text: str, threshold: float) -> list[ProbeResult]:
-        """Probe every line; counterfactual outputs are computed for all so the threshold can move later."""
+    def _thresholds(self, threshold: float, decline_threshold: float | None) -> tuple[float, float]:
+        """Both checked before either moves; no decline threshold given: the session's stays."""
+        return check_threshold(threshold), check_threshold(self.editor.decline_threshold if decline_threshold is None else decline_threshold)
+
+    def probe(self, probes_text: str, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
+        """Probe every line; counterfactual outputs are computed for all so the thresholds can move later."""
         prompts = split_lines(probes_text)
         if not prompts:
             raise ValueError("type at least one probe prompt (one per line)")
-        previous, self.editor.threshold = self.editor.threshold, check_threshold(threshold)
+        thresholds = self._thresholds(threshold, decline_threshold)
+        previous = self.editor.threshold, self.editor.decline_threshold
+        self.editor.threshold, self.editor.decline_threshold = thresholds
         try:
             self.results = self.editor.probe(prompts, counterfactual_for_all=True)
         except ValueError:
-            self.editor.threshold = previous  # bad input changes nothing
+            self.editor.threshold, self.editor.decline_threshold = previous  # bad input changes nothing
             raise
         return self.results
 
-    def reprobe(self, probes_text: str, threshold: float) -> list[ProbeResult]:
+    def reprobe(self, probes_text: str, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
         """After the memory changed: probe the current probes again (none typed: no results)."""
         if not split_lines(probes_text):
             self.results = []
             return self.results
-        return self.probe(probes_text, threshold)
+        return self.probe(probes_text, threshold, decline_threshold)
 
-    def reroute(self, threshold: float) -> list[ProbeResult]:
-        """Apply a new threshold to the last results without running any model."""
-        self.editor.threshold = check_threshold(threshold)
-        self.results = [r.with_threshold(self.editor.threshold) for r in self.results]
+    def reroute(self, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
+        """Apply new routing and decline thresholds to the last results without running any model."""
+        thresholds = self._thresholds(threshold, decline_threshold)
+        self.editor.threshold, self.editor.decline_threshold = thresholds
+        self.results = [r.with_thresholds(*thresholds) for r in self.results]
         return self.results
 
     def results_table(self) -> pd.DataFrame:
@@ -228,7 +235,7 @@ class Session:
     def evaluate(
         self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None
     ) -> Evaluation:
-        """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this session's threshold."""
+        """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this session's thresholds."""
         systems = {"this editor": self.system}
         zero_shot = pool.get(None)
         if zero_shot is not self.system:  # an untrained session is itself the zero-shot editor
@@ -236,7 +243,9 @@ class Session:
         reports = {}
         for name, system in systems.items():
             step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
-            reports[name] = evaluate(system, cases, mode=mode, threshold=self.editor.threshold, progress=step)
+            reports[name] = evaluate(
+                system, cases, mode=mode, threshold=self.editor.threshold, decline_threshold=self.editor.decline_threshold, progress=step
+            )
         self.evaluation = Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])
         return self.evaluation
 

@@ -70,36 +70,36 @@ def workspace_outputs(session: Session, edit_message: str, probe_message: str = 
 def make_handlers(system: SeracSystem, access: ServerAccess):
     """Workspace and lesson handlers, bound to the shared system."""
 
-    def changed(session: Session, probes_text: str, threshold: float, message: str):
+    def changed(session: Session, probes_text: str, threshold: float, decline_threshold: float, message: str):
         """The memory changed: probe the current probes again."""
         try:
-            session.reprobe(probes_text, threshold)
+            session.reprobe(probes_text, threshold, decline_threshold)
         except ValueError as error:
             return workspace_outputs(session, message, f"Probes not run again: {error}")
         return workspace_outputs(session, message)
 
-    def add_edit(state, prompt, target, subject, probes_text, threshold):
+    def add_edit(state, prompt, target, subject, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         try:
             edit = session.add_edit(prompt, target, subject)
         except ValueError as error:
             _fail(error, access)
-        return changed(session, probes_text, threshold, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
+        return changed(session, probes_text, threshold, decline_threshold, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
 
-    def remove_edit(state, edit_id, probes_text, threshold):
+    def remove_edit(state, edit_id, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         try:
             edit = session.remove_edit(edit_id)
         except KeyError as error:
             _fail(error, access)
-        return changed(session, probes_text, threshold, f"Removed {edit.id}")
+        return changed(session, probes_text, threshold, decline_threshold, f"Removed {edit.id}")
 
-    def clear_edits(state, probes_text, threshold):
+    def clear_edits(state, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         session.clear()
-        return changed(session, probes_text, threshold, "Memory cleared")
+        return changed(session, probes_text, threshold, decline_threshold, "Memory cleared")
 
-    def import_edits(state, path, probes_text, threshold):
+    def import_edits(state, path, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         if not path:
             _fail(ValueError("choose a .json, .jsonl or .csv file to import"), access)
@@ -108,7 +108,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             stored = session.import_edits(path)
         except (ValueError, OSError) as error:  # DataError is a ValueError
             _fail(error, access)
-        return changed(session, probes_text, threshold, f"Imported {len(stored)} edits")
+        return changed(session, probes_text, threshold, decline_threshold, f"Imported {len(stored)} edits")
 
     def export_edits(state):
         session = _session(state, system)
@@ -116,21 +116,23 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         path.write_text(session.export_json(), encoding="utf-8")
         return str(path)
 
-    def probe(state, probes_text, threshold):
+    def probe(state, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         try:
-            session.probe(probes_text, threshold)
+            session.probe(probes_text, threshold, decline_threshold)
         except ValueError as error:
             _fail(error, access)
         return workspace_outputs(session, "")
 
-    def reroute(state, threshold):
+    def reroute(state, threshold, decline_threshold):
         session = _session(state, system)
         try:
-            session.reroute(threshold)
+            session.reroute(threshold, decline_threshold)
         except ValueError as error:
             _fail(error, access)
-        return workspace_outputs(session, "", f"Re-routed at threshold {threshold:.2f} (no model was run)")
+        return workspace_outputs(
+            session, "", f"Re-routed at threshold {threshold:.2f}, decline threshold {decline_threshold:.2f} (no model was run)"
+        )
 
     def inspect_probe(state, probe_prompt, targets_text):
         """Scope inspector, token view and per-target NLL of one probed prompt."""
@@ -161,7 +163,8 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         if lesson is None:
             _fail(ValueError("pick a lesson"), access)
         session.load_lesson(lesson)
-        outputs = changed(session, lesson.probes_text(), session.editor.threshold, f"Loaded the lesson “{lesson.title}”")
+        editor = session.editor
+        outputs = changed(session, lesson.probes_text(), editor.threshold, editor.decline_threshold, f"Loaded the lesson “{lesson.title}”")
         return (*outputs, lesson.probes_text(), session.editor.threshold, gr.Tabs(selected="workspace"))
 
     return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit, preview_lesson, load_lesson
@@ -213,14 +216,14 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
         return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 
-    def load_failure(state, threshold, selected: gr.SelectData):
+    def load_failure(state, threshold, decline_threshold, selected: gr.SelectData):
         """One click on a failing probe: its case's edit (and the edit it went to) into the workspace, probed."""
         session = _session(state, system)
         try:
             probe_text = session.load_failure(selected.index[0])
         except ValueError as error:
             _fail(error, access)
-        session.reprobe(probe_text, threshold)
+        session.reprobe(probe_text, threshold, decline_threshold)
         return (*workspace_outputs(session, "Loaded a failing probe of the evaluation"), probe_text, gr.Tabs(selected="workspace"))
 
     return run_training, stop_training, load_checkpoint, run_evaluation, load_failure
@@ -272,6 +275,10 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                             probes = gr.Textbox(label="Probe prompts (one per line)", value=EXAMPLE_PROBES, lines=4, scale=3)
                             with gr.Column(scale=1):
                                 threshold = gr.Slider(0.0, 1.0, value=system.threshold, step=0.01, label="Routing threshold")
+                                decline_threshold = gr.Slider(
+                                    0.0, 1.0, value=system.decline_threshold, step=0.01, label="Decline threshold",
+                                    info="a routed probe is declined when the counterfactual model would end at once with this probability or more",
+                                )
                                 probe_button = gr.Button("Probe", variant="primary")
                         probe_status = gr.Markdown(elem_id="probe_status")
                         results = gr.Dataframe(
@@ -342,13 +349,14 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                 eval_report = gr.Code(label="Full report (this editor)", language=None)
 
         workspace = [state, memory, edit_status, results, heatmap, why, probe_pick, probe_status, edit_pick]
-        add_button.click(add_edit, [state, prompt, target, subject, probes, threshold], workspace, api_name="add_edit")
-        remove_button.click(remove_edit, [state, remove_id, probes, threshold], workspace, api_name="remove_edit")
-        clear_button.click(clear_edits, [state, probes, threshold], workspace, api_name="clear_edits")
-        import_file.upload(import_edits, [state, import_file, probes, threshold], workspace, api_name="import_edits")
+        add_button.click(add_edit, [state, prompt, target, subject, probes, threshold, decline_threshold], workspace, api_name="add_edit")
+        remove_button.click(remove_edit, [state, remove_id, probes, threshold, decline_threshold], workspace, api_name="remove_edit")
+        clear_button.click(clear_edits, [state, probes, threshold, decline_threshold], workspace, api_name="clear_edits")
+        import_file.upload(import_edits, [state, import_file, probes, threshold, decline_threshold], workspace, api_name="import_edits")
         export_button.click(export_edits, [state], [export_file], api_name="export_edits")
-        probe_button.click(probe, [state, probes, threshold], workspace, api_name="probe")
-        threshold.release(reroute, [state, threshold], workspace, api_name="reroute")
+        probe_button.click(probe, [state, probes, threshold, decline_threshold], workspace, api_name="probe")
+        for slider in (threshold, decline_threshold):
+            slider.release(reroute, [state, threshold, decline_threshold], workspace, api_name="reroute" if slider is threshold else False)
         probe_pick.change(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name="inspect")
         inspect_button.click(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False)
         edit_pick.change(inspect_edit, [state, edit_pick], [claims], api_name="inspect_edit")
@@ -367,5 +375,5 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
         eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)
-        failures.select(load_failure, [state, threshold], [*workspace, probes, tabs], api_name=False)
+        failures.select(load_failure, [state, threshold, decline_threshold], [*workspace, probes, tabs], api_name=False)
     return app

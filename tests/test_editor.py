@@ -99,9 +99,9 @@ def test_best_edit_is_the_argmax_and_threshold_reroutes_without_models(monkeypat
     assert [r.routed for r in results] == [True, False]
     assert results[0].scores == {"e1": pytest.approx(0.2), "e2": pytest.approx(0.7), "e3": pytest.approx(0.4)}
     monkeypatch.setattr(system.base, "generate", lambda *a, **k: pytest.fail("re-routing must not run a model"))
-    lowered = results[1].with_threshold(0.25)
+    lowered = results[1].with_thresholds(0.25, 0.5)
     assert lowered.routed and lowered.output == results[1].counterfactual_output
-    raised = results[0].with_threshold(0.9)
+    raised = results[0].with_thresholds(0.9, 0.5)
     assert not raised.routed and raised.output == results[0].base_output
     assert "below the threshold 0.90" in raised.explanation() and "e2" in raised.explanation()
 
@@ -130,7 +130,7 @@ def test_batched_target_comparison_matches_one_probe_at_a_time():
     prompts = [EIFFEL[0], "The capital of Japan is a city called", "Where is the tower?"]
     targets = ["Rome", "Tokyo", "in Paris, France"]
     editor.threshold = sorted(r.score for r in editor.route(prompts))[1]  # some routed, some not
-    batched = compare_targets(system, prompts, targets, editor.route(prompts))
+    batched = compare_targets(system, prompts, targets, editor.route(prompts), editor.decline_threshold)
     assert {c.routed for c in batched} == {True, False}
     for comparison, prompt, target in zip(batched, prompts, targets):
         alone = editor.score_target(prompt, target)
@@ -153,14 +153,18 @@ def test_a_declining_counterfactual_model_hands_the_probe_back_to_the_base_model
     assert result.routed and result.declined and result.output == result.base_output
     assert result.counterfactual_output == " Rome" and result.decline_probability == 0.7  # what it would have said
     assert "declined" in result.explanation() and "70%" in result.explanation() and result.to_json()["declined"] is True
-    assert result.with_threshold(0.1).output == result.base_output
+    assert result.with_thresholds(0.1, result.decline_threshold).output == result.base_output
 
-    system.decline_threshold = 0.8  # the same model, a checkpoint tuned to decline only when surer
+    editor.decline_threshold = 0.8  # the same model, a session that declines only when surer
     result = editor.probe([PROBES[1]])[0]
-    assert result.routed and not result.declined and result.output == " Rome"
-    assert result.with_threshold(1.0).output == result.base_output and result.with_threshold(0.1).output == " Rome"
+    assert result.routed and not result.declined and result.output == " Rome" and result.decline_threshold == 0.8
+    assert result.with_thresholds(1.0, 0.8).output == result.base_output and result.with_thresholds(0.1, 0.8).output == " Rome"
+    assert result.with_thresholds(0.1, 0.5).output == result.base_output  # moved back: declined again, no model run
+    assert Editor(system).decline_threshold == system.decline_threshold == 0.5  # the shared system kept its own
 
-    system.decline_threshold = 0.5
+    system.decline_threshold = 0.8  # a checkpoint tuned to decline only when surer: new sessions start there
+    assert Editor(system).decline_threshold == 0.8 and Editor(system, decline_threshold=0.3).decline_threshold == 0.3
+    editor.decline_threshold = 0.5
     eos = system.counterfactual.tokenizer.eos_token_id
     original = system.counterfactual.score_targets
 

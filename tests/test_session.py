@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from searc.editor import DEFAULT_DECLINE_THRESHOLD
 from searc.session import Session
 from tests.conftest import make_system
 from tests.test_editor import perturb_adapter
@@ -52,6 +53,31 @@ def test_the_results_table_shows_what_a_declining_counterfactual_model_would_hav
     session.reroute(0.6)  # not routed: the column still says that it would decline
     row = session.results_table().iloc[0]
     assert row["routed"] == "no" and row["counterfactual output"].startswith("(declines, p(end) 90%)")
+
+
+def test_a_session_moves_its_decline_threshold_without_running_a_model_or_touching_the_shared_system(system, monkeypatch):
+    from searc.lm import Generation
+
+    session, other = Session(system), Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.9) for _ in prompts])
+    [declined] = session.probe("The Eiffel Tower was designed by", 0.0, 0.6)
+    assert declined.declined and declined.output == declined.base_output
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("moving a threshold must not run a model")
+
+    monkeypatch.setattr(system.counterfactual, "generate", no_model)
+    monkeypatch.setattr(system.base, "generate", no_model)
+    [answered] = session.reroute(0.0, 0.95)
+    assert answered.routed and not answered.declined and answered.output == " Rome" and answered.decline_threshold == 0.95
+    assert session.editor.decline_threshold == 0.95 and session.reroute(0.0)[0].decline_threshold == 0.95  # kept when not given
+    assert system.decline_threshold == DEFAULT_DECLINE_THRESHOLD and other.editor.decline_threshold == DEFAULT_DECLINE_THRESHOLD
+    before = (session.editor.threshold, session.editor.decline_threshold, list(session.results))
+    for bad in (lambda: session.reroute(0.3, 1.5), lambda: session.reroute(1.5, 0.3), lambda: session.probe("x", 0.3, -0.1)):
+        with pytest.raises(ValueError, match="threshold"):
+            bad()
+        assert (session.editor.threshold, session.editor.decline_threshold, list(session.results)) == before
 
 
 def test_sessions_do_not_share_memory(system):

@@ -200,6 +200,22 @@ def test_reroute_with_a_bad_threshold_is_a_clear_error(url):
     assert rows(workspace(client.predict(0.99, api_name="/reroute"))["results"])[0]["routed"] == "no"
 
 
+def test_the_decline_threshold_slider_reroutes_without_running_a_model(url):
+    """Decline threshold 0: every route is declined (the base output stands); 1: none is."""
+    client = Client(url, verbose=False)
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", "", 0.0, 1.0, api_name="/add_edit")
+    probed = workspace(client.predict("The Eiffel Tower stands in\nThe capital of Japan is", 0.0, 1.0, api_name="/probe"))
+    assert [r["routed"] for r in rows(probed["results"])] == ["yes", "yes"]
+    declined = workspace(client.predict(0.0, 0.0, api_name="/reroute"))
+    assert [r["routed"] for r in rows(declined["results"])] == ["declined", "declined"]
+    assert all(r["final output"] == r["base output"] for r in rows(declined["results"]))
+    assert "decline threshold 0.00 (no model was run)" in declined["probe_status"]
+    with pytest.raises(Exception, match="greater than maximum value 1.0|threshold must be a number in"):
+        client.predict(0.0, 3.0, api_name="/reroute")
+    again = workspace(client.predict(0.0, 1.0, api_name="/reroute"))
+    assert [r["routed"] for r in rows(again["results"])] == ["yes", "yes"]
+
+
 @pytest.fixture(scope="module")
 def demo_url(server_dirs):
     system = make_system("llama")
