@@ -233,17 +233,24 @@ def test_the_classifier_alone_trains_without_running_the_language_model(monkeypa
     assert len(calls) == 3  # validation's three teacher-forced checks alone
 
 
-def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
-    """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
+def tiny_train_run(tmp_path, capsys, out: str) -> list[str]:
+    """`searc train` options for one step on tiny saved models (returned for more runs), after a first run into `out`."""
     from searc.cli import main
-    from searc.system import load_system
     from tests.conftest import require_shared_data, save_tiny_models
 
     data = require_shared_data()
     lm, encoder = save_tiny_models(tmp_path)
     common = ["--data", str(data / "counterfact/train.json"), "--limit", "6", "--val", str(data / "counterfact/val.json"),
               "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder]
-    assert main(["train", *common, "--trainable-layers", "1", "--out", str(tmp_path / "first")]) == 0, capsys.readouterr().err
+    assert main(["train", *common, "--trainable-layers", "1", "--out", str(tmp_path / out)]) == 0, capsys.readouterr().err
+    return common
+
+
+def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
+    """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
+    from searc.cli import main
+
+    common = tiny_train_run(tmp_path, capsys, "first")
     argv = ["train", *common, "--init", str(tmp_path / "first"), "--c-edit", "0", "--c-decline", "0", "--out", str(tmp_path / "second")]
     assert main(argv) == 0, capsys.readouterr().err
     first, second = (read_checkpoint(tmp_path / name) for name in ("first", "second"))
@@ -257,13 +264,8 @@ def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
 def test_a_new_classifier_can_be_trained_beside_a_checkpoints_counterfactual_model(tmp_path, capsys):
     """searc train --init CK --new-classifier --variant cross: CK's adapter, a cross-encoder trained from the encoder."""
     from searc.cli import main
-    from tests.conftest import require_shared_data, save_tiny_models
 
-    data = require_shared_data()
-    lm, encoder = save_tiny_models(tmp_path)
-    common = ["--data", str(data / "counterfact/train.json"), "--limit", "6", "--val", str(data / "counterfact/val.json"),
-              "--steps", "1", "--val-cases", "2", "--lm", lm, "--encoder", encoder]
-    assert main(["train", *common, "--trainable-layers", "1", "--out", str(tmp_path / "dense")]) == 0, capsys.readouterr().err
+    common = tiny_train_run(tmp_path, capsys, "dense")
     argv = ["train", *common, "--init", str(tmp_path / "dense"), "--new-classifier", "--variant", "cross", "--trainable-layers", "2",
             "--c-edit", "0", "--c-decline", "0", "--out", str(tmp_path / "cross")]
     assert main(argv) == 0, capsys.readouterr().err
