@@ -252,7 +252,10 @@ def _routed_to_own(editor: Editor, probe: _Probe, result: ProbeResult) -> bool:
 def _own_edit_outputs(chunk: Sequence[tuple[Editor, _Probe]], results: Sequence[ProbeResult]) -> dict[int, str]:
     """For the chunk's in-scope probes that were not routed to their own edit: the output had they
     been (the counterfactual model with that edit in context, or the base output where it declines)."""
-    missed = [i for i, ((editor, probe), result) in enumerate(zip(chunk, results)) if probe.kind in IN_SCOPE and not _routed_to_own(editor, probe, result)]
+    missed = [
+        i for i, ((editor, probe), result) in enumerate(zip(chunk, results))
+        if probe.kind in IN_SCOPE and not _routed_to_own(editor, probe, result)
+    ]
     if not missed:
         return {}
     editor = chunk[0][0]
