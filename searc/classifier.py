@@ -187,13 +187,10 @@ class CrossScopeClassifier(ScopeClassifier):
         hidden = self.encoder(**batch).last_hidden_state
         return self.head(mean_pool(hidden, batch["attention_mask"])).squeeze(-1)
 
-    def _forward_pair_chunks(self, edit_ids: Sequence[list[int]], input_ids: Sequence[list[int]]) -> torch.Tensor:
-        """One logit per (edit, input) pair, PAIR_CHUNK pairs per encoder pass: validation's matrix of
-        64 edits by their 600 probes is 38,000 pairs, which in one pass took more than 24 GB."""
-        return torch.cat([
-            self._forward_pairs(edit_ids[start : start + PAIR_CHUNK], input_ids[start : start + PAIR_CHUNK])
-            for start in range(0, len(edit_ids), PAIR_CHUNK)
-        ])
+    def _forward_pair_chunks(self, pairs: Sequence[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """One logit per (edit ids, input ids) pair, PAIR_CHUNK pairs per encoder pass: validation's
+        matrix of 64 edits by their 600 probes is 38,000 pairs, which in one pass took more than 24 GB."""
+        return torch.cat([self._forward_pairs([e for e, _ in chunk], [x for _, x in chunk]) for chunk in _chunks(pairs, PAIR_CHUNK)])
 
     def _tokenize_inputs(self, inputs: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in inputs]
@@ -211,18 +208,18 @@ class CrossScopeClassifier(ScopeClassifier):
         """Cross-encoded logits for each input's candidate edits; -inf (score 0) elsewhere."""
         input_ids = self._tokenize_inputs(inputs)
         chosen = self.candidates(inputs, keys)
-        pairs = [(i, k) for i, row in enumerate(chosen.tolist()) for k in row]
-        scored = self._forward_pair_chunks([keys.token_ids[k] for _, k in pairs], [input_ids[i] for i, _ in pairs]).float().cpu()
+        pairs = [(keys.token_ids[k], input_ids[i]) for i, row in enumerate(chosen.tolist()) for k in row]
+        scored = self._forward_pair_chunks(pairs).float().cpu()
         out = torch.full((len(inputs), len(keys)), float("-inf"))
         return out.scatter_(1, chosen, scored.view(chosen.shape))
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
-        return self._forward_pair_chunks(self.edit_token_ids(edits), self._tokenize_inputs(inputs))
+        return self._forward_pair_chunks(list(zip(self.edit_token_ids(edits), self._tokenize_inputs(inputs))))
 
     def matrix_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
         edit_ids, input_ids = self.edit_token_ids(edits), self._tokenize_inputs(inputs)
         pairs = [(e, x) for e in edit_ids for x in input_ids]
-        return self._forward_pair_chunks([e for e, _ in pairs], [x for _, x in pairs]).view(len(edits), len(inputs))
+        return self._forward_pair_chunks(pairs).view(len(edits), len(inputs))
 
 
 def calibrate(classifier: DenseScopeClassifier, pairs: Sequence[tuple[Edit, str, bool]], steps: int = 200) -> tuple[float, float]:

@@ -149,6 +149,11 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
+def threshold_or(threshold: float | None, default: float) -> float:
+    """`threshold`, checked, or `default` where none is given (a session's or a system's own)."""
+    return check_threshold(default if threshold is None else threshold)
+
+
 class Editor:
     """One editing session over a shared `SeracSystem`."""
 
@@ -166,8 +171,8 @@ class Editor:
             raise ValueError(f"routing must be 'hard' or 'soft', got {routing!r}")
         self.system = system
         self.memory = memory if memory is not None else EditMemory()
-        self.threshold = check_threshold(system.threshold if threshold is None else threshold)
-        self.decline_threshold = check_threshold(system.decline_threshold if decline_threshold is None else decline_threshold)
+        self.threshold = threshold_or(threshold, system.threshold)
+        self.decline_threshold = threshold_or(decline_threshold, system.decline_threshold)
         self.routing = routing
 
     # ------------------------------------------------------------------ memory

@@ -49,7 +49,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
-from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, check_threshold, compare_targets, declines
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets, declines, threshold_or
 from searc.memory import Edit
 from searc.relations import case_relation_of, relation_of
 
@@ -379,8 +379,7 @@ def evaluate(
         raise ValueError("no cases to evaluate")
     if stored and mode != "batch":
         raise ValueError("more stored edits need batch mode")
-    threshold = check_threshold(system.threshold if threshold is None else threshold)
-    decline_threshold = check_threshold(system.decline_threshold if decline_threshold is None else decline_threshold)
+    threshold, decline_threshold = threshold_or(threshold, system.threshold), threshold_or(decline_threshold, system.decline_threshold)
     started = time.perf_counter()
     tally = _Tally()
     set_aside = 0

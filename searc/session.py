@@ -16,7 +16,7 @@ import pandas as pd
 
 from searc.classifier import ClassifierConfig
 from searc.data import EditCase
-from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold
+from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
 from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
@@ -94,7 +94,7 @@ class Session:
 
     def load_lesson(self, lesson) -> None:
         """Replace the memory with a lesson's edits, and the threshold with the lesson's if it has one."""
-        threshold = check_threshold(lesson.threshold) if lesson.threshold is not None else self.editor.threshold
+        threshold = threshold_or(lesson.threshold, self.editor.threshold)
         self.replace_memory(lesson.edits)
         self.editor.threshold = threshold
 
@@ -124,7 +124,7 @@ class Session:
     # -------------------------------------------------------------- probing
     def _thresholds(self, threshold: float, decline_threshold: float | None) -> tuple[float, float]:
         """Both checked before either moves; no decline threshold given: the session's stays."""
-        return check_threshold(threshold), check_threshold(self.editor.decline_threshold if decline_threshold is None else decline_threshold)
+        return check_threshold(threshold), threshold_or(decline_threshold, self.editor.decline_threshold)
 
     def probe(self, probes_text: str, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
         """Probe every line; counterfactual outputs are computed for all so the thresholds can move later."""

@@ -165,7 +165,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         session.load_lesson(lesson)
         editor = session.editor
         outputs = changed(session, lesson.probes_text(), editor.threshold, editor.decline_threshold, f"Loaded the lesson “{lesson.title}”")
-        return (*outputs, lesson.probes_text(), session.editor.threshold, gr.Tabs(selected="workspace"))
+        return (*outputs, lesson.probes_text(), editor.threshold, gr.Tabs(selected="workspace"))
 
     return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit, preview_lesson, load_lesson
 
