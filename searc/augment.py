@@ -41,7 +41,8 @@ from typing import Sequence
 
 from searc.consequences import Facts, consequence_probes
 from searc.data import EditCase, Probe
-from searc.relations import RELATIONS, case_relation_of, template_of
+from searc.memory import Edit
+from searc.relations import RELATIONS, SCOPE_RELATIONS, case_relation_of, template_of
 
 # Wikidata relations that neither CounterFact nor zsRE's training split edits as such: other facts
 # a subject has. Cloze ("The {label} of {} is") and bare ("{} {label}") wordings are built from
@@ -91,6 +92,7 @@ class AugmentConfig:
     generic: int = 1  # generic other facts of the subject, out of scope
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
     target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
+    scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
 
 
 def content_words(text: str) -> set[str]:
@@ -108,6 +110,8 @@ class Augmenter:
         self.held_out = frozenset(held_out)
         self.relations = [r for r in RELATIONS if r.id not in self.held_out]
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
+        self.subjects = sorted({c.edit.subject for c in cases if c.edit.subject})
+        self.scope_relations = [(r, _stems(content_words(" ".join((r.label, *r.templates))))) for r in SCOPE_RELATIONS]
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
             t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
         ]
@@ -155,6 +159,33 @@ class Augmenter:
         )
 
 
+    def scope_case(self, case: EditCase, rng: random.Random) -> EditCase | None:
+        """With chance `scope_cases`, a case that trains the classifier alone (`scope_only`) on a fact
+        of the case's subject in a relation neither dataset edits (`searc.relations.SCOPE_RELATIONS`):
+        its edit is one wording of the relation, in scope its other wordings, out of scope the same
+        wording with another subject of the run and another such relation of this subject. CounterFact
+        has 27 trained relations; these add 34 more, so that "the same fact in other words" is learnt
+        as such and carries to relations training never saw. A relation whose words the case's own
+        prompt uses (or a word of the same stem: "designing", "designed") is skipped: a zsRE question
+        may ask it, and then it is the edited fact."""
+        subject = case.edit.subject
+        if not self.config.scope_cases or rng.random() >= self.config.scope_cases or not subject or subject not in case.edit.prompt or len(self.subjects) < 2:
+            return None
+        own = _stems(content_words(case.edit.prompt.replace(subject, " ")))
+        relations = [r for r, words in self.scope_relations if not words & own]
+        if len(relations) < 2:
+            return None
+        relation, other = rng.sample(relations, 2)
+        edit_wording, *wordings = rng.sample(relation.templates, len(relation.templates))
+        stranger = rng.choice([s for s in rng.sample(self.subjects, 2) if s != subject])
+        return EditCase(
+            edit=Edit(edit_wording.format(subject), "", subject=subject),
+            in_scope=tuple(Probe(t.format(subject), "") for t in (edit_wording, *wordings)),
+            out_of_scope=(Probe(rng.choice(relation.templates).format(stranger), ""), Probe(rng.choice(other.templates).format(subject), "")),
+            scope_only=True,
+        )
+
+
 def target_form(target: str, rng: random.Random) -> str:
     """`target` in a form the training files lack: "Rome (city)", "Rome, Ontario", a number or a
     date, or a name in another script (the last two replace it: an edit's target may be anything)."""
@@ -187,6 +218,11 @@ def split_by_relation(cases: Sequence[EditCase], relations: Sequence[str]) -> tu
         relation = case_relation_of(case)
         (held if relation is not None and relation.id in relations else kept).append(case)
     return kept, held
+
+
+def _stems(words: set[str]) -> set[str]:
+    """Crude stems, enough to tell that "designing" and "designed" are one word."""
+    return {word[:5] for word in words}
 
 
 def _overlap(a: set[str], b: set[str]) -> float:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
+from searc.augment import Augmenter
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, calibration_pairs
 from searc.editor import SeracSystem
@@ -35,9 +36,12 @@ def counterfactual_examples(
     cases: Sequence[EditCase], rng: random.Random, drop_subject: float, per_case: int = 0
 ) -> tuple[list[str], list[str]]:
     """(inputs, targets): in-scope probes with their case's edit in context; the edit prompt
-    always, and of the other wordings `per_case - 1` at random (all when `per_case` is 0)."""
+    always, and of the other wordings `per_case - 1` at random (all when `per_case` is 0).
+    Scope-only cases have no answer and give none."""
     inputs, targets = [], []
     for case in cases:
+        if case.scope_only:
+            continue
         edit = edit_for_training(case, rng, drop_subject)
         probes = list(case.in_scope)
         if per_case and len(probes) > per_case:
@@ -77,22 +81,25 @@ def decline_examples(
     an edit that does not apply. Trained to decline at once on these pairs, it hands the probe back
     to the base model (see `editor.answer`), so a false route costs no locality. `probes`, `labels`
     and the columns of `scope_logits` are those of `scope_matrix(cases)`. With a `limit`, that many
-    out-of-scope probes at random (a language-model pass each is most of a step's time)."""
+    out-of-scope probes at random (a language-model pass each is most of a step's time). The edit
+    in context is never a scope-only case's: it has no answer to decline against."""
     columns = torch.nonzero(~labels.bool().any(0)).flatten().tolist()  # in scope of no edit
     if limit and len(columns) > limit:
         columns = sorted(rng.sample(columns, limit))
     if not columns:
         return []
-    nearest = scope_logits.detach()[:, columns].argmax(0).tolist()
+    answerable = torch.tensor([not case.scope_only for case in cases], device=scope_logits.device)
+    if not answerable.any():
+        return []
+    logits = scope_logits.detach()[:, columns].masked_fill(~answerable[:, None], float("-inf"))
+    nearest = logits.argmax(0).tolist()
     return [counterfactual_input(edit_for_training(cases[e], rng, drop_subject), probes[c]) for c, e in zip(columns, nearest)]
-
-
-Augment = Callable[[EditCase, random.Random], EditCase]
 
 
 class BatchSampler:
     """Batches of edit cases where part of each batch are the nearest neighbours of a random seed
-    case, each case augmented afresh when drawn (`augment`, see `searc.augment`).
+    case, each case augmented afresh when drawn (`augmenter`, see `searc.augment`), followed by the
+    scope-only cases the augmenter draws for them.
 
     Neighbours are found once, by the untrained encoder's cosine similarity of the edit prompts:
     "BMW M54, developed by" next to "BMW N54 is produced by". With the classifier's loss over every
@@ -101,9 +108,9 @@ class BatchSampler:
 
     def __init__(
         self, cases: Sequence[EditCase], system: SeracSystem, batch_edits: int, hard_fraction: float, rng: random.Random,
-        augment: Augment | None = None,
+        augmenter: Augmenter | None = None,
     ) -> None:
-        self.cases, self.rng, self.augment = list(cases), rng, augment
+        self.cases, self.rng, self.augmenter = list(cases), rng, augmenter
         self.size = min(batch_edits, len(self.cases))
         n_hard = int(round(self.size * hard_fraction))
         self.neighbours: list[list[int]] = [[] for _ in self.cases]
@@ -129,4 +136,8 @@ class BatchSampler:
                 chosen.append(index)
                 taken.add(index)
         cases = [self.cases[i] for i in chosen]
-        return [self.augment(case, self.rng) for case in cases] if self.augment else cases
+        if self.augmenter is None:
+            return cases
+        augmented = [self.augmenter(case, self.rng) for case in cases]
+        scope_cases = [self.augmenter.scope_case(case, self.rng) for case in cases]
+        return augmented + [case for case in scope_cases if case is not None]

@@ -52,6 +52,7 @@ class EditCase:
     in_scope: tuple[Probe, ...]  # the edit prompt first, then its rephrases
     out_of_scope: tuple[Probe, ...]
     portability: tuple[Probe, ...] = field(default=())
+    scope_only: bool = False  # trains the classifier alone: its edit has no answer to learn (searc.augment)
 
     @property
     def rephrases(self) -> tuple[Probe, ...]:

@@ -107,6 +107,56 @@ RELATIONS: tuple[Relation, ...] = (
     Relation("P127", "owned by", "owner", ("{} is owned by", "{}'s owner", "{} owner")),
 )
 
+# Relations that neither CounterFact nor zsRE's training split edits, each in several wordings (cloze,
+# statement, question), for scope-only training cases (`searc.augment.Augmenter.scope_case`): an
+# edit of one wording, in scope its other wordings, out of scope the same relation of another
+# subject and other facts of the same subject. They teach the classifier what "the same fact in
+# other words" is beyond CounterFact's relations, so that it carries to relations it never saw. None
+# is a relation CounterFact edits; death (place, date, cause, burial) is left out so that the held-out
+# place of death stays unseen.
+SCOPE_RELATIONS: tuple[Relation, ...] = tuple(Relation(pid, label, pid, templates) for pid, label, templates in (
+    ("P569", "date of birth", ("{} was born on", "The date of birth of {} is", "{}'s birthday is", "When was {} born? On")),
+    ("P26", "spouse", ("{} is married to", "The spouse of {} is", "{}'s husband or wife is", "Who is {} married to?")),
+    ("P22", "father", ("The father of {} is", "{}'s father is", "{} is the child of the father", "Who is the father of {}?")),
+    ("P25", "mother", ("The mother of {} is", "{}'s mother is", "{} was born to the mother", "Who is the mother of {}?")),
+    ("P3373", "sibling", ("The sibling of {} is", "{}'s brother or sister is", "{} has a sibling named", "Who is the sibling of {}?")),
+    ("P40", "child", ("The child of {} is", "{}'s son or daughter is", "{} is the parent of", "Who is the child of {}?")),
+    ("P69", "educated at", ("{} studied at", "{} was educated at", "{} graduated from", "Where did {} study? At")),
+    ("P1066", "student of", ("{} was a student of", "The teacher of {} was", "{} studied under", "Who taught {}?")),
+    ("P166", "award received", ("{} received the award", "{} was awarded the", "The award received by {} is", "What award did {} win?")),
+    ("P102", "member of political party", (
+        "{} is a member of the political party", "{} belongs to the party", "The political party of {} is", "Which party does {} belong to?")),
+    ("P54", "member of sports team", ("{} plays for the club", "The sports team of {} is", "{} signed for the team", "Which team does {} play for?")),
+    ("P21", "sex or gender", ("The gender of {} is", "{} is of the sex", "What is the gender of {}?", "{}'s sex is")),
+    ("P172", "ethnic group", ("The ethnic group of {} is", "{} belongs to the ethnic group", "{} is ethnically", "What is the ethnicity of {}?")),
+    ("P241", "military branch", (
+        "{} served in the military branch", "The military branch of {} is", "In which branch of the military did {} serve?",
+        "{} was a soldier in the")),
+    ("P607", "conflict", ("{} fought in the war", "The conflict {} took part in is", "Which war did {} serve in?", "{} saw action in the")),
+    ("P412", "voice type", ("The voice type of {} is", "{} sings with the voice of a", "What voice type is {}?", "{}'s vocal range is")),
+    ("P135", "movement", ("{} belongs to the art movement", "The movement of {} is", "Which movement was {} part of?", "{} is a leading figure of")),
+    ("P2048", "height", ("The height of {} is", "{} is this tall:", "How tall is {}?", "{} stands at a height of")),
+    ("P2044", "elevation above sea level", (
+        "The elevation of {} is", "{} rises above sea level to", "How high above sea level is {}?", "{} lies at an altitude of")),
+    ("P1082", "population", ("The population of {} is", "{} has a population of", "How many people live in {}?", "The number of inhabitants of {} is")),
+    ("P38", "currency", ("{} has the currency", "The currency of {} is", "In {}, people pay with", "What currency is used in {}?")),
+    ("P6", "head of government", (
+        "The head of government of {} is", "{} is governed by", "The mayor or prime minister of {} is", "Who leads the government of {}?")),
+    ("P571", "inception", ("{} was established in the year", "The inception of {} was", "When was {} established? In", "{} has existed since")),
+    ("P112", "founded by", ("{} was founded by", "The founder of {} is", "Who founded {}?", "{} was set up by")),
+    ("P169", "chief executive officer", (
+        "The CEO of {} is", "{} is run by its chief executive", "Who is the CEO of {}?", "The chief executive officer of {} is")),
+    ("P1128", "employees", ("The number of employees of {} is", "{} has a workforce of", "How many people work at {}?", "{} employs a staff of")),
+    ("P84", "architect", ("The architect of {} was", "{} was designed by", "Who designed {}?", "{} is the work of the architect")),
+    ("P186", "material used", ("{} is built from", "{} is made of", "The material of {} is", "What is {} made of?")),
+    ("P50", "author", ("The author of {} is", "{} was written by", "Who wrote {}?", "{} is a book by")),
+    ("P57", "director", ("{} was directed by", "The director of {} is", "Who directed {}?", "{} is a film by the director")),
+    ("P86", "composer", ("The composer of {} is", "{} was composed by", "Who composed {}?", "The music of {} was written by")),
+    ("P123", "publisher", ("{} was published by", "The publisher of {} is", "Who published {}?", "{} is brought out by the publisher")),
+    ("P577", "publication date", ("{} was first published in", "The publication date of {} is", "When was {} published? In", "{} came out in the year")),
+    ("P400", "platform", ("{} runs on the platform", "The platform of {} is", "On what platform is {} available?", "{} is available on")),
+))
+
 # Short templates that several relations share; a case with one of these has no known relation.
 AMBIGUOUS = frozenset({
     "{} is located in", "{}, in", "{} is in", "{}, the", "{} plays", "{}, from", "{} from", "{}, by", "{}, of", "{} is a", "{} is from",

@@ -70,6 +70,9 @@ class TrainConfig:
     # training files lack (searc.augment.target_form). Off by default: the one run with 0.2
     # (README) copied every form, but its decline refused more paraphrases than the shipped run's
     target_forms: float = 0.0
+    # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
+    # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
+    scope_cases: float = 0.0
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
     # CounterFact relations left out of training entirely (their cases and their templates), so that
@@ -90,7 +93,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.mixed_precision not in ("no", "bf16"):  # fp16 would need loss scaling, which the loop does not do
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        for name in ("hard_fraction", "target_forms"):
+        for name in ("hard_fraction", "target_forms", "scope_cases"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         for name in ("lr", "classifier_lr", "calibration_lr"):
@@ -172,7 +175,7 @@ def train(
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
     augmenter = (
-        Augmenter(train_cases, AugmentConfig(target_forms=config.target_forms), held_out=config.held_out_relations, facts=facts)
+        Augmenter(train_cases, AugmentConfig(target_forms=config.target_forms, scope_cases=config.scope_cases), held_out=config.held_out_relations, facts=facts)
         if config.augment else None
     )
     val_cases = list(val_cases)[: config.val_cases]

@@ -11,7 +11,7 @@ import pytest
 from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation, target_form
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
-from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, case_relation, relation_id, relation_of, relation_of_text
+from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, SCOPE_RELATIONS, case_relation, relation_id, relation_of, relation_of_text
 from tests.conftest import require_shared_data
 
 
@@ -124,3 +124,34 @@ def test_validation_rewrites_targets_only_when_the_run_did():
     rewritten = augmented_validation(cases, target_forms=1.0)
     assert all(c.edit.target_new not in ("English", "Spain") for c in rewritten)
     assert rewritten == augmented_validation(cases, target_forms=1.0)  # fixed seed: the same cases each validation
+
+
+def test_scope_cases_teach_other_relations_and_train_no_answer():
+    augmenter = Augmenter([DARRIEUX, ZSRE, *QUESTIONS], AugmentConfig(scope_cases=1.0))
+    built = [augmenter.scope_case(DARRIEUX, random.Random(seed)) for seed in range(20)]
+    assert all(case is not None and case.scope_only and case.edit.target_new == "" for case in built)
+    for case in built:
+        relation = next(r for r in SCOPE_RELATIONS if case.edit.prompt in {t.format("Danielle Darrieux") for t in r.templates})
+        # in scope: the edit's wording first, then every other wording of its relation, all with the subject
+        assert case.in_scope[0].prompt == case.edit.prompt
+        assert {p.prompt for p in case.in_scope} == {t.format("Danielle Darrieux") for t in relation.templates}
+        # out of scope: the same relation of another subject, another relation of this subject
+        stranger, other_fact = (p.prompt for p in case.out_of_scope)
+        assert "Danielle Darrieux" not in stranger and any(stranger == t.format(s) for t in relation.templates for s in augmenter.subjects)
+        assert "Danielle Darrieux" in other_fact and other_fact not in {p.prompt for p in case.in_scope}
+    assert len({case.edit.prompt for case in built}) > 10  # drawn afresh each time
+    # never a relation the case's own prompt already asks (a question about a founder: no "founded by" case)
+    founded = [augmenter.scope_case(QUESTIONS[2], random.Random(seed)) for seed in range(50)]
+    assert not any("found" in p.prompt.casefold() for case in founded for p in case.in_scope)
+    # off by default, and then not even a random draw is taken (the shipped recipe's batches stay as they were)
+    rng = random.Random(0)
+    assert Augmenter([DARRIEUX, ZSRE], SAME_TARGET).scope_case(DARRIEUX, rng) is None and rng.random() == random.Random(0).random()
+
+
+def test_scope_relations_are_none_of_counterfacts_and_leave_death_unseen():
+    counterfact = {t for r in RELATIONS for t in r.templates}
+    assert len(SCOPE_RELATIONS) >= 30 and not {r.id for r in SCOPE_RELATIONS} & {r.id for r in RELATIONS}
+    for relation in SCOPE_RELATIONS:
+        assert len(relation.templates) >= 3 and not set(relation.templates) & counterfact
+        assert all(relation_of_text(t.format("Foo Bar")) is None for t in relation.templates)
+        assert not {"died", "death", "buried", "passed", "dead"} & {w for t in relation.templates for w in t.casefold().split()}

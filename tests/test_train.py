@@ -192,6 +192,29 @@ def test_decline_examples_pair_each_negative_with_its_likeliest_wrong_edit():
     assert inputs == [counterfactual_input(cases[e].edit, c.out_of_scope[0].prompt) for e, c in zip([2, 0, 1], cases)]
 
 
+def test_scope_only_cases_join_the_scope_matrix_but_give_no_answer_and_no_decline_context():
+    import random
+    from dataclasses import replace
+
+    from searc.augment import AugmentConfig, Augmenter
+    from searc.batches import BatchSampler, counterfactual_examples, decline_examples
+
+    scope_case = replace(CASES[2], scope_only=True)
+    cases = [CASES[0], CASES[1], scope_case]
+    inputs, _ = counterfactual_examples(cases, random.Random(0), drop_subject=0.0)
+    assert len(inputs) == sum(len(c.in_scope) for c in cases[:2])
+    probes, labels = scope_matrix(cases)
+    assert labels.shape[0] == 3 and labels[2].sum() == len(scope_case.in_scope)  # the classifier still learns its scope
+    logits = torch.zeros(labels.shape)
+    logits[2] = 5.0  # every negative looks most like the scope-only edit
+    declines = decline_examples(cases, probes, labels, logits, random.Random(0), drop_subject=0.0)
+    assert declines and not any(scope_case.edit.prompt in text for text in declines)
+    # a sampler with an augmenter that draws scope cases appends them after the batch's own cases
+    sampler = BatchSampler(CASES, make_system("llama"), 4, 0.0, random.Random(0), Augmenter(CASES, AugmentConfig(scope_cases=1.0)))
+    batch = sampler.sample()
+    assert [c.scope_only for c in batch[:4]] == [False] * 4 and batch[4:] and all(c.scope_only for c in batch[4:])
+
+
 def test_decline_target_is_the_end_of_sequence_token_alone():
     cf = make_system("llama").counterfactual
     batch = cf.make_batch(["New fact: a b.\nComplete: c d"], [""], append_eos=True)
