@@ -258,6 +258,7 @@ def _train_loop(
         "config": asdict(config), "train_cases": len(train_cases), "processes": world, "consequence_facts": n_facts,
         "init": system.info.get("checkpoint"),  # the checkpoint training continued from, if any
         "classifier_init": system.info.get("classifier_init", "untrained"),  # or "checkpoint": the init checkpoint's
+        "init_training": system.info.get("training"),  # the init checkpoint's own record: a staged recipe keeps every stage
     }
     sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()

@@ -282,6 +282,10 @@ def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
     assert all(torch.equal(first.adapter_state[k], second.adapter_state[k]) for k in first.adapter_state)
     assert any(not torch.equal(first.classifier_state[k], second.classifier_state[k]) for k in first.classifier_state)
     assert (first.config["training"]["classifier_init"], second.config["training"]["classifier_init"]) == ("untrained", "checkpoint")
+    # the first stage's record travels with the second, so a staged recipe keeps every stage's settings
+    assert first.config["training"]["init_training"] is None
+    assert second.config["training"]["init_training"] == first.config["training"]
+    assert second.config["training"]["config"]["c_edit"] == 0 and first.config["training"]["config"]["c_edit"] == 1
 
 
 def test_a_new_classifier_can_be_trained_beside_a_checkpoints_counterfactual_model(tmp_path, capsys):
