@@ -291,7 +291,7 @@ def _train_loop(
                 examples_per_s=examples / (time.perf_counter() - step_started), elapsed_s=time.perf_counter() - started,
             )
         if step % config.val_every == 0 or step == config.steps:
-            metrics = validate(system, val_cases, config.threshold)
+            metrics = validate(system, val_cases, config.threshold, config.held_out_relations)
             improved = metrics["score"] > best_score
             if improved:
                 best_score, stale = metrics["score"], 0

@@ -20,6 +20,7 @@ from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
 from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
 from searc.evaluate import claimants, claims
+from searc.relations import case_relation_of
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -37,7 +38,7 @@ DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 @torch.no_grad()
-def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str, float]:
+def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Sequence[str] = ()) -> dict[str, float]:
     """The routing threshold and the decline threshold that best separate in-scope from
     out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):
     the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
@@ -46,7 +47,9 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str,
     loose paraphrases and leans on the decline to turn away other facts of the subject; a higher
     decline threshold declines fewer in-scope probes and more false routes get answered. As in
     evaluation, an out-of-scope prompt that a stored edit claims (`evaluate.claims`; its own case's
-    edit included) asks that edit's own fact and is left out of locality."""
+    edit included) asks that edit's own fact and is left out of locality. `batch_recall_held_out` is
+    the batch recall on the cases of the `held_out` relations alone (relations training never saw;
+    nan without such cases)."""
     editor = Editor(system)
     editor.add_edits([case.edit for case in cases])
     probes, labels = scope_matrix(cases)
@@ -62,6 +65,9 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str,
         for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
     ])
     local = ~in_scope & ~claimed
+    held = torch.tensor([
+        flag for case in cases for flag in [getattr(case_relation_of(case), "id", None) in held_out] * (len(case.in_scope) + len(case.out_of_scope))
+    ], dtype=torch.bool)
     candidates = []
     for threshold in THRESHOLD_GRID:
         routed = best_scores >= threshold
@@ -74,8 +80,10 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase]) -> dict[str,
             candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality))
     _, _, threshold, decline_threshold, recall, locality = max(candidates)
     routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
+    answered = routed & ~declined
     return {
         "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
+        "batch_recall_held_out": _mean((answered & right_edit)[in_scope & held]),
         "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
         "claimed_prompts": int(claimed.sum()),
     }
@@ -86,7 +94,7 @@ def _mean(flags: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -> dict[str, float]:
+def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float, held_out: Sequence[str] = ()) -> dict[str, float]:
     """Classifier AUROC/accuracy on held-out pairs, teacher-forced edit success of the counterfactual model."""
     system.classifier.eval()
     system.counterfactual.model.eval()
@@ -127,7 +135,7 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float) -
                 batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
                 hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / len(inputs) if inputs else 1.0
-    metrics.update(tune_thresholds(system, cases))
+    metrics.update(tune_thresholds(system, cases, held_out))
     batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
     answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
     metrics["score"] = (batch_accuracy + answers) / 2

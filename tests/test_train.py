@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -321,6 +322,25 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     tuned = tune_thresholds(make_system("llama"), cases)
     assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_false_routes"] == 1.0
     assert tuned["declined_own_routes"] == 0.0
+
+
+def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import tune_thresholds
+
+    died = EditCase(Edit("Ada Lovelace died in", "Rome", subject="Ada Lovelace"),
+                    (Probe("Ada Lovelace died in", "Rome"), Probe("Ada Lovelace passed away in", "Rome")), ())
+    cases = [*CASES[:3], died]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
+    fake[~labels.any(0), 0] = 0.5  # out-of-scope probes: locality needs a threshold above 0.5 ...
+    fake[len(probes) - 1, 3] = 0.3  # ... which the held-out case's paraphrase does not reach
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
+    tuned = tune_thresholds(make_system("llama"), cases, held_out=("P20",))
+    assert tuned["threshold"] > 0.5 and tuned["batch_recall_held_out"] == 0.5 and tuned["batch_recall"] == pytest.approx(7 / 8)
+    assert math.isnan(tune_thresholds(make_system("llama"), cases)["batch_recall_held_out"])  # none held out
 
 
 @pytest.mark.parametrize("in_scope_end, out_of_scope_end, expected", [(0.45, 0.55, 0.5), (0.65, 0.75, 0.7), (0.1, 0.25, 0.2)])
