@@ -18,7 +18,10 @@ out of scope (the classifier's negatives and the counterfactual model's decline 
   subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
   Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
-  the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects.
+  the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects;
+beside the case (opt-in: `scope_cases`)
+- a scope-only case of the same subject in a relation neither dataset edits (`scope_case`): the
+  same fact in other words, for the classifier alone, on relations CounterFact does not have.
 
 and targets of every form (`target_form`): CounterFact's targets are single plain words and zsRE's
 rarely carry punctuation, so a counterfactual model trained on them alone drops what it never
@@ -158,7 +161,6 @@ class Augmenter:
             out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
         )
 
-
     def scope_case(self, case: EditCase, rng: random.Random) -> EditCase | None:
         """With chance `scope_cases`, a case that trains the classifier alone (`scope_only`) on a fact
         of the case's subject in a relation neither dataset edits (`searc.relations.SCOPE_RELATIONS`):
@@ -169,7 +171,9 @@ class Augmenter:
         prompt uses (or a word of the same stem: "designing", "designed") is skipped: a zsRE question
         may ask it, and then it is the edited fact."""
         subject = case.edit.subject
-        if not self.config.scope_cases or rng.random() >= self.config.scope_cases or not subject or subject not in case.edit.prompt or len(self.subjects) < 2:
+        if not self.config.scope_cases or rng.random() >= self.config.scope_cases:
+            return None
+        if not subject or subject not in case.edit.prompt or len(self.subjects) < 2:
             return None
         own = _stems(content_words(case.edit.prompt.replace(subject, " ")))
         relations = [r for r, words in self.scope_relations if not words & own]

@@ -8,6 +8,8 @@ augmented with other wordings and other facts of their subject, see `searc.augme
   for the probe's own edit's in-scope probes (`scope_matrix`): the classifier's BCE;
 - decline examples: each out-of-scope probe with the batch's edit the classifier most confuses it
   with in context, target = end-of-sequence alone (`decline_examples`).
+Scope-only cases (`EditCase.scope_only`, see `searc.augment.Augmenter.scope_case`) join the scope
+matrix alone: they have no answer to learn, and no decline takes their edit as context.
 The losses themselves (`masked_log_probs`, `balanced_bce`) are in `searc.losses`; the loop that
 back-propagates them is `searc.train`.
 """
