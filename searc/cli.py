@@ -308,9 +308,10 @@ def run_tune(args: argparse.Namespace) -> int:
     cases = load_cases(args.val, limit=args.limit)
     system = load_system(checkpoint=args.checkpoint)
     config = (system.info.get("training") or {}).get("config", {})
+    held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
-        cases = augmented_validation(cases, config.get("held_out_relations", ()), config.get("seed", 0), config.get("target_forms", 0.0))
-    tuned = tune_thresholds(system, cases, config.get("held_out_relations", ()))
+        cases = augmented_validation(cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0))
+    tuned = tune_thresholds(system, cases, held_out)
     metrics = {**system.info.get("metrics", {}), **tuned, "threshold_cases": len(cases)}
     save_checkpoint(
         system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.get("training"), metrics=metrics

@@ -65,9 +65,7 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Se
         for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
     ])
     local = ~in_scope & ~claimed
-    held = torch.tensor([
-        flag for case in cases for flag in [getattr(case_relation_of(case), "id", None) in held_out] * (len(case.in_scope) + len(case.out_of_scope))
-    ], dtype=torch.bool)
+    held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
     candidates = []
     for threshold in THRESHOLD_GRID:
         routed = best_scores >= threshold
@@ -83,7 +81,7 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Se
     answered = routed & ~declined
     return {
         "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
-        "batch_recall_held_out": _mean((answered & right_edit)[in_scope & held]),
+        "batch_recall_held_out": _mean((answered & right_edit)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
         "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
         "claimed_prompts": int(claimed.sum()),
     }
