@@ -18,7 +18,11 @@ out of scope (the classifier's negatives and the counterfactual model's decline 
   subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
   Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
-  the nearest other cases (see `searc.batches.BatchSampler`): near-duplicate subjects;
+  the nearest other cases (see `searc.batches.BatchSampler`);
+- the same fact of a near-duplicate subject (opt-in: `near_subjects`): a wording of the edit with
+  its subject replaced by another subject of the run that shares a word with it ("Aaron Brooks"
+  for "Ahmad Brooks", "Louisiana Highway 14" for "Louisiana Highway 91"), which prompt-level
+  neighbours rarely bring;
 beside the case (opt-in: `scope_cases`)
 - a scope-only case of the same subject in a relation neither dataset edits (`scope_case`): the
   same fact in other words, for the classifier alone, on relations CounterFact does not have.
@@ -96,10 +100,16 @@ class AugmentConfig:
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
     target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
     scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
+    near_subjects: int = 0  # wordings of the edit with a near-duplicate subject, out of scope (`Augmenter.near_subjects_of`)
 
 
 def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", text.casefold()) if w not in STOPWORDS}
+
+
+def name_words(name: str) -> frozenset[str]:
+    """The words and numbers of a name: "Louisiana Highway 14" -> {louisiana, highway, 14}."""
+    return frozenset(w for w in re.findall(r"\w+", name.casefold()) if w not in STOPWORDS)
 
 
 class Augmenter:
@@ -115,6 +125,15 @@ class Augmenter:
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
         self.subjects = sorted({c.edit.subject for c in cases if c.edit.subject})
         self.scope_relations = [(r, _stems(content_words(" ".join((r.label, *r.templates))))) for r in SCOPE_RELATIONS]
+        self.subjects_by_word: dict[str, list[str]] = {}
+        self.relations_of_subject: dict[str, set[str | None]] = {}  # relation ids (None: a question or unknown)
+        if config.near_subjects:
+            for other in self.subjects:
+                for word in name_words(other):
+                    self.subjects_by_word.setdefault(word, []).append(other)
+            for c in cases:
+                relation = case_relation_of(c)
+                self.relations_of_subject.setdefault(c.edit.subject, set()).add(relation and relation.id)
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
             t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
         ]
@@ -151,6 +170,10 @@ class Augmenter:
             else:
                 label = rng.choice(labels)
                 out_of_scope.append(f"The {label} of {subject} is" if form == 0 else f"{subject} {label}")
+        if self.config.near_subjects:
+            wordings = [case.edit.prompt, *(p.prompt for p in case.in_scope if subject in p.prompt), *in_scope]
+            near = self.near_subjects_of(subject, relation and relation.id)
+            out_of_scope += [rng.choice(wordings).replace(subject, other) for other in rng.sample(near, min(self.config.near_subjects, len(near)))]
         in_scope = _new(in_scope, known)
         known |= {p.casefold() for p in in_scope}
         consequences = [p for p in consequences if p.prompt.casefold() not in known]
@@ -160,6 +183,21 @@ class Augmenter:
             in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope) + tuple(consequences),
             out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
         )
+
+    def near_subjects_of(self, subject: str, relation: str | None, keep: int = 5) -> list[str]:
+        """The run's subjects most like `subject` by shared words, at most `keep`, most alike
+        first: other names that share a word with it and each have a word the other lacks. A name
+        whose words are all in the other ("Toronto", "Pauls" beside "Raimonds Pauls") may be the
+        same thing named shorter, an alias, which is in scope; it is never one of them. Nor is a
+        subject the run edits in the same `relation` (None: a question): its own edit would claim
+        the probe, and it must not learn that it is out of scope."""
+        words = name_words(subject)
+        candidates = {other for word in words for other in self.subjects_by_word.get(word, ())}
+        near = [
+            other for other in candidates
+            if not (name_words(other) <= words or words <= name_words(other)) and relation not in self.relations_of_subject.get(other, ())
+        ]
+        return sorted(near, key=lambda other: (-_overlap(words, name_words(other)), other))[:keep]
 
     def scope_case(self, case: EditCase, rng: random.Random) -> EditCase | None:
         """With chance `scope_cases`, a case that trains the classifier alone (`scope_only`) on a fact

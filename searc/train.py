@@ -73,6 +73,9 @@ class TrainConfig:
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
     scope_cases: float = 0.0
+    # with augment: out-of-scope wordings of each edit with a near-duplicate subject of the run in
+    # place of its own, per case drawn ("Aaron Brooks" for "Ahmad Brooks"; Augmenter.near_subjects_of)
+    near_subjects: int = 0
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
     # CounterFact relations left out of training entirely (their cases and their templates), so that
@@ -100,9 +103,9 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         self.held_out_relations = tuple(relation_id(name) for name in self.held_out_relations)
-        for name in ("cf_examples_per_case", "declines_per_case"):
+        for name, zero in (("cf_examples_per_case", "0 (all)"), ("declines_per_case", "0 (all)"), ("near_subjects", "0")):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (all) or more, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be {zero} or more, got {getattr(self, name)!r}")
         if min(self.c_edit, self.c_cls, self.c_decline) < 0 or self.c_edit + self.c_cls + self.c_decline == 0:
             raise ValueError("c_edit, c_cls and c_decline must be non-negative and not all zero")
 
@@ -174,10 +177,8 @@ def train(
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
-    augmenter = (
-        Augmenter(train_cases, AugmentConfig(target_forms=config.target_forms, scope_cases=config.scope_cases), held_out=config.held_out_relations, facts=facts)
-        if config.augment else None
-    )
+    augment = AugmentConfig(target_forms=config.target_forms, scope_cases=config.scope_cases, near_subjects=config.near_subjects)
+    augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = list(val_cases)[: config.val_cases]
     if config.augment:
         val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms)

@@ -148,6 +148,31 @@ def test_scope_cases_teach_other_relations_and_train_no_answer():
     assert Augmenter([DARRIEUX, ZSRE], SAME_TARGET).scope_case(DARRIEUX, rng) is None and rng.random() == random.Random(0).random()
 
 
+def test_near_subjects_put_the_edits_wordings_to_other_names_that_share_a_word():
+    position = "Which position does {} play? They play as"
+    brooks = counterfact_case(position, "Ahmad Brooks", "goaltender", "Tarvaris Jackson, who plays the position")
+    cases = [
+        brooks,
+        counterfact_case("{} plays in the position of", "Aaron Brooks", "pitcher"),  # same relation: never its negative
+        counterfact_case("The mother tongue of {} is", "Garth Brooks", "French"),
+        counterfact_case("The mother tongue of {} is", "Brooks", "French"),  # all its words in "Ahmad Brooks": maybe an alias
+        counterfact_case("The mother tongue of {} is", "Ahmad Brooks Jr", "French"),  # likewise
+        counterfact_case("The mother tongue of {} is", "Louisiana Highway 14", "French"),
+        counterfact_case("{}, in", "Louisiana Highway 91", "England"),
+        DARRIEUX,
+    ]
+    augmenter = Augmenter(cases, AugmentConfig(near_subjects=1))
+    assert augmenter.near_subjects_of("Ahmad Brooks", "P413") == ["Garth Brooks"]
+    assert augmenter.near_subjects_of("Louisiana Highway 91", "P131") == ["Louisiana Highway 14"]  # numbers are words
+    assert augmenter.near_subjects_of("Danielle Darrieux", "P103") == []
+    relation = BY_ID["P413"]
+    wordings = {*(t.format("Garth Brooks") for t in relation.templates), f"The {relation.label} of Garth Brooks is"}
+    for seed in range(10):  # one of the edit's in-scope wordings, with the near-duplicate subject
+        assert len([p for p in augmenter(brooks, random.Random(seed)).out_of_scope if p.prompt in wordings]) == 1
+    # off by default: no such probe, and the other probes drawn as before
+    assert not any("Garth" in p.prompt for p in Augmenter(cases).__call__(brooks, random.Random(0)).out_of_scope)
+
+
 def test_scope_relations_are_none_of_counterfacts_and_leave_death_unseen():
     counterfact = {t for r in RELATIONS for t in r.templates}
     assert len(SCOPE_RELATIONS) >= 30 and not {r.id for r in SCOPE_RELATIONS} & {r.id for r in RELATIONS}

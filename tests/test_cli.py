@@ -47,6 +47,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
         (["train", "--data", "x.json", "--val", "y.json", "--held-out-relations", "P99999"], "unknown relation"),
         (["train", "--data", "x.json", "--val", "y.json", "--target-forms", "1.5"], "target_forms must be in [0, 1]"),
+        (["train", "--data", "x.json", "--val", "y.json", "--near-subjects", "-1"], "near_subjects must be 0 or more"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
