@@ -21,8 +21,8 @@ out of scope (the classifier's negatives and the counterfactual model's decline 
   the nearest other cases (see `searc.batches.BatchSampler`);
 - the same fact of a near-duplicate subject (opt-in: `near_subjects`): a wording of the edit with
   its subject replaced by another subject of the run that shares a word with it ("Aaron Brooks"
-  for "Ahmad Brooks", "Louisiana Highway 14" for "Louisiana Highway 91"), which prompt-level
-  neighbours rarely bring;
+  for "Ahmad Brooks", "Louisiana Highway 14" for "Louisiana Highway 91"), which neighbours by
+  prompt rarely bring;
 beside the case (opt-in: `scope_cases`)
 - a scope-only case of the same subject in a relation neither dataset edits (`scope_case`): the
   same fact in other words, for the classifier alone, on relations CounterFact does not have.
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import random
 import re
+from difflib import SequenceMatcher
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -185,19 +186,16 @@ class Augmenter:
         )
 
     def near_subjects_of(self, subject: str, relation: str | None, keep: int = 5) -> list[str]:
-        """The run's subjects most like `subject` by shared words, at most `keep`, most alike
-        first: other names that share a word with it and each have a word the other lacks. A name
-        whose words are all in the other ("Toronto", "Pauls" beside "Raimonds Pauls") may be the
-        same thing named shorter, an alias, which is in scope; it is never one of them. Nor is a
-        subject the run edits in the same `relation` (None: a question): its own edit would claim
-        the probe, and it must not learn that it is out of scope."""
+        """Other subjects of the run that share a word with `subject`, at most `keep`, the most alike
+        in spelling first ("Leicester Central railway station" for "Leicester railway station").
+        A subject's name within another's is kept: two subjects of a dataset are two entities
+        ("Toronto", "Toronto Police Service"). A subject the run edits in the same `relation`
+        (None: a question) is not: its own edit would claim the probe, which must not be learnt
+        as out of scope."""
         words = name_words(subject)
         candidates = {other for word in words for other in self.subjects_by_word.get(word, ())}
-        near = [
-            other for other in candidates
-            if not (name_words(other) <= words or words <= name_words(other)) and relation not in self.relations_of_subject.get(other, ())
-        ]
-        return sorted(near, key=lambda other: (-_overlap(words, name_words(other)), other))[:keep]
+        near = [other for other in candidates if other != subject and relation not in self.relations_of_subject.get(other, ())]
+        return sorted(near, key=lambda other: (-SequenceMatcher(None, subject, other).ratio(), other))[:keep]
 
     def scope_case(self, case: EditCase, rng: random.Random) -> EditCase | None:
         """With chance `scope_cases`, a case that trains the classifier alone (`scope_only`) on a fact

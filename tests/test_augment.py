@@ -155,22 +155,21 @@ def test_near_subjects_put_the_edits_wordings_to_other_names_that_share_a_word()
         brooks,
         counterfact_case("{} plays in the position of", "Aaron Brooks", "pitcher"),  # same relation: never its negative
         counterfact_case("The mother tongue of {} is", "Garth Brooks", "French"),
-        counterfact_case("The mother tongue of {} is", "Brooks", "French"),  # all its words in "Ahmad Brooks": maybe an alias
-        counterfact_case("The mother tongue of {} is", "Ahmad Brooks Jr", "French"),  # likewise
+        counterfact_case("The mother tongue of {} is", "Ahmad Brooks Stadium", "French"),  # a name within another: two entities
         counterfact_case("The mother tongue of {} is", "Louisiana Highway 14", "French"),
         counterfact_case("{}, in", "Louisiana Highway 91", "England"),
         DARRIEUX,
     ]
     augmenter = Augmenter(cases, AugmentConfig(near_subjects=1))
-    assert augmenter.near_subjects_of("Ahmad Brooks", "P413") == ["Garth Brooks"]
+    assert augmenter.near_subjects_of("Ahmad Brooks", "P413") == ["Ahmad Brooks Stadium", "Garth Brooks"]  # likest spelling first
     assert augmenter.near_subjects_of("Louisiana Highway 91", "P131") == ["Louisiana Highway 14"]  # numbers are words
     assert augmenter.near_subjects_of("Danielle Darrieux", "P103") == []
     relation = BY_ID["P413"]
-    wordings = {*(t.format("Garth Brooks") for t in relation.templates), f"The {relation.label} of Garth Brooks is"}
-    for seed in range(10):  # one of the edit's in-scope wordings, with the near-duplicate subject
+    wordings = {t.format(s) for t in (*relation.templates, f"The {relation.label} of {{}} is") for s in ("Garth Brooks", "Ahmad Brooks Stadium")}
+    for seed in range(10):  # one of the edit's in-scope wordings, with a near-duplicate subject
         assert len([p for p in augmenter(brooks, random.Random(seed)).out_of_scope if p.prompt in wordings]) == 1
-    # off by default: no such probe, and the other probes drawn as before
-    assert not any("Garth" in p.prompt for p in Augmenter(cases).__call__(brooks, random.Random(0)).out_of_scope)
+    # off by default: no such probe
+    assert not any(p.prompt in wordings for p in Augmenter(cases)(brooks, random.Random(0)).out_of_scope)
 
 
 def test_scope_relations_are_none_of_counterfacts_and_leave_death_unseen():
