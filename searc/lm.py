@@ -232,29 +232,29 @@ class LanguageModel:
         answer=True never ends at once: the first token is the likeliest one other than end of
         sequence, so a counterfactual model that would rather decline still shows what it would
         say; whether it declines is the caller's reading of `end_probability`."""
+        from transformers import LogitsProcessorList  # loaded lazily, as in searc.models
+
         if not prompts:
             return []
         rows = [self.encode(p) for p in prompts]
         side = "right" if self.is_seq2seq else "left"
         input_ids = self._pad(rows, self.pad_token_id, side)
         attention_mask = self._pad([[1] * len(r) for r in rows], 0, side)
+        first_step = FirstStepEnd(self.tokenizer.eos_token_id, mask=answer)
         with self.active() as model:
-            output = model.generate(
+            sequences = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
-                min_new_tokens=1 if answer else 0,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
                 top_k=None,
                 pad_token_id=self.pad_token_id,
-                return_dict_in_generate=True,
-                output_logits=True,  # the first step's logits before `min_new_tokens` masks the end token
+                logits_processor=LogitsProcessorList([first_step]),
             )
-        sequences = output.sequences
         new_tokens = sequences if self.is_seq2seq else sequences[:, input_ids.shape[1]:]
-        end_probabilities = torch.softmax(output.logits[0].float(), dim=-1)[:, self.tokenizer.eos_token_id].tolist()
+        end_probabilities = first_step.end_probabilities
         generations = []
         for row, end_probability in zip(new_tokens.tolist(), end_probabilities):
             ids = [t for t in row if t != self.pad_token_id] if self.is_seq2seq else _strip_after_eos(row, self.tokenizer.eos_token_id)
@@ -273,6 +273,22 @@ class LanguageModel:
             else:
                 logits = model(input_ids=torch.cat([prompt_ids, continuation_ids], 1)).logits
         return torch.log_softmax(logits[0, -1].float(), dim=-1)
+
+
+class FirstStepEnd:
+    """A logits processor that reads each row's end-of-sequence probability at the first generated
+    token and, with `mask`, then forbids ending there (`generate(answer=True)`). Only that one step
+    is kept: keeping every step's logits to read it would cost a vocabulary-sized row per token."""
+
+    def __init__(self, eos_token_id: int, mask: bool) -> None:
+        self.eos_token_id, self.mask = eos_token_id, mask
+        self.end_probabilities: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.end_probabilities:
+            return scores
+        self.end_probabilities = torch.softmax(scores.float(), dim=-1)[:, self.eos_token_id].tolist()
+        return scores.index_fill(-1, torch.tensor([self.eos_token_id], device=scores.device), float("-inf")) if self.mask else scores
 
 
 def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:

@@ -199,6 +199,10 @@ def test_the_counterfactual_answer_is_generated_past_a_likely_end(monkeypatch):
     assert answered.token_ids and answered.token_ids[0] != eos
     assert answered.end_probability == pytest.approx(expected, abs=1e-5) and plain.end_probability == pytest.approx(expected, abs=1e-5)
     assert answered.end_probability > 0.99
+    # in a left-padded batch each row reads its own first step
+    prompts = [prompt, PROBES[0]]
+    batch = cf.generate(prompts, max_new_tokens=2, answer=True)
+    assert [g.end_probability for g in batch] == pytest.approx([math.exp(float(cf.next_token_log_probs(p, [])[eos])) for p in prompts], abs=1e-5)
 
 
 def test_soft_routing_mixes_the_two_distributions(monkeypatch):
