@@ -24,7 +24,7 @@ import torch
 
 from searc.augment import Augmenter
 from searc.counterfactual import counterfactual_input
-from searc.data import EditCase, calibration_pairs
+from searc.data import EditCase, Probe, calibration_pairs
 from searc.editor import SeracSystem
 from searc.memory import Edit
 
@@ -54,16 +54,23 @@ def counterfactual_examples(
     return inputs, targets
 
 
+def scope_layout(cases: Sequence[EditCase]) -> list[tuple[int, Probe, bool]]:
+    """The scope matrix's columns in order: (case index, probe, whether it is in scope of that
+    case's edit); each case's in-scope probes, then its out-of-scope ones."""
+    return [
+        (index, probe, in_scope)
+        for index, case in enumerate(cases)
+        for in_scope, probes in ((True, case.in_scope), (False, case.out_of_scope))
+        for probe in probes
+    ]
+
+
 def scope_matrix(cases: Sequence[EditCase]) -> tuple[list[str], torch.Tensor]:
     """Every probe of the batch and the [n_cases, n_probes] in-scope labels of each case's edit."""
-    inputs, owners = [], []
-    for index, case in enumerate(cases):
-        inputs += [p.prompt for p in case.in_scope]
-        owners += [index] * len(case.in_scope)
-        inputs += [p.prompt for p in case.out_of_scope]
-        owners += [-1] * len(case.out_of_scope)
-    labels = torch.tensor(owners)[None, :] == torch.arange(len(cases))[:, None]
-    return inputs, labels.float()
+    layout = scope_layout(cases)
+    owners = torch.tensor([index if in_scope else -1 for index, _, in_scope in layout], dtype=torch.long)
+    labels = owners[None, :] == torch.arange(len(cases))[:, None]
+    return [probe.prompt for _, probe, _ in layout], labels.float()
 
 
 def classifier_pairs(cases: Sequence[EditCase]) -> list[tuple]:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from searc.batches import classifier_pairs, decline_examples, scope_matrix
+from searc.batches import classifier_pairs, decline_examples, scope_layout, scope_matrix
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
 from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
@@ -59,11 +59,8 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Se
     owner = labels.argmax(0)
     in_scope = labels.any(0)
     right_edit = best_edit == owner
-    claimed = torch.tensor([
-        flag
-        for case, others in zip(cases, claimants(cases, [c.edit for c in cases]))
-        for flag in [False] * len(case.in_scope) + [any(claims(e, p) for e in others) for p in case.out_of_scope]
-    ])
+    others = claimants(cases, [c.edit for c in cases])
+    claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in scope_layout(cases)])
     local = ~in_scope & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
     candidates = []
