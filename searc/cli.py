@@ -177,7 +177,7 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
         return 0
-    print(f"checkpoint: {system.info.get('checkpoint') or 'none (untrained editor)'}")
+    print(f"checkpoint: {system.info.checkpoint or 'none (untrained editor)'}")
     for edit in editor.edits:
         print(f"edit {edit.id}: {edit.prompt} -> {edit.target_new}")
     for result in results:
@@ -307,14 +307,14 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
     cases = load_cases(args.val, limit=args.limit)
     system = load_system(checkpoint=args.checkpoint)
-    config = (system.info.get("training") or {}).get("config", {})
+    config = system.info.training.get("config", {})
     held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
         cases = augmented_validation(cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0))
     tuned = tune_thresholds(system, cases, held_out)
-    metrics = {**system.info.get("metrics", {}), **tuned, "threshold_cases": len(cases)}
+    metrics = {**system.info.metrics, **tuned, "threshold_cases": len(cases)}
     save_checkpoint(
-        system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.get("training"), metrics=metrics
+        system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.training, metrics=metrics
     )
     print(json.dumps(tuned))
     return 0

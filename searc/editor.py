@@ -37,6 +37,20 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_DECLINE_THRESHOLD = 0.5
 
 
+@dataclass(frozen=True)
+class SystemInfo:
+    """Where a system's parts came from: the model specs it was loaded from and its checkpoint."""
+
+    lm: str = "custom"  # a spec ('bundled', hub id, directory, .gguf), "custom" for models built in code
+    encoder: str = "custom"
+    counterfactual_lm: str | None = None  # a separate counterfactual model's spec; None: the base model with an adapter
+    lora: dict = field(default_factory=dict)  # the adapter's settings (LoraSettings.to_dict())
+    checkpoint: str | None = None  # the checkpoint applied, if any
+    classifier_init: str = "untrained"  # "checkpoint": training from this system continues the checkpoint's classifier
+    metrics: dict = field(default_factory=dict)  # the checkpoint's validation metrics
+    training: dict = field(default_factory=dict)  # the checkpoint's training record
+
+
 @dataclass
 class SeracSystem:
     """The shared, read-only parts: base model, counterfactual model, scope classifier."""
@@ -44,7 +58,7 @@ class SeracSystem:
     base: LanguageModel
     counterfactual: LanguageModel
     classifier: ScopeClassifier
-    info: dict = field(default_factory=dict)  # model specs and checkpoint provenance
+    info: SystemInfo = field(default_factory=SystemInfo)
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -17,7 +18,7 @@ from searc.counterfactual import (
     separate_counterfactual,
     shared_base_and_counterfactual,
 )
-from searc.editor import DEFAULT_DECLINE_THRESHOLD, DEFAULT_THRESHOLD, SeracSystem, check_threshold
+from searc.editor import DEFAULT_DECLINE_THRESHOLD, DEFAULT_THRESHOLD, SeracSystem, SystemInfo, check_threshold
 from searc.lm import LanguageModel
 from searc.models import BUNDLED, load_encoder, load_language_model
 from searc.shipped import default_checkpoint
@@ -44,17 +45,17 @@ def assemble_system(
     lora: LoraSettings | None = None,
     counterfactual_model=None,
     counterfactual_tokenizer=None,
-    info: dict | None = None,
+    info: SystemInfo = SystemInfo(),
 ) -> SeracSystem:
-    """A system from already-loaded models (tests use tiny random ones)."""
+    """A system from already-loaded models (tests use tiny random ones); `info` says where they came from."""
     lora = lora or LoraSettings()
     if counterfactual_model is None:
         base, counterfactual = shared_base_and_counterfactual(base_model, tokenizer, lora)
     else:
         base = LanguageModel(base_model.eval(), tokenizer)
         counterfactual = separate_counterfactual(counterfactual_model, counterfactual_tokenizer, lora)
-    info = {"lm": "custom", "encoder": "custom", "counterfactual_lm": None, **(info or {}), "lora": lora.to_dict()}
-    return SeracSystem(base, counterfactual, build_classifier(encoder, encoder_tokenizer, classifier or ClassifierConfig()), info)
+    classifier_module = build_classifier(encoder, encoder_tokenizer, classifier or ClassifierConfig())
+    return SeracSystem(base, counterfactual, classifier_module, replace(info, lora=lora.to_dict()))
 
 
 def load_system(
@@ -90,7 +91,7 @@ def load_system(
         lora,
         cf_model,
         cf_tokenizer,
-        info={"lm": lm, "encoder": encoder, "counterfactual_lm": counterfactual_lm},
+        info=SystemInfo(lm=lm, encoder=encoder, counterfactual_lm=counterfactual_lm),
     )
     if saved is not None:
         apply_checkpoint(system, saved, source=str(checkpoint))
@@ -102,10 +103,10 @@ def replace_classifier(system: SeracSystem, config: ClassifierConfig) -> None:
     (none of a checkpoint's fine-tuned layers), routing at the untrained default threshold; the
     counterfactual model and its decline threshold stay. Training then fits the new classifier
     beside a counterfactual model already trained."""
-    encoder, tokenizer = load_encoder(system.info["encoder"])
+    encoder, tokenizer = load_encoder(system.info.encoder)
     system.classifier = build_classifier(encoder, tokenizer, config)
     system.threshold = DEFAULT_THRESHOLD
-    system.info = {**system.info, "classifier_init": "untrained"}
+    system.info = replace(system.info, classifier_init="untrained")
 
 
 def checkpoint_of(
@@ -116,12 +117,12 @@ def checkpoint_of(
     classifier = system.classifier
     return Checkpoint(
         config={
-            "lm": system.info["lm"],
-            "encoder": system.info["encoder"],
-            "counterfactual_lm": system.info.get("counterfactual_lm"),
+            "lm": system.info.lm,
+            "encoder": system.info.encoder,
+            "counterfactual_lm": system.info.counterfactual_lm,
             "lm_fingerprint": model_fingerprint(system.counterfactual.model.get_base_model()),
             "classifier": classifier.config.to_dict() | _live_scale_bias(classifier),
-            "lora": system.info["lora"],
+            "lora": system.info.lora,
             "prompt_format": PROMPT_FORMAT,
             "threshold": system.threshold if threshold is None else threshold,
             "decline_threshold": system.decline_threshold if decline_threshold is None else decline_threshold,
@@ -147,8 +148,8 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
         raise CheckpointError(
             f"checkpoint {source} was trained for a different model ({config['lm_fingerprint']}), loaded: {fingerprint}"
         )
-    if LoraSettings(**config["lora"]).to_dict() != system.info["lora"]:
-        raise CheckpointError(f"checkpoint {source}: LoRA settings {config['lora']} differ from the loaded model's {system.info['lora']}")
+    if LoraSettings(**config["lora"]).to_dict() != system.info.lora:
+        raise CheckpointError(f"checkpoint {source}: LoRA settings {config['lora']} differ from the loaded model's {system.info.lora}")
     thresholds = {}
     for key, default in (("threshold", None), ("decline_threshold", DEFAULT_DECLINE_THRESHOLD)):
         try:
@@ -171,13 +172,9 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
     new.eval()
     system.classifier = new
     system.threshold, system.decline_threshold = thresholds["threshold"], thresholds["decline_threshold"]
-    system.info = {
-        **system.info,
-        "checkpoint": source,
-        "classifier_init": "checkpoint",  # training from this system continues this classifier
-        "metrics": config.get("metrics", {}),
-        "training": config.get("training", {}),
-    }
+    system.info = replace(
+        system.info, checkpoint=source, classifier_init="checkpoint", metrics=config.get("metrics", {}), training=config.get("training", {})
+    )
 
 
 def _fresh_encoder_copy(classifier: ScopeClassifier):
@@ -206,9 +203,9 @@ class SystemPool:
     """
 
     def __init__(self, initial: SeracSystem, loader: SystemLoader | None = None, capacity: int = 3) -> None:
-        lm, encoder = initial.info.get("lm", BUNDLED), initial.info.get("encoder", BUNDLED)
+        lm, encoder = initial.info.lm, initial.info.encoder
         self.loader = loader or (lambda checkpoint, classifier: load_system(lm, encoder, checkpoint, classifier))
-        self._systems: dict[str, SeracSystem] = {self.key(initial.info.get("checkpoint")): initial}
+        self._systems: dict[str, SeracSystem] = {self.key(initial.info.checkpoint): initial}
         self._lock = threading.Lock()
         self.capacity = capacity
 

@@ -258,9 +258,9 @@ def _train_loop(
     best_score, stale, best_path = -1.0, 0, None
     record = {
         "config": asdict(config), "train_cases": len(train_cases), "processes": world, "consequence_facts": n_facts,
-        "init": system.info.get("checkpoint"),  # the checkpoint training continued from, if any
-        "classifier_init": system.info.get("classifier_init", "untrained"),  # or "checkpoint": the init checkpoint's
-        "init_training": system.info.get("training"),  # the init checkpoint's own record: a staged recipe keeps every stage
+        "init": system.info.checkpoint,  # the checkpoint training continued from, if any
+        "classifier_init": system.info.classifier_init,  # or "checkpoint": the init checkpoint's
+        "init_training": system.info.training or None,  # the init checkpoint's own record: a staged recipe keeps every stage
     }
     sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()

@@ -205,7 +205,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
             session.use_system(pool.get(access.checkpoint_to_load(name)))
         except (ValueError, CheckpointError) as error:
             _fail(error, access)
-        return session, session.memory_table(), f"This session now uses checkpoint: {access.shown(session.system.info.get('checkpoint'))}"
+        return session, session.memory_table(), f"This session now uses checkpoint: {access.shown(session.system.info.checkpoint)}"
 
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
         session = _session(state, system)
@@ -238,8 +238,8 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
     (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit,
      preview_lesson, load_lesson) = make_handlers(system, access)
     run_training, stop_training, load_checkpoint, run_evaluation, load_failure = make_heavy_handlers(system, pool, access)
-    checkpoint = access.shown(system.info.get("checkpoint")) if system.info.get("checkpoint") else "none (untrained: calibrated encoder + instruct model)"
-    lm, encoder = access.shown_spec(system.info.get("lm")), access.shown_spec(system.info.get("encoder"))
+    checkpoint = access.shown(system.info.checkpoint) if system.info.checkpoint else "none (untrained: calibrated encoder + instruct model)"
+    lm, encoder = access.shown_spec(system.info.lm), access.shown_spec(system.info.encoder)
     lessons = load_lessons()
     with gr.Blocks(title="searc — SERAC edit workbench") as app:
         state = gr.State(None)

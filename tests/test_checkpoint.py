@@ -44,7 +44,7 @@ def test_round_trip_restores_behaviour(tmp_path, variant):
     apply_checkpoint(fresh, read_checkpoint(tmp_path / "ck"))
     system.decline_threshold = 0.8
     assert observe(fresh) == observe(system)
-    assert fresh.threshold == 0.3 and fresh.info["metrics"] == {"score": 0.5} and fresh.decline_threshold == 0.8
+    assert fresh.threshold == 0.3 and fresh.info.metrics == {"score": 0.5} and fresh.decline_threshold == 0.8
 
 
 def test_a_checkpoint_without_a_decline_threshold_declines_at_even_odds(tmp_path):
@@ -67,7 +67,7 @@ def test_a_bad_threshold_is_refused_and_the_system_is_unchanged(tmp_path, key, b
     (tmp_path / "ck" / CONFIG_FILE).write_text(json.dumps({**config, key: bad}))
     target = trained_system()
     target.threshold, target.decline_threshold = 0.4, 0.7
-    classifier_before, info_before, before = target.classifier, dict(target.info), observe(target)
+    classifier_before, info_before, before = target.classifier, target.info, observe(target)
     with pytest.raises(CheckpointError, match=f"checkpoint .*: {key}: threshold must be"):
         apply_checkpoint(target, read_checkpoint(tmp_path / "ck"))
     assert (target.threshold, target.decline_threshold) == (0.4, 0.7)

