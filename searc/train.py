@@ -75,7 +75,7 @@ class TrainConfig:
     scope_cases: float = 0.0
     # with augment: out-of-scope wordings of each edit with a near-duplicate subject of the run in
     # place of its own, per case drawn ("Aaron Brooks" for "Ahmad Brooks"; Augmenter.near_subjects_of).
-    # Off by default: a second stage with 1 (README) separated near duplicates at scale no better
+    # Off by default: runs with 1 in the second stage or in both (README) separated near duplicates at scale no better
     near_subjects: int = 0
     cf_examples_per_case: int = 2  # in-scope counterfactual examples per case and step (edit prompt + random wordings); 0 = all
     declines_per_case: int = 2  # decline examples per case and step, out-of-scope probes drawn at random; 0 = all
