@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import random
 import re
-from difflib import SequenceMatcher
 from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
 from typing import Sequence
 
 from searc.consequences import Facts, consequence_probes
@@ -126,17 +126,17 @@ class Augmenter:
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
         self.subjects = sorted({c.edit.subject for c in cases if c.edit.subject})
         self.scope_relations = [(r, _stems(content_words(" ".join((r.label, *r.templates))))) for r in SCOPE_RELATIONS]
+        case_relations = [case_relation_of(c) for c in cases]
         self.subjects_by_word: dict[str, list[str]] = {}
         self.relations_of_subject: dict[str, set[str | None]] = {}  # relation ids (None: a question or unknown)
         if config.near_subjects:
             for other in self.subjects:
                 for word in name_words(other):
                     self.subjects_by_word.setdefault(word, []).append(other)
-            for c in cases:
-                relation = case_relation_of(c)
+            for c, relation in zip(cases, case_relations):
                 self.relations_of_subject.setdefault(c.edit.subject, set()).add(relation and relation.id)
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
-            t for t in (template_of(c.edit.prompt, c.edit.subject) for c in cases if case_relation_of(c) is None) if t and t.endswith("?")
+            t for t in (template_of(c.edit.prompt, c.edit.subject) for c, r in zip(cases, case_relations) if r is None) if t and t.endswith("?")
         ]
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
