@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True)
     tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
-    tune.add_argument("--limit", type=int, default=200)
+    tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
+    tune.add_argument("--memory", type=int, default=None, metavar="M",
+                      help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
 
     bench = sub.add_parser("bench", help="measure speed and memory of editing, probing and training (a table)")
     bench.add_argument("--json", metavar="OUT", default=None, help="also write the measurements as JSON")
@@ -305,13 +307,16 @@ def run_tune(args: argparse.Namespace) -> int:
 
     if Path(args.val).name == "edit.json":
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
-    cases = load_cases(args.val, limit=args.limit)
+    if args.limit < 1 or (args.memory is not None and args.memory < 1):
+        raise UsageError("searc tune: --limit and --memory must be at least 1")
+    stored = load_cases(args.val, limit=max(args.limit, args.memory or 0))
+    cases, stored = stored[: args.limit], stored[args.limit : args.memory]
     system = load_system(checkpoint=args.checkpoint)
     config = system.info.training.get("config", {})
     held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
         cases = augmented_validation(cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0))
-    tuned = tune_thresholds(system, cases, held_out)
+    tuned = tune_thresholds(system, cases, held_out, stored)
     metrics = {**system.info.metrics, **tuned, "threshold_cases": len(cases)}
     save_checkpoint(
         system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.training, metrics=metrics

@@ -383,10 +383,8 @@ def evaluate(
     started = time.perf_counter()
     tally = _Tally()
     set_aside = 0
-    if mode == "batch":  # one memory holds one edit per prompt
-        cases, repeats = one_edit_per_fact(cases)
-        set_aside = len(repeats)
-        stored = one_edit_per_fact([*cases, *stored])[0][len(cases) :]
+    if mode == "batch":
+        cases, stored, set_aside = batch_memory(cases, stored)
     sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, decline_threshold, stored)]
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
@@ -468,6 +466,14 @@ def claimants(cases: Sequence[EditCase], edits: Sequence[Edit]) -> list[list[Edi
         prompts = [p.prompt.casefold() for p in case.out_of_scope]
         result.append([e for e, subject in with_subject if any(subject in p for p in prompts)])
     return result
+
+
+def batch_memory(cases: Sequence[EditCase], stored: Sequence[EditCase] = ()) -> tuple[list[EditCase], list[EditCase], int]:
+    """(the probed cases, the further stored cases, how many probed cases were set aside) for one
+    memory of all their edits: it holds one answer per fact (`one_edit_per_fact`), so a re-edit
+    among the probed cases is set aside and one among the stored ones is not stored."""
+    kept, repeats = one_edit_per_fact(cases)
+    return kept, one_edit_per_fact([*kept, *stored])[0][len(kept) :], len(repeats)
 
 
 def one_edit_per_fact(cases: Sequence[EditCase]) -> tuple[list[EditCase], list[EditCase]]:

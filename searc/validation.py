@@ -19,7 +19,7 @@ from searc.batches import classifier_pairs, decline_examples, scope_layout, scop
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
 from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
-from searc.evaluate import claimants, claims
+from searc.evaluate import batch_memory, claimants, claims
 from searc.relations import case_relation_of
 
 
@@ -38,7 +38,9 @@ DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 @torch.no_grad()
-def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Sequence[str] = ()) -> dict[str, float]:
+def tune_thresholds(
+    system: SeracSystem, cases: Sequence[EditCase], held_out: Sequence[str] = (), stored: Sequence[EditCase] = ()
+) -> dict[str, float]:
     """The routing threshold and the decline threshold that best separate in-scope from
     out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):
     the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
@@ -49,17 +51,20 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Se
     evaluation, an out-of-scope prompt that a stored edit claims (`evaluate.claims`; its own case's
     edit included) asks that edit's own fact and is left out of locality. `batch_recall_held_out` is
     the batch recall on the cases of the `held_out` relations alone (relations training never saw;
-    nan without such cases)."""
+    nan without such cases). `stored`: more cases whose edits the memory holds beside the probed
+    cases' own, as `evaluate`'s (memory at scale: more edits to be confused with); as there, the
+    memory keeps one edit per fact and a probed re-edit is set aside."""
+    cases, stored, _ = batch_memory(cases, stored)
     editor = Editor(system)
-    editor.add_edits([case.edit for case in cases])
-    probes, labels = scope_matrix(cases)
+    edits = editor.add_edits([case.edit for case in (*cases, *stored)])
+    probes, labels = scope_matrix(cases)  # [n_cases, n_probes]: the probed cases' edits come first in memory
     scores = editor.scores(probes)  # [n_probes, n_edits]
     best_scores, best_edit = scores.max(dim=1)
     ends = torch.tensor(end_probabilities(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
     owner = labels.argmax(0)
     in_scope = labels.any(0)
     right_edit = best_edit == owner
-    others = claimants(cases, [c.edit for c in cases])
+    others = claimants(cases, edits)
     claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in scope_layout(cases)])
     local = ~in_scope & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
@@ -80,7 +85,7 @@ def tune_thresholds(system: SeracSystem, cases: Sequence[EditCase], held_out: Se
         "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
         "batch_recall_held_out": _mean((answered & right_edit)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
         "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
-        "claimed_prompts": int(claimed.sum()),
+        "claimed_prompts": int(claimed.sum()), "edits_in_memory": len(edits),
     }
 
 

@@ -306,6 +306,26 @@ def test_a_new_classifier_can_be_trained_beside_a_checkpoints_counterfactual_mod
     assert "--new-classifier goes with --init" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_tuning_at_scale_holds_more_edits_in_memory_that_can_take_probes(monkeypatch):
+    """Stored edits are scored against the probed cases' probes: one that draws an out-of-scope
+    probe raises the threshold, and a re-edit of a probed case's fact is not stored."""
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import tune_thresholds
+
+    cases, stored = CASES[:3], [CASES[3], CASES[0]]  # CASES[0] again: a re-edit, left out of memory
+    probes, labels = scope_matrix(cases)
+    fake = torch.cat([torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1)), torch.full((len(probes), 1), 0.1)], dim=1)
+    fake[~labels.any(0), 3] = 0.7  # the stored edit draws every out-of-scope probe
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake[:, : len(self.memory)])
+    monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
+    alone = tune_thresholds(make_system("llama"), cases)
+    assert alone["threshold"] == 0.5 and alone["edits_in_memory"] == 3
+    at_scale = tune_thresholds(make_system("llama"), cases, stored=stored)
+    assert at_scale["edits_in_memory"] == 4 and at_scale["threshold"] == 0.75
+    assert at_scale["batch_recall"] == 1.0 and at_scale["batch_locality"] == 1.0
+
+
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     import searc.validation
     from searc.editor import Editor
