@@ -22,6 +22,7 @@ from searc.evaluate import KINDS
 from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
 from searc.train import TrainConfig
+from searc.validation import MAX_DECLINED_OWN_ROUTES
 
 
 class UsageError(Exception):
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
     tune.add_argument("--memory", type=int, default=None, metavar="M",
                       help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
+    tune.add_argument("--max-declined-own-routes", type=float, default=MAX_DECLINED_OWN_ROUTES, metavar="F",
+                      help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit")
+    tune.add_argument("--json", metavar="OUT", default=None, help="also write every pair of the grid with its figures")
 
     bench = sub.add_parser("bench", help="measure speed and memory of editing, probing and training (a table)")
     bench.add_argument("--json", metavar="OUT", default=None, help="also write the measurements as JSON")
@@ -309,6 +313,8 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
     if args.limit < 1 or (args.memory is not None and args.memory < 1):
         raise UsageError("searc tune: --limit and --memory must be at least 1")
+    if not 0.0 <= args.max_declined_own_routes <= 1.0:
+        raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
     stored = load_cases(args.val, limit=max(args.limit, args.memory or 0))
     cases, stored = stored[: args.limit], stored[args.limit : args.memory]
     system = load_system(checkpoint=args.checkpoint)
@@ -316,12 +322,15 @@ def run_tune(args: argparse.Namespace) -> int:
     held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
         cases = augmented_validation(cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0))
-    tuned = tune_thresholds(system, cases, held_out, stored)
-    metrics = {**system.info.metrics, **tuned, "threshold_cases": len(cases)}
+    tuned = tune_thresholds(system, cases, held_out, stored, max_declined_own_routes=args.max_declined_own_routes)
+    metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
     save_checkpoint(
-        system, args.checkpoint, tuned["threshold"], decline_threshold=tuned["decline_threshold"], training=system.info.training, metrics=metrics
+        system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
     )
-    print(json.dumps(tuned))
+    print(json.dumps(tuned.metrics()))
+    if args.json:
+        grid = [{**asdict(pair), "score": pair.score} for pair in tuned.grid]
+        Path(args.json).write_text(json.dumps({"chosen": tuned.metrics(), "grid": grid}, indent=2))
     return 0
 
 

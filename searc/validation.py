@@ -11,6 +11,7 @@ out-of-scope probes, and should include relations held out of training.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -37,23 +38,65 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
+MAX_DECLINED_OWN_ROUTES = 0.02  # the scope issue's bar: in-scope probes routed to their own edit yet declined
+
+
+@dataclass(frozen=True)
+class ThresholdPair:
+    """What one (routing, decline) threshold pair scores on the validation memory."""
+
+    threshold: float
+    decline_threshold: float
+    batch_recall: float
+    batch_locality: float
+    declined_own_routes: float
+
+    @property
+    def score(self) -> float:
+        return (self.batch_recall + self.batch_locality) / 2
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The chosen pair's figures (`metrics()`, what a checkpoint records) and every pair of the grid."""
+
+    threshold: float
+    decline_threshold: float
+    batch_recall: float
+    batch_locality: float
+    batch_recall_held_out: float  # nan without cases of held-out relations
+    declined_own_routes: float
+    declined_false_routes: float
+    claimed_prompts: int
+    edits_in_memory: int
+    grid: tuple[ThresholdPair, ...]
+
+    def metrics(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "grid"}
+
+
 @torch.no_grad()
 def tune_thresholds(
-    system: SeracSystem, cases: Sequence[EditCase], held_out: Sequence[str] = (), stored: Sequence[EditCase] = ()
-) -> dict[str, float]:
+    system: SeracSystem,
+    cases: Sequence[EditCase],
+    held_out: Sequence[str] = (),
+    stored: Sequence[EditCase] = (),
+    max_declined_own_routes: float = MAX_DECLINED_OWN_ROUTES,
+) -> Tuning:
     """The routing threshold and the decline threshold that best separate in-scope from
     out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):
     the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
     (out-of-scope probes left to the base model: not routed, or routed and declined) is maximised
-    over both grids together. The two trade against each other: a lower routing threshold reaches
-    loose paraphrases and leans on the decline to turn away other facts of the subject; a higher
-    decline threshold declines fewer in-scope probes and more false routes get answered. As in
-    evaluation, an out-of-scope prompt that a stored edit claims (`evaluate.claims`; its own case's
-    edit included) asks that edit's own fact and is left out of locality. `batch_recall_held_out` is
-    the batch recall on the cases of the `held_out` relations alone (relations training never saw;
-    nan without such cases). `stored`: more cases whose edits the memory holds beside the probed
-    cases' own, as `evaluate`'s (memory at scale: more edits to be confused with); as there, the
-    memory keeps one edit per fact and a probed re-edit is set aside."""
+    over both grids together, among the pairs that decline at most `max_declined_own_routes` of
+    the in-scope probes routed to their own edit (all pairs if none does). The two trade against
+    each other: a lower routing threshold reaches loose paraphrases and leans on the decline to
+    turn away other facts of the subject; a higher decline threshold declines fewer in-scope probes
+    and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
+    claims (`evaluate.claims`; its own case's edit included) asks that edit's own fact and is left
+    out of locality. `batch_recall_held_out` is the batch recall on the cases of the `held_out`
+    relations alone (relations training never saw). `stored`: more cases whose edits the memory
+    holds beside the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused
+    with); as there, the memory keeps one edit per fact and a probed re-edit is set aside."""
     cases, stored, _ = batch_memory(cases, stored)
     editor = Editor(system)
     edits = editor.add_edits([case.edit for case in (*cases, *stored)])
@@ -63,30 +106,32 @@ def tune_thresholds(
     ends = torch.tensor(end_probabilities(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
     owner = labels.argmax(0)
     in_scope = labels.any(0)
-    right_edit = best_edit == owner
+    own_route = in_scope & (best_edit == owner)  # right edit if routed
     others = claimants(cases, edits)
     claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in scope_layout(cases)])
     local = ~in_scope & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
-    candidates = []
-    for threshold in THRESHOLD_GRID:
-        routed = best_scores >= threshold
-        for decline_threshold in DECLINE_GRID:
-            answered = routed & ~declines(ends, decline_threshold)
-            recall = float((answered & right_edit)[in_scope].float().mean())
-            locality = float((~answered[local]).float().mean()) if local.any() else 1.0
-            # ties go to the thresholds nearest the untuned defaults
-            closeness = -abs(threshold - 0.5) - abs(decline_threshold - DEFAULT_DECLINE_THRESHOLD)
-            candidates.append(((recall + locality) / 2, closeness, threshold, decline_threshold, recall, locality))
-    _, _, threshold, decline_threshold, recall, locality = max(candidates)
-    routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
+
+    def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
+        routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
+        answered = routed & ~declined
+        return ThresholdPair(
+            threshold, decline_threshold, _mean((answered & own_route)[in_scope]), _mean(~answered[local]) if local.any() else 1.0,
+            _mean(declined[routed & own_route]),
+        )
+
+    grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
+    allowed = [p for p in grid if not p.declined_own_routes > max_declined_own_routes] or list(grid)  # nan: nothing routed, allowed
+    # ties go to the thresholds nearest the untuned defaults
+    best = max(allowed, key=lambda p: (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD)))
+    routed, declined = best_scores >= best.threshold, declines(ends, best.decline_threshold)
     answered = routed & ~declined
-    return {
-        "threshold": threshold, "decline_threshold": decline_threshold, "batch_recall": recall, "batch_locality": locality,
-        "batch_recall_held_out": _mean((answered & right_edit)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
-        "declined_own_routes": _mean(declined[routed & right_edit & in_scope]), "declined_false_routes": _mean(declined[routed & local]),
-        "claimed_prompts": int(claimed.sum()), "edits_in_memory": len(edits),
-    }
+    return Tuning(
+        best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
+        batch_recall_held_out=_mean((answered & own_route)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
+        declined_own_routes=best.declined_own_routes, declined_false_routes=_mean(declined[routed & local]),
+        claimed_prompts=int(claimed.sum()), edits_in_memory=len(edits), grid=grid,
+    )
 
 
 def _mean(flags: torch.Tensor) -> float:
@@ -135,7 +180,7 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float, h
                 batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
                 hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / len(inputs) if inputs else 1.0
-    metrics.update(tune_thresholds(system, cases, held_out))
+    metrics.update(tune_thresholds(system, cases, held_out).metrics())
     batch_accuracy = 0.5 * (metrics["batch_recall"] + metrics["batch_locality"])
     answers = (metrics["edit_success"] + metrics["generalization"] + metrics["counterfactual_declines"]) / 3
     metrics["score"] = (batch_accuracy + answers) / 2

@@ -47,6 +47,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--memory", "0"], "--memory must be at least 1"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--limit", "0"], "--limit and --memory"),
+        (["tune", "--val", "y.json", "--checkpoint", "ck", "--max-declined-own-routes", "2"], "must be in [0, 1]"),
         (["train", "--data", "x.json", "--val", "y.json", "--held-out-relations", "P99999"], "unknown relation"),
         (["train", "--data", "x.json", "--val", "y.json", "--target-forms", "1.5"], "target_forms must be in [0, 1]"),
         (["train", "--data", "x.json", "--val", "y.json", "--near-subjects", "-1"], "near_subjects must be 0 or more"),

@@ -149,11 +149,11 @@ def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, exp
     fake[~labels.any(0), 0] = negative_score  # out-of-scope probes look like edit 0
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     tuned = tune_thresholds(make_system("llama"), cases)
-    assert tuned["threshold"] == expected
+    assert tuned.threshold == expected
     if negative_score < 0.9:
-        assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
+        assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
     else:  # negatives score above positives: no threshold separates them
-        assert tuned["batch_recall"] + tuned["batch_locality"] == pytest.approx(1.0)
+        assert tuned.batch_recall + tuned.batch_locality == pytest.approx(1.0)
 
 
 def test_batches_hold_the_seed_case_nearest_neighbours():
@@ -320,10 +320,10 @@ def test_tuning_at_scale_holds_more_edits_in_memory_that_can_take_probes(monkeyp
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake[:, : len(self.memory)])
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     alone = tune_thresholds(make_system("llama"), cases)
-    assert alone["threshold"] == 0.5 and alone["edits_in_memory"] == 3
+    assert alone.threshold == 0.5 and alone.edits_in_memory == 3
     at_scale = tune_thresholds(make_system("llama"), cases, stored=stored)
-    assert at_scale["edits_in_memory"] == 4 and at_scale["threshold"] == 0.75
-    assert at_scale["batch_recall"] == 1.0 and at_scale["batch_locality"] == 1.0
+    assert at_scale.edits_in_memory == 4 and at_scale.threshold == 0.75
+    assert at_scale.batch_recall == 1.0 and at_scale.batch_locality == 1.0
 
 
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
@@ -340,8 +340,8 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     # ... but the counterfactual model declines them all
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [float(p in out_of_scope) for p in prompts])
     tuned = tune_thresholds(make_system("llama"), cases)
-    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0 and tuned["declined_false_routes"] == 1.0
-    assert tuned["declined_own_routes"] == 0.0
+    assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0 and tuned.declined_false_routes == 1.0
+    assert tuned.declined_own_routes == 0.0
 
 
 def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
@@ -359,8 +359,8 @@ def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     tuned = tune_thresholds(make_system("llama"), cases, held_out=("P20",))
-    assert tuned["threshold"] > 0.5 and tuned["batch_recall_held_out"] == 0.5 and tuned["batch_recall"] == pytest.approx(7 / 8)
-    assert math.isnan(tune_thresholds(make_system("llama"), cases)["batch_recall_held_out"])  # none held out
+    assert tuned.threshold > 0.5 and tuned.batch_recall_held_out == 0.5 and tuned.batch_recall == pytest.approx(7 / 8)
+    assert math.isnan(tune_thresholds(make_system("llama"), cases).batch_recall_held_out)  # none held out
 
 
 @pytest.mark.parametrize("in_scope_end, out_of_scope_end, expected", [(0.45, 0.55, 0.5), (0.65, 0.75, 0.7), (0.1, 0.25, 0.2)])
@@ -380,8 +380,34 @@ def test_the_decline_threshold_is_tuned_between_in_scope_and_out_of_scope_end_pr
     ends = lambda system, prompts, edits: [out_of_scope_end if p in out_of_scope else in_scope_end for p in prompts]
     monkeypatch.setattr(searc.validation, "end_probabilities", ends)
     tuned = tune_thresholds(make_system("llama"), cases)
-    assert tuned["decline_threshold"] == expected
-    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
+    assert tuned.decline_threshold == expected
+    assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
+
+
+def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
+    """One in-scope probe ends more surely than the out-of-scope ones: the best-scoring pair declines
+    it (1 of 6 own routes), so within the cap the decline threshold rises above it instead."""
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import tune_thresholds
+
+    cases = CASES[:3]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
+    fake[~labels.any(0), 0] = 0.97  # every probe routed
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    from searc.validation import DECLINE_GRID, THRESHOLD_GRID
+
+    sure_to_end = cases[1].in_scope[1].prompt
+    ends = lambda system, prompts, edits: [0.75 if p in out_of_scope else 0.8 if p == sure_to_end else 0.1 for p in prompts]
+    monkeypatch.setattr(searc.validation, "end_probabilities", ends)
+    free = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=1.0)
+    assert free.decline_threshold == 0.5 and free.declined_own_routes == pytest.approx(1 / 6) and free.batch_locality == 1.0
+    capped = tune_thresholds(make_system("llama"), cases)  # the default cap: 2%
+    assert capped.decline_threshold == 0.9 and capped.declined_own_routes == 0.0 and capped.batch_recall == 1.0
+    assert len(capped.grid) == len(THRESHOLD_GRID) * len(DECLINE_GRID)  # every pair reported, the free choice the best
+    assert max(p.score for p in capped.grid) == pytest.approx((free.batch_recall + free.batch_locality) / 2)
 
 
 def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
@@ -402,8 +428,8 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     monkeypatch.setattr("searc.validation.end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     tuned = tune_thresholds(make_system("llama"), cases)
-    assert tuned["claimed_prompts"] == 1
-    assert tuned["batch_recall"] == 1.0 and tuned["batch_locality"] == 1.0
+    assert tuned.claimed_prompts == 1
+    assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
 
 
 def test_bf16_autocast_trains_close_to_float32():
