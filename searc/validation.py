@@ -38,7 +38,10 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
-MAX_DECLINED_OWN_ROUTES = 0.02  # the scope issue's bar: in-scope probes routed to their own edit yet declined
+# `searc tune`'s cap, the scope issue's bar: in-scope probes routed to their own edit yet declined.
+# Training's validation leaves it off: there the pair only scores a step, and the shipped recipe's
+# steps were kept without it.
+MAX_DECLINED_OWN_ROUTES = 0.02
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def tune_thresholds(
     cases: Sequence[EditCase],
     held_out: Sequence[str] = (),
     stored: Sequence[EditCase] = (),
-    max_declined_own_routes: float = MAX_DECLINED_OWN_ROUTES,
+    max_declined_own_routes: float = 1.0,
 ) -> Tuning:
     """The routing threshold and the decline threshold that best separate in-scope from
     out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):

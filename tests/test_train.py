@@ -397,14 +397,14 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     fake[~labels.any(0), 0] = 0.97  # every probe routed
     monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
     out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
-    from searc.validation import DECLINE_GRID, THRESHOLD_GRID
+    from searc.validation import DECLINE_GRID, MAX_DECLINED_OWN_ROUTES, THRESHOLD_GRID
 
     sure_to_end = cases[1].in_scope[1].prompt
     ends = lambda system, prompts, edits: [0.75 if p in out_of_scope else 0.8 if p == sure_to_end else 0.1 for p in prompts]
     monkeypatch.setattr(searc.validation, "end_probabilities", ends)
-    free = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=1.0)
+    free = tune_thresholds(make_system("llama"), cases)  # no cap unless asked: training's validation
     assert free.decline_threshold == 0.5 and free.declined_own_routes == pytest.approx(1 / 6) and free.batch_locality == 1.0
-    capped = tune_thresholds(make_system("llama"), cases)  # the default cap: 2%
+    capped = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)  # searc tune's: 2%
     assert capped.decline_threshold == 0.9 and capped.declined_own_routes == 0.0 and capped.batch_recall == 1.0
     assert len(capped.grid) == len(THRESHOLD_GRID) * len(DECLINE_GRID)  # every pair reported, the free choice the best
     assert max(p.score for p in capped.grid) == pytest.approx((free.batch_recall + free.batch_locality) / 2)
