@@ -77,10 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="searc", description="Memory-based model editing with SERAC.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def model_options(p: argparse.ArgumentParser) -> None:
+    def model_options(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
         p.add_argument("--lm", default="bundled", help="language model: 'bundled', a hub id, a directory or a .gguf file")
         p.add_argument("--encoder", default="bundled", help="classifier encoder: 'bundled', a hub id or a directory")
-        p.add_argument("--checkpoint", default="default", help="trained checkpoint directory; 'default' = the shipped one, 'none' = untrained")
+        if checkpoint:
+            p.add_argument("--checkpoint", default="default", help="trained checkpoint directory; 'default' = the shipped one, 'none' = untrained")
 
     probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
     probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(evaluate)
 
     tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
-    tune.add_argument("--checkpoint", required=True)
+    tune.add_argument("--checkpoint", required=True, help="the checkpoint directory to re-tune (rewritten in place)")
     tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
     tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
     tune.add_argument("--memory", type=int, default=None, metavar="M",
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-declined-own-routes", type=float, default=MAX_DECLINED_OWN_ROUTES, metavar="F",
                       help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit")
     tune.add_argument("--json", metavar="OUT", default=None, help="also write every pair of the grid with its figures")
+    model_options(tune, checkpoint=False)  # the models the checkpoint was trained on
 
     bench = sub.add_parser("bench", help="measure speed and memory of editing, probing and training (a table)")
     bench.add_argument("--json", metavar="OUT", default=None, help="also write the measurements as JSON")
@@ -315,9 +317,9 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    stored = load_cases(args.val, limit=max(args.limit, args.memory or 0))
-    cases, stored = stored[: args.limit], stored[args.limit : args.memory]
-    system = load_system(checkpoint=args.checkpoint)
+    loaded = load_cases(args.val, limit=max(args.limit, args.memory or 0))
+    cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
+    system = load_system(args.lm, args.encoder, args.checkpoint)
     config = system.info.training.get("config", {})
     held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too

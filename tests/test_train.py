@@ -270,6 +270,29 @@ def tiny_train_run(tmp_path, capsys, out: str) -> list[str]:
     return common
 
 
+def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, capsys):
+    """searc tune --memory M --limit K --json OUT: K cases probed beside M edits, the pair written into
+    the checkpoint, the whole grid into OUT."""
+    import json
+
+    from searc.cli import main
+    from searc.validation import DECLINE_GRID, THRESHOLD_GRID
+    from tests.conftest import require_shared_data
+
+    common = tiny_train_run(tmp_path, capsys, "ck")
+    capsys.readouterr()
+    val, grid = require_shared_data() / "counterfact/val.json", tmp_path / "grid.json"
+    argv = ["tune", "--checkpoint", str(tmp_path / "ck"), "--val", str(val), "--limit", "3", "--memory", "9", "--json", str(grid), *common[common.index("--lm") :]]  # the tiny models
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    written = json.loads(grid.read_text())
+    assert written["chosen"] == printed and printed["edits_in_memory"] == 9
+    assert len(written["grid"]) == len(THRESHOLD_GRID) * len(DECLINE_GRID)
+    config = read_checkpoint(tmp_path / "ck").config
+    assert (config["threshold"], config["decline_threshold"]) == (printed["threshold"], printed["decline_threshold"])
+    assert config["metrics"]["edits_in_memory"] == 9
+
+
 def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
     """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
     from searc.cli import main
