@@ -125,8 +125,10 @@ def tune_thresholds(
 
     grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
     allowed = [p for p in grid if not p.declined_own_routes > max_declined_own_routes] or list(grid)  # nan: nothing routed, allowed
-    # ties go to the thresholds nearest the untuned defaults
-    best = max(allowed, key=lambda p: (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD)))
+    def preference(p: ThresholdPair) -> tuple[float, ...]:  # ties: nearest the untuned defaults, then higher
+        return (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD), p.threshold, p.decline_threshold)
+
+    best = max(allowed, key=preference)
     routed, declined = best_scores >= best.threshold, declines(ends, best.decline_threshold)
     answered = routed & ~declined
     return Tuning(
