@@ -45,7 +45,7 @@ def assemble_system(
     lora: LoraSettings | None = None,
     counterfactual_model=None,
     counterfactual_tokenizer=None,
-    info: SystemInfo = SystemInfo(),
+    info: SystemInfo | None = None,
 ) -> SeracSystem:
     """A system from already-loaded models (tests use tiny random ones); `info` says where they came from."""
     lora = lora or LoraSettings()
@@ -55,7 +55,7 @@ def assemble_system(
         base = LanguageModel(base_model.eval(), tokenizer)
         counterfactual = separate_counterfactual(counterfactual_model, counterfactual_tokenizer, lora)
     classifier_module = build_classifier(encoder, encoder_tokenizer, classifier or ClassifierConfig())
-    return SeracSystem(base, counterfactual, classifier_module, replace(info, lora=lora.to_dict()))
+    return SeracSystem(base, counterfactual, classifier_module, replace(info or SystemInfo(), lora=lora.to_dict()))
 
 
 def load_system(

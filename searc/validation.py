@@ -115,22 +115,25 @@ def tune_thresholds(
     local = ~in_scope & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
 
-    def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
+    def outcome(threshold: float, decline_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per probe at this pair: (routed, declined, answered by the counterfactual model)."""
         routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
-        answered = routed & ~declined
+        return routed, declined, routed & ~declined
+
+    def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
+        routed, declined, answered = outcome(threshold, decline_threshold)
         return ThresholdPair(
             threshold, decline_threshold, _mean((answered & own_route)[in_scope]), _mean(~answered[local]) if local.any() else 1.0,
             _mean(declined[routed & own_route]),
         )
 
-    grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
-    allowed = [p for p in grid if not p.declined_own_routes > max_declined_own_routes] or list(grid)  # nan: nothing routed, allowed
     def preference(p: ThresholdPair) -> tuple[float, ...]:  # ties: nearest the untuned defaults, then higher
         return (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD), p.threshold, p.decline_threshold)
 
+    grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
+    allowed = [p for p in grid if not p.declined_own_routes > max_declined_own_routes] or list(grid)  # nan: nothing routed, allowed
     best = max(allowed, key=preference)
-    routed, declined = best_scores >= best.threshold, declines(ends, best.decline_threshold)
-    answered = routed & ~declined
+    routed, declined, answered = outcome(best.threshold, best.decline_threshold)
     return Tuning(
         best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
         batch_recall_held_out=_mean((answered & own_route)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
