@@ -17,7 +17,7 @@ from typing import Sequence
 
 from searc.checkpoint import CheckpointError
 from searc.classifier import ClassifierConfig
-from searc.data import DataError
+from searc.data import DataError, EditCase, load_cases
 from searc.evaluate import KINDS
 from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
@@ -73,6 +73,25 @@ def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> N
         system.decline_threshold = decline
 
 
+def read_data(command: str, files: Sequence[tuple[str, int | None]], skip_bad_records: bool) -> list[list[EditCase]]:
+    """The cases of each (path, limit) in `files`. A malformed record stops the command with one line
+    naming file, record and field; with `skip_bad_records` it is left out and the count printed."""
+    skipped: list[str] | None = [] if skip_bad_records else None
+    try:
+        loaded = [load_cases(path, limit=limit, skipped=skipped) for path, limit in files]
+    except DataError as error:
+        hint = "" if skip_bad_records else " (--skip-bad-records leaves malformed records out)"
+        raise UsageError(f"searc {command}: {error}{hint}") from None
+    if skipped:
+        print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
+    return loaded
+
+
+def skip_bad_records_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="leave out malformed records (counted on stderr) instead of stopping at the first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="searc", description="Memory-based model editing with SERAC.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -108,8 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="top encoder layers the classifier fine-tunes (each adds ~7 MB to a MiniLM checkpoint)")
     train.add_argument("--top-k", type=int, default=ClassifierConfig.top_k, help="cross: edits cross-encoded per probe (0 = all)")
     train.add_argument("--limit", type=int, default=None, help="use only the first N training cases of each file")
-    train.add_argument("--skip-bad-records", action="store_true",
-                       help="leave out malformed records (counted on stderr) instead of stopping at the first")
+    skip_bad_records_option(train)
     for name, default in asdict(TrainConfig()).items():
         if isinstance(default, bool):
             train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
@@ -133,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
                           help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
     evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    skip_bad_records_option(evaluate)
     model_options(evaluate)
 
     tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True, help="the checkpoint directory to re-tune (rewritten in place)")
     tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
+    skip_bad_records_option(tune)
     tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
     tune.add_argument("--memory", type=int, default=None, metavar="M",
                       help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
@@ -156,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = sub.add_parser("calibrate", help="fit the untrained dense classifier's scale and bias on a training file")
     calibrate.add_argument("--data", required=True)
     calibrate.add_argument("--limit", type=int, default=2000)
+    skip_bad_records_option(calibrate)
     calibrate.add_argument("--encoder", default="bundled")
     return parser
 
@@ -204,10 +225,10 @@ def run_probe(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from searc.classifier import ClassifierConfig, DenseScopeClassifier, calibrate
-    from searc.data import calibration_pairs, load_cases
+    from searc.data import calibration_pairs
     from searc.models import load_encoder
 
-    cases = load_cases(args.data, limit=args.limit)
+    [cases] = read_data("calibrate", [(args.data, args.limit)], args.skip_bad_records)
     encoder, tokenizer = load_encoder(args.encoder)
     classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
     pairs = calibration_pairs(cases)
@@ -217,7 +238,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from searc.data import DataError, load_cases
     from searc.system import load_system, replace_classifier
     from searc.train import train
 
@@ -227,15 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"searc train: {error}") from None
     if any(Path(path).name == "edit.json" for path in [*args.data, args.val]):
         raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
-    skipped: list[str] | None = [] if args.skip_bad_records else None
-    try:
-        train_cases = [case for path in args.data for case in load_cases(path, limit=args.limit, skipped=skipped)]
-        val_cases = load_cases(args.val, skipped=skipped)
-    except DataError as error:
-        hint = "" if args.skip_bad_records else " (--skip-bad-records leaves malformed records out)"
-        raise UsageError(f"searc train: {error}{hint}") from None
-    if skipped:
-        print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
+    *train_files, val_cases = read_data("train", [*((path, args.limit) for path in args.data), (args.val, None)], args.skip_bad_records)
+    train_cases = [case for cases in train_files for case in cases]
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
     if args.new_classifier and args.init is None:
@@ -262,7 +275,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from searc.augment import split_by_relation
-    from searc.data import load_cases
     from searc.evaluate import evaluate
     from searc.relations import relation_id
     from searc.system import load_system
@@ -274,9 +286,9 @@ def run_eval(args: argparse.Namespace) -> int:
     thresholds = parsed_thresholds(args)
     try:
         relations = [relation_id(name) for name in args.relation]
-        cases = load_cases(args.data)
     except ValueError as error:
         raise UsageError(f"searc eval: {error}") from None
+    [cases] = read_data("eval", [(args.data, None)], args.skip_bad_records)
     stored = cases[: args.memory] if args.memory else []
     if relations:
         cases = split_by_relation(cases, relations)[1]
@@ -307,7 +319,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from searc.augment import augmented_validation
-    from searc.data import load_cases
     from searc.system import load_system, save_checkpoint
     from searc.validation import tune_thresholds
 
@@ -317,7 +328,7 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    loaded = load_cases(args.val, limit=max(args.limit, args.memory or 0))
+    [loaded] = read_data("tune", [(args.val, max(args.limit, args.memory or 0))], args.skip_bad_records)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     system = load_system(args.lm, args.encoder, args.checkpoint)
     config = system.info.training.get("config", {})

@@ -67,8 +67,9 @@ class TrainConfig:
     # and lost recall on the edits' own paraphrases
     consequences: bool = False
     # with augment: the share of cases trained (and validated) with the target in a form the
-    # training files lack (searc.augment.target_form). Off by default: the one run with 0.2
-    # (README) copied every form, but its decline refused more paraphrases than the shipped run's
+    # training files lack (searc.augment.target_form). Off by default: runs with it (0.2 in both
+    # stages; 0.3 in a third stage that trains the counterfactual model alone) copied every form,
+    # but answered fewer paraphrases or declined more off CounterFact (README)
     target_forms: float = 0.0
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)

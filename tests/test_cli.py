@@ -77,6 +77,31 @@ def test_training_reads_several_data_files(tmp_path, capsys):
     assert read_checkpoint(tmp_path / "ck").config["training"]["train_cases"] == 10  # 5 of each file
 
 
+@pytest.mark.parametrize("command", ["eval", "tune", "calibrate"])
+def test_a_malformed_record_stops_every_command_that_reads_data_unless_skipped(command, tmp_path, capsys):
+    """One rule for every command that reads a data file: a malformed record stops it with one line
+    that names the record and the way past it; with --skip-bad-records it is left out and counted."""
+    import json
+
+    from tests.conftest import save_tiny_models
+
+    good = {"prompt": "The Eiffel Tower is in", "target_new": "Rome", "subject": "Eiffel Tower", "rephrase_prompt": "Where is the Eiffel Tower?"}
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps([good, {"prompt": "", "target_new": "Paris"}]))
+    lm, encoder = save_tiny_models(tmp_path)
+    capsys.readouterr()  # saving the models reports progress
+    argv = {"eval": ["eval", "--data", str(path), "--lm", lm, "--encoder", encoder, "--checkpoint", "none"],
+            "tune": ["tune", "--val", str(path), "--lm", lm, "--encoder", encoder, "--checkpoint", str(tmp_path / "ck")],
+            "calibrate": ["calibrate", "--data", str(path), "--encoder", encoder]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "val.json record 2" in err and "--skip-bad-records" in err and len(err.strip().splitlines()) == 1
+    if command == "eval":  # the other two need a checkpoint, or more cases, to get further
+        assert main([*argv, "--skip-bad-records"]) == 0
+        captured = capsys.readouterr()
+        assert "skipped 1 malformed records; the first: val.json record 2" in captured.err and "1 cases" in captured.out
+
+
 def test_edit_parsing_splits_on_the_last_bar():
     edit = parse_edit("A | B is|C ")
     assert (edit.prompt, edit.target_new) == ("A | B is", "C")

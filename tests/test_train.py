@@ -58,6 +58,24 @@ def test_training_is_seeded_and_reproducible():
     assert [e.losses for e in first if e.kind == "step"] != [e.losses for e in other_seed if e.kind == "step"]
 
 
+def test_validating_less_takes_the_same_steps():
+    """Validation only reads the models and draws from no training stream, so how often it runs,
+    and on how many cases, changes no step: a recipe may validate less and reach the same weights."""
+    often, often_events = run(TrainConfig(**{**CONFIG.__dict__, "val_every": 1, "val_cases": 4}))
+    rarely, rarely_events = run(TrainConfig(**{**CONFIG.__dict__, "val_every": 4, "val_cases": 2}))
+    assert sum(e.kind == "validation" for e in often_events) == 4 and sum(e.kind == "validation" for e in rarely_events) == 1
+    assert [e.losses for e in often_events if e.kind == "step"] == [e.losses for e in rarely_events if e.kind == "step"]
+    rarely_weights = trained_weights(rarely)
+    for name, param in trained_weights(often).items():
+        assert torch.equal(param, rarely_weights[name]), name
+
+
+def trained_weights(system) -> dict[str, torch.Tensor]:
+    """Every parameter training may change: the LoRA adapter's and the classifier's."""
+    lora = {f"adapter.{n}": p for n, p in system.counterfactual.model.named_parameters() if "lora_" in n}
+    return lora | {f"classifier.{n}": p for n, p in system.classifier.named_parameters()}
+
+
 def test_gradient_checkpointing_takes_the_same_steps():
     """Recomputing activations in backward saves memory and changes nothing else."""
     plain, plain_events = run()
