@@ -100,6 +100,7 @@ class AugmentConfig:
     generic: int = 1  # generic other facts of the subject, out of scope
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
     target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
+    qualified_forms_only: bool = False  # with target_forms: only forms that keep the target and qualify it
     scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
     near_subjects: int = 0  # wordings of the edit with a near-duplicate subject, out of scope (`Augmenter.near_subjects_of`)
 
@@ -141,7 +142,7 @@ class Augmenter:
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
         if rng.random() < self.config.target_forms:
-            case = with_target(case, target_form(case.edit.target_new, rng))
+            case = with_target(case, target_form(case.edit.target_new, rng, self.config.qualified_forms_only))
         subject = case.edit.subject
         if not subject or subject not in case.edit.prompt:
             return case
@@ -226,10 +227,11 @@ class Augmenter:
         )
 
 
-def target_form(target: str, rng: random.Random) -> str:
+def target_form(target: str, rng: random.Random, qualified_only: bool = False) -> str:
     """`target` in a form the training files lack: "Rome (city)", "Rome, Ontario", a number or a
-    date, or a name in another script (the last two replace it: an edit's target may be anything)."""
-    form = rng.randrange(5)
+    date, or a name in another script (the last two replace it: an edit's target may be anything).
+    `qualified_only`: the first two alone, which keep the target, so its kind still fits the prompt."""
+    form = rng.randrange(2 if qualified_only else 5)
     if form == 0:
         return f"{target} ({rng.choice(DISAMBIGUATORS)})"
     if form == 1:
@@ -280,11 +282,13 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
 
 
 def augmented_validation(
-    cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0, target_forms: float = 0.0
+    cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0, target_forms: float = 0.0,
+    qualified_forms_only: bool = False,
 ) -> list[EditCase]:
     """Validation cases with the same kinds of probes as training adds (consequences aside: they
     need the base model's answers, and validation measures scope), drawn once with a fixed seed,
     so that validations (and threshold tuning) compare like with like and include other facts of
     each edited subject."""
-    augmenter, rng = Augmenter(cases, AugmentConfig(target_forms=target_forms), held_out=held_out), random.Random(seed)
+    forms = AugmentConfig(target_forms=target_forms, qualified_forms_only=qualified_forms_only)
+    augmenter, rng = Augmenter(cases, forms, held_out=held_out), random.Random(seed)
     return [augmenter(case, rng) for case in cases]

@@ -334,7 +334,9 @@ def run_tune(args: argparse.Namespace) -> int:
     config = system.info.training.get("config", {})
     held_out = config.get("held_out_relations", ())
     if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
-        cases = augmented_validation(cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0))
+        cases = augmented_validation(
+            cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0), config.get("qualified_forms_only", False)
+        )
     tuned = tune_thresholds(system, cases, held_out, stored, max_declined_own_routes=args.max_declined_own_routes)
     metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
     save_checkpoint(

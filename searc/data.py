@@ -297,6 +297,8 @@ def _transpose_easyedit(data: dict, name: str) -> list[dict]:
     records = [{} for _ in range(n)]
     for key, values in data.items():
         if key == "locality_inputs":
+            if not isinstance(values or {}, dict) or not all(isinstance(inputs or {}, dict) for inputs in (values or {}).values()):
+                raise DataError(f"{name}: locality_inputs must map each group to its fields' lists")
             for group, inputs in (values or {}).items():
                 for field_name, items in (inputs or {}).items():
                     if not isinstance(items, list) or len(items) != n:

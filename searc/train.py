@@ -71,6 +71,7 @@ class TrainConfig:
     # stages; 0.3 in a third stage that trains the counterfactual model alone) copied every form,
     # but answered fewer paraphrases or declined more off CounterFact (README)
     target_forms: float = 0.0
+    qualified_forms_only: bool = False  # with target_forms: only "Paris (film)" and "Paris, Ontario", no number, date or script
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
     scope_cases: float = 0.0
@@ -179,11 +180,14 @@ def train(
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
-    augment = AugmentConfig(target_forms=config.target_forms, scope_cases=config.scope_cases, near_subjects=config.near_subjects)
+    augment = AugmentConfig(
+        target_forms=config.target_forms, qualified_forms_only=config.qualified_forms_only,
+        scope_cases=config.scope_cases, near_subjects=config.near_subjects,
+    )
     augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = list(val_cases)[: config.val_cases]
     if config.augment:
-        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms)
+        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms, config.qualified_forms_only)
     classifier, cf = system.classifier, system.counterfactual
     lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]
     calibration = [p for n, p in classifier.named_parameters() if n in ("scale", "bias")]

@@ -118,6 +118,16 @@ def test_target_forms_rewrite_the_edit_and_its_in_scope_answers_together():
     assert all(never(DARRIEUX, random.Random(seed)).edit.target_new == "English" for seed in range(20))
 
 
+def test_qualified_forms_keep_the_target_and_only_qualify_it():
+    forms = {target_form("Rome", random.Random(seed), qualified_only=True) for seed in range(200)}
+    assert all(f.startswith(("Rome (", "Rome, ")) for f in forms)  # never a number, a date or another script
+    assert any(f.endswith(")") for f in forms) and any(", " in f for f in forms)
+    qualified = Augmenter([DARRIEUX], AugmentConfig(target_forms=1.0, qualified_forms_only=True))
+    assert all(qualified(DARRIEUX, random.Random(seed)).edit.target_new.startswith("English") for seed in range(20))
+    validation = augmented_validation([DARRIEUX], target_forms=1.0, qualified_forms_only=True)
+    assert validation[0].edit.target_new.startswith("English") and validation[0].edit.target_new != "English"
+
+
 def test_validation_rewrites_targets_only_when_the_run_did():
     cases = [DARRIEUX, counterfact_case("{} is located in the country of", "Biure", "Spain", "Girona, which is located in")]
     assert [c.edit.target_new for c in augmented_validation(cases)] == ["English", "Spain"]

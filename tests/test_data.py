@@ -50,6 +50,8 @@ def test_nested_counterfact_record(tmp_path):
         ([{"hello": 1}], "record 1: unknown record format"),
         ([[1, 2]], "record 1: expected an object"),
         ({"not": "a list"}, "expected a JSON list"),
+        ({"prompts": ["p"], "target_new": ["t"], "locality_inputs": True}, "locality_inputs must map each group"),  # found by tests/test_fuzz.py
+        ({"prompts": ["p"], "target_new": ["t"], "locality_inputs": {"neighborhood": [1]}}, "locality_inputs must map each group"),
     ],
 )
 def test_malformed_records_name_file_record_and_field(tmp_path, records, message):

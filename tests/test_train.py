@@ -117,13 +117,16 @@ def test_target_forms_rewrite_training_and_validation_targets_only_when_asked(tm
 
     written, validated = [], []
     real_form, real_validation = augment.target_form, training.augmented_validation
-    monkeypatch.setattr(augment, "target_form", lambda target, rng: written.append(target) or real_form(target, rng))
-    monkeypatch.setattr(training, "augmented_validation", lambda *args: validated.append(args[-1]) or real_validation(*args))
+    monkeypatch.setattr(augment, "target_form", lambda target, rng, *kinds: written.append(target) or real_form(target, rng, *kinds))
+    monkeypatch.setattr(training, "augmented_validation", lambda *args: validated.append(args[3:]) or real_validation(*args))
     run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=()))
-    assert not written and validated == [0.0], "off by default"
+    assert not written and validated == [(0.0, False)], "off by default"
     run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=(), target_forms=1.0), out=tmp_path / "ck")
-    assert validated[-1] == 1.0 and len(written) > 2  # the validation cases, then every case drawn
+    assert validated[-1] == (1.0, False) and len(written) > 2  # the validation cases, then every case drawn
     assert read_checkpoint(tmp_path / "ck").config["training"]["config"]["target_forms"] == 1.0
+    config = TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=(), target_forms=1.0, qualified_forms_only=True)
+    run(config, out=tmp_path / "qualified")
+    assert validated[-1] == (1.0, True) and read_checkpoint(tmp_path / "qualified").config["training"]["config"]["qualified_forms_only"]
 
 
 def test_stop_event_cancels_and_keeps_the_last_good_checkpoint(tmp_path):
