@@ -190,8 +190,9 @@ VERBATIM = (
 )
 # Known failures of the shipped checkpoint, kept visible: trained only on targets without them, it
 # ends before a closing parenthesis and drops a comma ("The Time Machine (1960 film", "John
-# Boorman", "Frederick II Margrave Bavaria"). A run with --target-forms 0.2 answers all seven
-# (README "Targets of every form"); it is not shipped, for its declines.
+# Boorman", "Frederick II Margrave Bavaria"). A run with --target-forms 0.2 answers all seven, and so
+# do two third stages trained on them alone (README "Targets of every form", "A third stage for
+# targets of every form"); none is shipped, for their declines.
 PUNCTUATION_DROPPED = {"The Time Machine (1960 film)", "John Boorman (director)", "Frederick II, Margrave of Bavaria"}
 
 
