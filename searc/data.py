@@ -297,9 +297,10 @@ def _transpose_easyedit(data: dict, name: str) -> list[dict]:
     records = [{} for _ in range(n)]
     for key, values in data.items():
         if key == "locality_inputs":
-            if not isinstance(values or {}, dict) or not all(isinstance(inputs or {}, dict) for inputs in (values or {}).values()):
+            groups = values or {}
+            if not isinstance(groups, dict) or not all(isinstance(inputs or {}, dict) for inputs in groups.values()):
                 raise DataError(f"{name}: locality_inputs must map each group to its fields' lists")
-            for group, inputs in (values or {}).items():
+            for group, inputs in groups.items():
                 for field_name, items in (inputs or {}).items():
                     if not isinstance(items, list) or len(items) != n:
                         raise DataError(f"{name}: locality_inputs.{group}.{field_name} must be a list of {n} items")
