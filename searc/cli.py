@@ -17,7 +17,7 @@ from typing import Sequence
 
 from searc.checkpoint import CheckpointError
 from searc.classifier import ClassifierConfig
-from searc.data import DataError, EditCase, load_cases
+from searc.data import DataError, DataSource, EditCase, interleave, load_cases
 from searc.evaluate import KINDS
 from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
@@ -87,6 +87,19 @@ def read_data(command: str, files: Sequence[tuple[str, int | None]], skip_bad_re
     return loaded
 
 
+def refuse_evaluation_files(command: str, paths: Sequence[str]) -> None:
+    """Training and tuning never read an evaluation file (`edit.json`), whole or sliced."""
+    if any(DataSource.parse(path).path.name == "edit.json" for path in paths):
+        raise UsageError(f"searc {command}: edit.json files are for evaluation only; use train/val splits")
+
+
+def validation_cases(command: str, paths: Sequence[str], limit: int | None, skip_bad_records: bool) -> list[EditCase]:
+    """The cases of one or more validation sources, in turn (`data.interleave`), so that the first
+    N (training's `--val-cases`, tuning's `--limit`) mix them."""
+    refuse_evaluation_files(command, paths)
+    return interleave(read_data(command, [(path, limit) for path in paths], skip_bad_records))
+
+
 def skip_bad_records_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-records", action="store_true",
                    help="leave out malformed records (counted on stderr) instead of stopping at the first")
@@ -113,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the scope classifier and the counterfactual model jointly")
     train.add_argument("--data", required=True, nargs="+", metavar="PATH",
                        help="training cases, one or more files of any supported format (never an edit.json evaluation file)")
-    train.add_argument("--val", required=True, help="validation cases")
+    train.add_argument("--val", required=True, nargs="+", metavar="PATH",
+                       help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn")
     train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="continue from this checkpoint's classifier and adapter (their settings too: --variant, "
@@ -156,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True, help="the checkpoint directory to re-tune (rewritten in place)")
-    tune.add_argument("--val", required=True, help="validation cases (never an edit.json evaluation file)")
+    tune.add_argument("--val", required=True, nargs="+", metavar="PATH",
+                      help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn (never an edit.json evaluation file)")
     skip_bad_records_option(tune)
     tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
     tune.add_argument("--memory", type=int, default=None, metavar="M",
@@ -245,10 +260,13 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
     except ValueError as error:
         raise UsageError(f"searc train: {error}") from None
-    if any(Path(path).name == "edit.json" for path in [*args.data, args.val]):
-        raise UsageError("searc train: edit.json files are for evaluation only; train on train/val splits")
-    *train_files, val_cases = read_data("train", [*((path, args.limit) for path in args.data), (args.val, None)], args.skip_bad_records)
-    train_cases = [case for cases in train_files for case in cases]
+    refuse_evaluation_files("train", args.data)
+    train_cases = [case for cases in read_data("train", [(path, args.limit) for path in args.data], args.skip_bad_records) for case in cases]
+    val_cases = validation_cases("train", args.val, None, args.skip_bad_records)
+    shared = {case.edit for case in train_cases} & {case.edit for case in val_cases}
+    if shared:
+        raise UsageError(f"searc train: {len(shared)} validation edits are also training edits, e.g. {next(iter(shared)).prompt!r}; "
+                         "split a file with PATH[:N] and PATH[N:]")
     if args.trainable_layers < 0 or args.top_k < 0:
         raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
     if args.new_classifier and args.init is None:
@@ -322,13 +340,11 @@ def run_tune(args: argparse.Namespace) -> int:
     from searc.system import load_system, save_checkpoint
     from searc.validation import tune_thresholds
 
-    if Path(args.val).name == "edit.json":
-        raise UsageError("searc tune: edit.json files are for evaluation only; tune on a validation split")
     if args.limit < 1 or (args.memory is not None and args.memory < 1):
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    [loaded] = read_data("tune", [(args.val, max(args.limit, args.memory or 0))], args.skip_bad_records)
+    loaded = validation_cases("tune", args.val, max(args.limit, args.memory or 0), args.skip_bad_records)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     system = load_system(args.lm, args.encoder, args.checkpoint)
     config = system.info.training.get("config", {})

@@ -16,6 +16,10 @@ formats are detected from their fields:
   {Subject_Aliasing (in scope: the same fact, the subject named otherwise), Reasoning,
   Logical_Generalization, ...}; a ground truth is a text, a list of texts or a list of alias lists.
 Loading is all or nothing: any bad record stops it with the file, record number and field.
+
+A source may name a slice of a file's records, `PATH[START:STOP]` as in Python (records counted from
+0, in file order): `zsre/train-1k.json[:900]` to train on and `zsre/train-1k.json[900:]` to validate
+on split one file into two parts that share no record.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from searc.memory import Edit
 
@@ -314,18 +319,46 @@ def _transpose_easyedit(data: dict, name: str) -> list[dict]:
     return records
 
 
-def load_cases(path: str | Path, limit: int | None = None, skipped: list[str] | None = None) -> list[EditCase]:
-    """All cases of a file, all or nothing; errors name file, record and field.
+_SLICE = re.compile(r"^(?P<path>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A data file, or the slice `records[start:stop]` of its records (`PATH[START:STOP]`)."""
+
+    path: Path
+    start: int | None = None
+    stop: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | Path) -> DataSource:
+        """`PATH` or `PATH[START:STOP]`; a file whose own name ends in brackets is taken whole."""
+        match = _SLICE.match(str(text))
+        if match is None or Path(text).exists():
+            return cls(Path(text))
+        start, stop = (int(bound) if bound else None for bound in (match["start"], match["stop"]))  # "": an open end
+        return cls(Path(match["path"]), start, stop)
+
+    def __str__(self) -> str:
+        if self.start is None and self.stop is None:
+            return str(self.path)
+        return f"{self.path}[{self.start or ''}:{self.stop or ''}]"
+
+
+def load_cases(source: str | Path | DataSource, limit: int | None = None, skipped: list[str] | None = None) -> list[EditCase]:
+    """All cases of a file (or of a slice of its records, `DataSource`), all or nothing; errors
+    name file, record and field. `limit` keeps the first records of the slice.
 
     With a `skipped` list, a malformed record is left out and its error appended there instead
     (real datasets have a few: zsRE's train split has records without a new target); a file
     that cannot be read at all still raises."""
-    path = Path(path)
+    source = source if isinstance(source, DataSource) else DataSource.parse(source)
+    path = source.path
     records = read_records(path)
-    records = records[:limit] if limit is not None else records
+    indices = range(len(records))[source.start : source.stop][:limit]  # record numbers stay the file's
     cases = []
-    for index, record in enumerate(records):
-        where = f"{path.name} record {index + 1}"
+    for index in indices:
+        record, where = records[index], f"{path.name} record {index + 1}"
         try:
             cases.append(FORMATS[detect_format(record, where)][1](record, where))
         except DataError as error:
@@ -333,6 +366,13 @@ def load_cases(path: str | Path, limit: int | None = None, skipped: list[str] | 
                 raise
             skipped.append(str(error))
     return cases
+
+
+def interleave(case_lists: Sequence[Sequence[EditCase]]) -> list[EditCase]:
+    """The cases of several files in turn (first of each, second of each, ...), so that any prefix,
+    such as the cases a validation or `--limit` keeps, mixes the files."""
+    longest = max((len(cases) for cases in case_lists), default=0)
+    return [cases[i] for i in range(longest) for cases in case_lists if i < len(cases)]
 
 
 def calibration_pairs(cases: list[EditCase]) -> list[tuple[Edit, str, bool]]:
