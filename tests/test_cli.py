@@ -25,6 +25,11 @@ from searc.cli import main, parse_edit
         (["train", "--data", "x.json", "--val", "y.json", "--steps", "-3"], "steps must be a positive integer"),
         (["train", "--data", "../shared/data/counterfact/edit.json", "--val", "y.json"], "evaluation only"),
         (["train", "--data", "x.json", "../shared/data/zsre/edit.json", "--val", "y.json"], "evaluation only"),
+        (["train", "--data", "../shared/data/zsre/edit.json[:100]", "--val", "y.json"], "evaluation only"),  # sliced, too
+        (["train", "--data", "../shared/data/counterfact/train.json", "--val", "y.json", "../shared/data/counterfact/edit.json[5:]"], "evaluation only"),
+        (["train", "--data", "../shared/data/counterfact/val.json[:100]", "--val", "../shared/data/counterfact/val.json[50:]"],
+         "50 validation edits are also training edits"),
+        (["tune", "--val", "../shared/data/counterfact/val.json", "../shared/data/counterfact/edit.json[:50]", "--checkpoint", "ck"], "evaluation only"),
         (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
         # a missing or unreadable file or directory, for every subcommand that reads one
         (["eval", "--data", "/nonexistent/file.json", "--checkpoint", "none"], "cannot read or write /nonexistent/file.json"),

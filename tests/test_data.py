@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from searc.data import DataError, calibration_pairs, load_cases
+from searc.data import DataError, DataSource, calibration_pairs, interleave, load_cases
 from tests.conftest import require_shared_data
 
 
@@ -81,6 +81,29 @@ def test_shared_zsre_train_split_has_two_records_without_a_new_target():
     assert len(cases) == 998 and len(skipped) == 2 and all("field 'alt'" in message for message in skipped)
     with pytest.raises(DataError, match="field 'alt'"):
         load_cases(require_shared_data() / "zsre" / "train-1k.json")
+
+
+def test_a_slice_of_a_files_records(tmp_path):
+    """`PATH[START:STOP]` reads records START..STOP-1 as Python slices them; error messages keep the
+    file's own record numbers; the two halves of a split share no record."""
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps([{"prompt": f"Fact {i} is", "target_new": f"t{i}"} for i in range(5)] + [{"prompt": "", "target_new": "x"}]))
+    prompts = lambda source, **kw: [case.edit.prompt for case in load_cases(source, **kw)]  # noqa: E731
+    assert prompts(f"{path}[1:3]") == ["Fact 1 is", "Fact 2 is"]
+    assert prompts(f"{path}[:2]") == ["Fact 0 is", "Fact 1 is"] and prompts(f"{path}[3:-1]") == ["Fact 3 is", "Fact 4 is"]
+    assert prompts(f"{path}[1:]", limit=2) == ["Fact 1 is", "Fact 2 is"]  # the limit counts within the slice
+    assert sorted(prompts(f"{path}[:3]") + prompts(f"{path}[3:5]")) == prompts(path, limit=5)
+    with pytest.raises(DataError, match="facts.json record 6"):
+        load_cases(f"{path}[4:]")
+    assert str(DataSource.parse(f"{path}[900:]")) == f"{path}[900:]" and DataSource.parse(f"{path}[:9]").stop == 9
+    bracketed = tmp_path / "odd[1:2]"  # a file whose own name looks like a slice is read whole
+    bracketed.write_text(path.read_text())
+    assert DataSource.parse(bracketed) == DataSource(bracketed) and len(load_cases(bracketed, limit=5)) == 5
+
+
+def test_interleave_takes_each_file_in_turn():
+    a, b = load_cases(require_shared_data() / "counterfact" / "val.json", limit=3), load_cases(require_shared_data() / "zsre" / "train-1k.json", limit=1)
+    assert interleave([a, b]) == [a[0], b[0], a[1], a[2]] and interleave([]) == []
 
 
 def test_invalid_json_and_encoding(tmp_path):

@@ -292,8 +292,8 @@ def tiny_train_run(tmp_path, capsys, out: str) -> list[str]:
 
 
 def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, capsys):
-    """searc tune --memory M --limit K --json OUT: K cases probed beside M edits, the pair written into
-    the checkpoint, the whole grid into OUT."""
+    """searc tune --memory M --limit K --json OUT: K cases probed beside M edits (of two validation
+    sources taken in turn), the pair written into the checkpoint, the whole grid into OUT."""
     import json
 
     from searc.cli import main
@@ -303,7 +303,7 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     common = tiny_train_run(tmp_path, capsys, "ck")
     capsys.readouterr()
     val, grid = require_shared_data() / "counterfact/val.json", tmp_path / "grid.json"
-    argv = ["tune", "--checkpoint", str(tmp_path / "ck"), "--val", str(val), "--limit", "3", "--memory", "9", "--json", str(grid), *common[common.index("--lm") :]]  # the tiny models
+    argv = ["tune", "--checkpoint", str(tmp_path / "ck"), "--val", f"{val}[:5]", f"{val}[100:]", "--limit", "3", "--memory", "9", "--json", str(grid), *common[common.index("--lm") :]]  # the tiny models
     assert main(argv) == 0, capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads(grid.read_text())
