@@ -336,7 +336,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from searc.augment import augmented_validation
     from searc.system import load_system, save_checkpoint
     from searc.validation import tune_thresholds
 
@@ -347,13 +346,12 @@ def run_tune(args: argparse.Namespace) -> int:
     loaded = validation_cases("tune", args.val, max(args.limit, args.memory or 0), args.skip_bad_records)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    config = system.info.training.get("config", {})
-    held_out = config.get("held_out_relations", ())
-    if config.get("augment", False):  # tune on what validation chose the checkpoint on: other facts of each subject too
-        cases = augmented_validation(
-            cases, held_out, config.get("seed", 0), config.get("target_forms", 0.0), config.get("qualified_forms_only", False)
-        )
-    tuned = tune_thresholds(system, cases, held_out, stored, max_declined_own_routes=args.max_declined_own_routes)
+    try:
+        training = TrainConfig.from_record(system.info.training.get("config", {}))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"searc tune: {args.checkpoint}'s training record: {error}") from None
+    cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
+    tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)
     metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
     save_checkpoint(
         system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics

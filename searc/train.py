@@ -28,9 +28,9 @@ import math
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 
@@ -112,6 +112,21 @@ class TrainConfig:
         if min(self.c_edit, self.c_cls, self.c_decline) < 0 or self.c_edit + self.c_cls + self.c_decline == 0:
             raise ValueError("c_edit, c_cls and c_decline must be non-negative and not all zero")
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """The config of a checkpoint's training record (`asdict` of the run's config). A record
+        written before a field existed means that field off, not today's default: no augmentation
+        and no held-out relations (the fields added since are off by default anyway)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{"augment": False, "held_out_relations": (), **{k: v for k, v in record.items() if k in names}})
+
+    def validation_cases(self, cases: Sequence[EditCase]) -> list[EditCase]:
+        """`cases` as this run validates them: augmented with the kinds of probes training adds,
+        drawn once with the run's seed (`searc.augment.augmented_validation`)."""
+        if not self.augment:
+            return list(cases)
+        return augmented_validation(cases, self.held_out_relations, self.seed, self.target_forms, self.qualified_forms_only)
+
 
 @dataclass
 class TrainEvent:
@@ -185,9 +200,7 @@ def train(
         scope_cases=config.scope_cases, near_subjects=config.near_subjects,
     )
     augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
-    val_cases = list(val_cases)[: config.val_cases]
-    if config.augment:
-        val_cases = augmented_validation(val_cases, config.held_out_relations, config.seed, config.target_forms, config.qualified_forms_only)
+    val_cases = config.validation_cases(list(val_cases)[: config.val_cases])
     classifier, cf = system.classifier, system.counterfactual
     lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]
     calibration = [p for n, p in classifier.named_parameters() if n in ("scale", "bias")]

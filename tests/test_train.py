@@ -159,6 +159,19 @@ def test_bad_configs_are_refused(bad):
         TrainConfig(**bad)
 
 
+def test_a_training_record_gives_back_its_config_and_a_legacy_record_means_off():
+    from dataclasses import asdict
+
+    config = TrainConfig(seed=3, target_forms=0.3, qualified_forms_only=True, held_out_relations=("P20",))
+    assert TrainConfig.from_record({**asdict(config), "a_field_since_removed": 1}) == config
+    legacy = TrainConfig.from_record({"steps": 100, "seed": 1})  # written before augmentation and held-out relations
+    assert (legacy.augment, legacy.held_out_relations, legacy.steps, legacy.seed) == (False, (), 100, 1)
+    cases = CASES[:3]
+    assert legacy.validation_cases(cases) == cases  # validated as they are
+    augmented = config.validation_cases(cases)
+    assert augmented == config.validation_cases(cases) and augmented != list(cases)  # drawn once, with the run's seed
+
+
 @pytest.mark.parametrize("negative_score, expected", [(0.3, 0.5), (0.6, 0.65), (0.95, 0.5)])
 def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, expected):
     from searc.editor import Editor
