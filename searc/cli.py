@@ -94,10 +94,10 @@ def refuse_evaluation_files(command: str, paths: Sequence[str]) -> None:
 
 
 def validation_cases(command: str, paths: Sequence[str], limit: int | None, skip_bad_records: bool) -> list[EditCase]:
-    """The cases of one or more validation sources, in turn (`data.interleave`), so that the first
-    N (training's `--val-cases`, tuning's `--limit`) mix them."""
+    """The first `limit` (None: all) cases of one or more validation sources, taken in turn
+    (`data.interleave`), so that the first N (training's `--val-cases`, tuning's `--limit`) mix them."""
     refuse_evaluation_files(command, paths)
-    return interleave(read_data(command, [(path, limit) for path in paths], skip_bad_records))
+    return interleave(read_data(command, [(path, limit) for path in paths], skip_bad_records))[:limit]
 
 
 def skip_bad_records_option(p: argparse.ArgumentParser) -> None:

@@ -325,6 +325,9 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     config = read_checkpoint(tmp_path / "ck").config
     assert (config["threshold"], config["decline_threshold"]) == (printed["threshold"], printed["decline_threshold"])
     assert config["metrics"]["edits_in_memory"] == 9
+    without_memory = [arg for arg in argv if arg not in ("--memory", "9")]
+    assert main(without_memory) == 0, capsys.readouterr().err  # the --limit cases alone, however many sources hold more
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["edits_in_memory"] == 3
 
 
 def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
