@@ -136,9 +136,11 @@ class Augmenter:
                     self.subjects_by_word.setdefault(word, []).append(other)
             for c, relation in zip(cases, case_relations):
                 self.relations_of_subject.setdefault(c.edit.subject, set()).add(relation and relation.id)
+        questions = [c for c, r in zip(cases, case_relations) if r is None]
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
-            t for t in (template_of(c.edit.prompt, c.edit.subject) for c, r in zip(cases, case_relations) if r is None) if t and t.endswith("?")
+            t for t in (template_of(c.edit.prompt, c.edit.subject) for c in questions) if t and t.endswith("?")
         ]
+        self.question_group = question_groups(questions)
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
         if rng.random() < self.config.target_forms:
@@ -160,8 +162,12 @@ class Augmenter:
             others = [r for r in self.relations if r.family != relation.family]
             out_of_scope += [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(self.config.other_relations, len(others)))]
         else:  # a question (zsRE) or an unknown template: other questions of the run, with this subject
-            own = content_words(template_of(case.edit.prompt, subject) or "")
-            questions = [t for t in self.question_templates if _overlap(content_words(t), own) < 0.34]
+            template = template_of(case.edit.prompt, subject) or ""
+            own, group = content_words(template), self.question_group.get(template)
+            questions = [
+                t for t in self.question_templates
+                if _overlap(content_words(t), own) < 0.34 and (group is None or self.question_group.get(t) != group)
+            ]
             out_of_scope += [t.format(subject) for t in rng.sample(questions, min(self.config.other_relations, len(questions)))]
         own_words = content_words(case.edit.prompt)
         labels = [label for label, words in self.label_words if not words & own_words]
@@ -265,6 +271,28 @@ def split_by_relation(cases: Sequence[EditCase], relations: Sequence[str]) -> tu
 def _stems(words: set[str]) -> set[str]:
     """Crude stems, enough to tell that "designing" and "designed" are one word."""
     return {word[:5] for word in words}
+
+
+def question_groups(cases: Sequence[EditCase]) -> dict[str, int]:
+    """Question templates (subject cut out) that ask one relation, as far as the cases show: a
+    case's question and its rephrases ask the same thing, and two cases that share a template join
+    their groups ("What was {}'s career?" with "What was {}'s occupation?"). zsRE carries no
+    relation, and such pairs share no word, so without this one would be drawn as another fact of
+    the other case's subject, and the edit's own fact, reworded, would be learnt as out of scope."""
+    parent: dict[str, str] = {}
+
+    def root(template: str) -> str:
+        while parent.setdefault(template, template) != template:
+            parent[template] = template = parent[parent[template]]
+        return template
+
+    for case in cases:
+        templates = [t for t in (template_of(p.prompt, case.edit.subject) for p in case.in_scope) if t]
+        for template in templates:
+            parent[root(template)] = root(templates[0])
+    roots = {template: root(template) for template in parent}
+    numbers = {r: n for n, r in enumerate(dict.fromkeys(roots.values()))}
+    return {template: numbers[r] for template, r in roots.items()}
 
 
 def _overlap(a: set[str], b: set[str]) -> float:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation, target_form
+from searc.augment import AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
 from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, SCOPE_RELATIONS, case_relation, relation_id, relation_of, relation_of_text
@@ -89,6 +89,23 @@ def test_questions_get_other_questions_about_their_subject():
     assert "Which river flows through UniFirst?" in built and "Who founded UniFirst?" in built
     # a question of the same wording as the case's own is never a negative
     assert not any(p.prompt == "Which river flows through Khartoum?" for p in augmenter(QUESTIONS[0], random.Random(0)).out_of_scope)
+
+
+def test_a_question_is_never_a_negative_for_another_wording_of_its_own_relation():
+    """Two zsRE-style cases that share a question wording ("What was {}'s occupation?") join their
+    wordings into one group, so a third case asking "What was X's career?" never draws "What was
+    X's occupation?" as another fact of X, though the two share no content word."""
+    def question(subject: str, *wordings: str) -> EditCase:
+        probes = tuple(Probe(w.format(subject), "pilot") for w in wordings)
+        return EditCase(Edit(probes[0].prompt, "pilot", subject=subject), probes, ())
+
+    cases = [question("Ada", "What was {}'s occupation?", "What was {}'s job?"), question("Bob", "What was {}'s career?", "What was {}'s occupation?"),
+             question("Cy", "Who founded {}?", "Who set up {}?")]
+    groups = question_groups(cases)
+    assert groups["What was {}'s job?"] == groups["What was {}'s career?"] != groups["Who founded {}?"] == groups["Who set up {}?"]
+    augmenter = Augmenter(cases, SAME_TARGET)
+    built = {p.prompt for seed in range(20) for p in augmenter(cases[1], random.Random(seed)).out_of_scope}
+    assert "Who founded Bob?" in built and not built & {"What was Bob's occupation?", "What was Bob's job?"}
 
 
 def test_cases_without_their_subject_are_left_as_they_are():
