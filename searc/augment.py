@@ -15,7 +15,8 @@ in scope (answer: what the base model knows of the new object)
   are in -> Rome";
 out of scope (the classifier's negatives and the counterfactual model's decline examples)
 - other facts of the same subject: templates of relations of other families filled with the
-  subject (CounterFact), other zsRE questions with the subject put in (zsRE), and generic
+  subject (CounterFact), other zsRE questions with the subject put in (zsRE; never a rewording of
+  the case's own question, `question_groups`), and generic
   Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
   the nearest other cases (see `searc.batches.BatchSampler`);
