@@ -15,8 +15,8 @@ in scope (answer: what the base model knows of the new object)
   are in -> Rome";
 out of scope (the classifier's negatives and the counterfactual model's decline examples)
 - other facts of the same subject: templates of relations of other families filled with the
-  subject (CounterFact), other zsRE questions with the subject put in (zsRE; never a rewording of
-  the case's own question, `question_groups`), and generic
+  subject (CounterFact), other zsRE questions with the subject put in (zsRE; with
+  `question_groups`, never a rewording of the case's own question), and generic
   Wikidata relations that neither dataset edits, in cloze, bare and natural wordings;
 - the same relation of other subjects: the data's own locality prompts (kept), and, in a batch,
   the nearest other cases (see `searc.batches.BatchSampler`);
@@ -104,6 +104,7 @@ class AugmentConfig:
     qualified_forms_only: bool = False  # with target_forms: only forms that keep the target and qualify it
     scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
     near_subjects: int = 0  # wordings of the edit with a near-duplicate subject, out of scope (`Augmenter.near_subjects_of`)
+    question_groups: bool = False  # never draw a rewording of a question's own relation as another fact (`question_groups`)
 
 
 def content_words(text: str) -> set[str]:
@@ -141,7 +142,7 @@ class Augmenter:
         self.question_templates = [  # zsRE-style questions of the run, their subject cut out
             t for t in (template_of(c.edit.prompt, c.edit.subject) for c in questions) if t and t.endswith("?")
         ]
-        self.question_group = question_groups(questions)
+        self.question_group = question_groups(questions) if config.question_groups else {}
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
         if rng.random() < self.config.target_forms:
@@ -311,13 +312,12 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
 
 
 def augmented_validation(
-    cases: Sequence[EditCase], held_out: Sequence[str] = (), seed: int = 0, target_forms: float = 0.0,
-    qualified_forms_only: bool = False,
+    cases: Sequence[EditCase], config: AugmentConfig = AugmentConfig(), held_out: Sequence[str] = (), seed: int = 0
 ) -> list[EditCase]:
-    """Validation cases with the same kinds of probes as training adds (consequences aside: they
-    need the base model's answers, and validation measures scope), drawn once with a fixed seed,
-    so that validations (and threshold tuning) compare like with like and include other facts of
-    each edited subject."""
-    forms = AugmentConfig(target_forms=target_forms, qualified_forms_only=qualified_forms_only)
-    augmenter, rng = Augmenter(cases, forms, held_out=held_out), random.Random(seed)
+    """Validation cases with the same kinds of probes as training adds (consequences, scope-only
+    cases and near-duplicate subjects aside: validation measures the edits' own scope), drawn once
+    with a fixed seed, so that validations (and threshold tuning) compare like with like and
+    include other facts of each edited subject."""
+    config = replace(config, consequences=0, scope_cases=0.0, near_subjects=0)
+    augmenter, rng = Augmenter(cases, config, held_out=held_out), random.Random(seed)
     return [augmenter(case, rng) for case in cases]

@@ -72,6 +72,10 @@ class TrainConfig:
     # but answered fewer paraphrases or declined more off CounterFact (README)
     target_forms: float = 0.0
     qualified_forms_only: bool = False  # with target_forms: only "Paris (film)" and "Paris, Ontario", no number, date or script
+    # with augment: a zsRE-style question never draws a rewording of its own relation as another
+    # fact of the subject (searc.augment.question_groups). Off by default: the shipped checkpoint was
+    # trained without it, and the one run with it (README) was within run-to-run noise of one without
+    question_groups: bool = False
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
     scope_cases: float = 0.0
@@ -120,12 +124,19 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{"augment": False, "held_out_relations": (), **{k: v for k, v in record.items() if k in names}})
 
+    def augment_config(self) -> AugmentConfig:
+        """What `searc.augment` adds to each case drawn."""
+        return AugmentConfig(
+            target_forms=self.target_forms, qualified_forms_only=self.qualified_forms_only, scope_cases=self.scope_cases,
+            near_subjects=self.near_subjects, question_groups=self.question_groups,
+        )
+
     def validation_cases(self, cases: Sequence[EditCase]) -> list[EditCase]:
         """`cases` as this run validates them: augmented with the kinds of probes training adds,
         drawn once with the run's seed (`searc.augment.augmented_validation`)."""
         if not self.augment:
             return list(cases)
-        return augmented_validation(cases, self.held_out_relations, self.seed, self.target_forms, self.qualified_forms_only)
+        return augmented_validation(cases, self.augment_config(), self.held_out_relations, self.seed)
 
 
 @dataclass
@@ -195,11 +206,7 @@ def train(
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
     facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
-    augment = AugmentConfig(
-        target_forms=config.target_forms, qualified_forms_only=config.qualified_forms_only,
-        scope_cases=config.scope_cases, near_subjects=config.near_subjects,
-    )
-    augmenter = Augmenter(train_cases, augment, held_out=config.held_out_relations, facts=facts) if config.augment else None
+    augmenter = Augmenter(train_cases, config.augment_config(), held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = config.validation_cases(list(val_cases)[: config.val_cases])
     classifier, cf = system.classifier, system.counterfactual
     lora_params = [p for n, p in cf.model.named_parameters() if "lora_" in n]

@@ -92,20 +92,24 @@ def test_questions_get_other_questions_about_their_subject():
 
 
 def test_a_question_is_never_a_negative_for_another_wording_of_its_own_relation():
-    """Two zsRE-style cases that share a question wording ("What was {}'s occupation?") join their
-    wordings into one group, so a third case asking "What was X's career?" never draws "What was
-    X's occupation?" as another fact of X, though the two share no content word."""
+    """Two zsRE-style cases that share a question wording ("What was {}'s job?") join their wordings
+    into one group, so the case asking "What was Bob's career?" never draws "What was Bob's
+    occupation?" (the other case's question) as another fact of Bob, though the two share no word."""
     def question(subject: str, *wordings: str) -> EditCase:
         probes = tuple(Probe(w.format(subject), "pilot") for w in wordings)
         return EditCase(Edit(probes[0].prompt, "pilot", subject=subject), probes, ())
 
-    cases = [question("Ada", "What was {}'s occupation?", "What was {}'s job?"), question("Bob", "What was {}'s career?", "What was {}'s occupation?"),
+    cases = [question("Ada", "What was {}'s occupation?", "What was {}'s job?"), question("Bob", "What was {}'s career?", "What was {}'s job?"),
              question("Cy", "Who founded {}?", "Who set up {}?")]
     groups = question_groups(cases)
-    assert groups["What was {}'s job?"] == groups["What was {}'s career?"] != groups["Who founded {}?"] == groups["Who set up {}?"]
-    augmenter = Augmenter(cases, SAME_TARGET)
-    built = {p.prompt for seed in range(20) for p in augmenter(cases[1], random.Random(seed)).out_of_scope}
-    assert "Who founded Bob?" in built and not built & {"What was Bob's occupation?", "What was Bob's job?"}
+    assert groups["What was {}'s occupation?"] == groups["What was {}'s career?"] != groups["Who founded {}?"] == groups["Who set up {}?"]
+    def built(config: AugmentConfig) -> set[str]:
+        augmenter = Augmenter(cases, config)
+        return {p.prompt for seed in range(20) for p in augmenter(cases[1], random.Random(seed)).out_of_scope}
+
+    grouped = built(AugmentConfig(target_forms=0.0, question_groups=True))
+    assert "Who founded Bob?" in grouped and "What was Bob's occupation?" not in grouped
+    assert "What was Bob's occupation?" in built(SAME_TARGET)  # off by default: the shipped recipe's data
 
 
 def test_cases_without_their_subject_are_left_as_they_are():
@@ -141,16 +145,16 @@ def test_qualified_forms_keep_the_target_and_only_qualify_it():
     assert any(f.endswith(")") for f in forms) and any(", " in f for f in forms)
     qualified = Augmenter([DARRIEUX], AugmentConfig(target_forms=1.0, qualified_forms_only=True))
     assert all(qualified(DARRIEUX, random.Random(seed)).edit.target_new.startswith("English") for seed in range(20))
-    validation = augmented_validation([DARRIEUX], target_forms=1.0, qualified_forms_only=True)
+    validation = augmented_validation([DARRIEUX], AugmentConfig(target_forms=1.0, qualified_forms_only=True))
     assert validation[0].edit.target_new.startswith("English") and validation[0].edit.target_new != "English"
 
 
 def test_validation_rewrites_targets_only_when_the_run_did():
     cases = [DARRIEUX, counterfact_case("{} is located in the country of", "Biure", "Spain", "Girona, which is located in")]
     assert [c.edit.target_new for c in augmented_validation(cases)] == ["English", "Spain"]
-    rewritten = augmented_validation(cases, target_forms=1.0)
+    rewritten = augmented_validation(cases, AugmentConfig(target_forms=1.0))
     assert all(c.edit.target_new not in ("English", "Spain") for c in rewritten)
-    assert rewritten == augmented_validation(cases, target_forms=1.0)  # fixed seed: the same cases each validation
+    assert rewritten == augmented_validation(cases, AugmentConfig(target_forms=1.0))  # fixed seed: the same cases each validation
 
 
 def test_scope_cases_teach_other_relations_and_train_no_answer():

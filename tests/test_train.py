@@ -118,7 +118,9 @@ def test_target_forms_rewrite_training_and_validation_targets_only_when_asked(tm
     written, validated = [], []
     real_form, real_validation = augment.target_form, training.augmented_validation
     monkeypatch.setattr(augment, "target_form", lambda target, rng, *kinds: written.append(target) or real_form(target, rng, *kinds))
-    monkeypatch.setattr(training, "augmented_validation", lambda *args: validated.append(args[3:]) or real_validation(*args))
+    monkeypatch.setattr(
+        training, "augmented_validation", lambda *args: validated.append((args[1].target_forms, args[1].qualified_forms_only)) or real_validation(*args)
+    )
     run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=()))
     assert not written and validated == [(0.0, False)], "off by default"
     run(TrainConfig(steps=2, batch_edits=3, val_every=2, val_cases=2, seed=3, held_out_relations=(), target_forms=1.0), out=tmp_path / "ck")
