@@ -170,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True, help="the checkpoint directory to re-tune (rewritten in place)")
-    tune.add_argument("--val", required=True, nargs="+", metavar="PATH",
-                      help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn (never an edit.json evaluation file)")
+    tune.add_argument("--val", nargs="+", metavar="PATH",
+                      help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn (never an edit.json "
+                           "evaluation file); default: what the checkpoint's training validated on")
     skip_bad_records_option(tune)
     tune.add_argument("--limit", type=int, default=200, help="validation cases probed (their edits in memory)")
     tune.add_argument("--memory", type=int, default=None, metavar="M",
@@ -278,7 +279,7 @@ def run_train(args: argparse.Namespace) -> int:
             replace_classifier(system, classifier)
     else:
         system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
-    for event in train(system, train_cases, val_cases, config, out=args.out):
+    for event in train(system, train_cases, val_cases, config, out=args.out, sources={"data": args.data, "val": args.val}):
         if event.kind == "step":
             losses = " ".join(f"{k}={v:.3f}" for k, v in event.losses.items())
             bar = "#" * int(30 * event.step / event.total_steps)
@@ -343,9 +344,17 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    loaded = validation_cases("tune", args.val, max(args.limit, args.memory or 0), args.skip_bad_records)
-    cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
+    def read(val: Sequence[str]) -> list[EditCase]:
+        return validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
+
+    loaded = read(args.val) if args.val else None  # a bad file fails before the models load
     system = load_system(args.lm, args.encoder, args.checkpoint)
+    if loaded is None:
+        recorded = (system.info.training.get("sources") or {}).get("val")
+        if not recorded:
+            raise UsageError(f"searc tune: {args.checkpoint} does not record what it was validated on; give --val")
+        loaded = read(recorded)
+    cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     try:
         training = TrainConfig.from_record(system.info.training.get("config", {}))
     except (TypeError, ValueError) as error:

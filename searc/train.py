@@ -196,8 +196,11 @@ def train(
     config: TrainConfig,
     out: str | Path | None = None,
     stop: threading.Event | None = None,
+    sources: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[TrainEvent]:
-    """Train in place, yielding events; writes the best checkpoint to `out` (if given)."""
+    """Train in place, yielding events; writes the best checkpoint to `out` (if given). `sources`:
+    what the cases were read from, as the user named them ({"data": [...], "val": [...]}), kept in
+    the checkpoint's training record (`searc tune` validates on the same by default)."""
     train_cases, _ = split_by_relation(train_cases, config.held_out_relations)
     if len(train_cases) < 2:
         raise ValueError("training needs at least 2 edit cases (after leaving out the held-out relations)")
@@ -227,7 +230,9 @@ def train(
     if config.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad trick
         cf.model.activation_checkpointing_enable({"use_reentrant": False})
     try:
-        yield from _train_loop(system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, len(facts))
+        yield from _train_loop(
+            system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, len(facts), sources
+        )
     finally:
         if config.gradient_checkpointing:
             cf.model.activation_checkpointing_disable()
@@ -270,7 +275,7 @@ LOSS_KEYS = ("loss", "nll", "bce", "decline_nll", "token_accuracy", "examples")
 
 
 def _train_loop(
-    system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, n_facts: int
+    system, train_cases, val_cases, config, optimizer, lora_params, out, stop, accelerator, augmenter, n_facts: int, sources
 ) -> Iterator[TrainEvent]:
     """Each step draws `processes * accumulate` micro-batches from one shared random stream, so every
     process agrees on them; a process computes only its own. A single process with `accumulate`
@@ -286,6 +291,7 @@ def _train_loop(
         "init": system.info.checkpoint,  # the checkpoint training continued from, if any
         "classifier_init": system.info.classifier_init,  # or "checkpoint": the init checkpoint's
         "init_training": system.info.training or None,  # the init checkpoint's own record: a staged recipe keeps every stage
+        "sources": {name: list(paths) for name, paths in (sources or {}).items()} or None,
     }
     sampler = BatchSampler(train_cases, system, config.batch_edits, config.hard_fraction, rng, augmenter)
     params = lora_params + classifier.trainable_parameters()

@@ -330,6 +330,16 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     without_memory = [arg for arg in argv if arg not in ("--memory", "9")]
     assert main(without_memory) == 0, capsys.readouterr().err  # the --limit cases alone, however many sources hold more
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["edits_in_memory"] == 3
+    # without --val: what the training validated on, which the record keeps as the user named it
+    assert config["training"]["sources"] == {"data": [common[1]], "val": [common[common.index("--val") + 1]]}
+    recorded = [arg for arg in without_memory if not arg.startswith(str(val))]
+    recorded.remove("--val")
+    assert main(recorded) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["edits_in_memory"] == 3
+    record = json.loads((tmp_path / "ck" / "searc.json").read_text())
+    del record["training"]["sources"]  # a checkpoint from before the record kept them
+    (tmp_path / "ck" / "searc.json").write_text(json.dumps(record))
+    assert main(recorded) == 2 and "does not record what it was validated on; give --val" in capsys.readouterr().err
 
 
 def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
