@@ -339,11 +339,6 @@ class DataSource:
         start, stop = (int(bound) if bound else None for bound in (match["start"], match["stop"]))  # "": an open end
         return cls(Path(match["path"]), start, stop)
 
-    def __str__(self) -> str:
-        if self.start is None and self.stop is None:
-            return str(self.path)
-        return f"{self.path}[{self.start or ''}:{self.stop or ''}]"
-
 
 def load_cases(source: str | Path | DataSource, limit: int | None = None, skipped: list[str] | None = None) -> list[EditCase]:
     """All cases of a file (or of a slice of its records, `DataSource`), all or nothing; errors

@@ -74,7 +74,7 @@ class TrainConfig:
     qualified_forms_only: bool = False  # with target_forms: only "Paris (film)" and "Paris, Ontario", no number, date or script
     # with augment: a zsRE-style question never draws a rewording of its own relation as another
     # fact of the subject (searc.augment.question_groups). Off by default: the shipped checkpoint was
-    # trained without it, and the one run with it (README) was within run-to-run noise of one without
+    # trained without it, and one run with it (README) cannot tell the change from the seed's draw
     question_groups: bool = False
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
