@@ -139,8 +139,8 @@ class Augmenter:
             for c, relation in zip(cases, case_relations):
                 self.relations_of_subject.setdefault(c.edit.subject, set()).add(relation and relation.id)
         questions = [c for c, r in zip(cases, case_relations) if r is None]
-        self.question_templates = [  # zsRE-style questions of the run, their subject cut out
-            t for t in (template_of(c.edit.prompt, c.edit.subject) for c in questions) if t and t.endswith("?")
+        self.question_templates = [  # zsRE-style questions of the run, their subject cut out, with their words
+            (t, content_words(t)) for t in (template_of(c.edit.prompt, c.edit.subject) for c in questions) if t and t.endswith("?")
         ]
         self.question_group = question_groups(questions) if config.question_groups else {}
 
@@ -167,8 +167,8 @@ class Augmenter:
             template = template_of(case.edit.prompt, subject) or ""
             own, group = content_words(template), self.question_group.get(template)
             questions = [
-                t for t in self.question_templates
-                if _overlap(content_words(t), own) < 0.34 and (group is None or self.question_group.get(t) != group)
+                t for t, words in self.question_templates
+                if _overlap(words, own) < 0.34 and (group is None or self.question_group.get(t) != group)
             ]
             out_of_scope += [t.format(subject) for t in rng.sample(questions, min(self.config.other_relations, len(questions)))]
         own_words = content_words(case.edit.prompt)
