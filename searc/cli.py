@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from searc.checkpoint import CheckpointError
+from searc.checkpoint import CheckpointError, read_checkpoint
 from searc.classifier import ClassifierConfig
 from searc.data import DataError, DataSource, EditCase, interleave, load_cases
 from searc.evaluate import KINDS
@@ -344,22 +344,19 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    def read(val: Sequence[str]) -> list[EditCase]:
-        return validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
-
-    loaded = read(args.val) if args.val else None  # a bad file fails before the models load
-    system = load_system(args.lm, args.encoder, args.checkpoint)
-    if loaded is None:
-        recorded = (system.info.training.get("sources") or {}).get("val")
-        if not recorded:
-            raise UsageError(f"searc tune: {args.checkpoint} does not record what it was validated on; give --val")
-        loaded = read(recorded)
-    cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
+    # Everything that can be wrong with the checkpoint's record or the data fails before the models load.
+    record = read_checkpoint(args.checkpoint).config.get("training", {})
     try:
-        training = TrainConfig.from_record(system.info.training.get("config", {}))
+        training = TrainConfig.from_record(record.get("config", {}))
     except (TypeError, ValueError) as error:
         raise UsageError(f"searc tune: {args.checkpoint}'s training record: {error}") from None
+    val = args.val or (record.get("sources") or {}).get("val")
+    if not val:
+        raise UsageError(f"searc tune: {args.checkpoint} does not record what it was validated on; give --val")
+    loaded = validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
+    cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
+    system = load_system(args.lm, args.encoder, args.checkpoint)
     tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)
     metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
     save_checkpoint(

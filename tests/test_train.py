@@ -306,7 +306,7 @@ def tiny_train_run(tmp_path, capsys, out: str) -> list[str]:
     return common
 
 
-def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, capsys):
+def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, capsys, monkeypatch):
     """searc tune --memory M --limit K --json OUT: K cases probed beside M edits (of two validation
     sources taken in turn), the pair written into the checkpoint, the whole grid into OUT."""
     import json
@@ -339,6 +339,7 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     record = json.loads((tmp_path / "ck" / "searc.json").read_text())
     del record["training"]["sources"]  # a checkpoint from before the record kept them
     (tmp_path / "ck" / "searc.json").write_text(json.dumps(record))
+    monkeypatch.setattr("searc.system.load_system", lambda *a, **k: pytest.fail("the models loaded before the record was checked"))
     assert main(recorded) == 2 and "does not record what it was validated on; give --val" in capsys.readouterr().err
 
 
