@@ -34,17 +34,18 @@ bench: setup
 	$(PY) -m searc.cli bench --json runs/bench.json $(BENCH_ARGS)
 
 # The README's quality table ("How well it works"): the five batch evaluations, one after another
-# (about 40 minutes on 2 cores), each report as text and JSON in runs/quality/.
+# (about 40 minutes on 2 cores), each report as text and JSON in $(QUALITY_OUT).
 CHECKPOINT ?= default
+QUALITY_OUT ?= runs/quality
 SEARC_EVAL = $(PY) -m searc.cli eval --checkpoint $(CHECKPOINT) --mode batch
 quality: setup
-	mkdir -p runs/quality
-	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --limit 500 --json runs/quality/counterfact-500.json | tee runs/quality/counterfact-500.txt
-	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --memory 10000 --limit 300 --json runs/quality/counterfact-10000.json | tee runs/quality/counterfact-10000.txt
+	mkdir -p $(QUALITY_OUT)
+	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --limit 500 --json $(QUALITY_OUT)/counterfact-500.json | tee $(QUALITY_OUT)/counterfact-500.txt
+	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --memory 10000 --limit 300 --json $(QUALITY_OUT)/counterfact-10000.json | tee $(QUALITY_OUT)/counterfact-10000.txt
 	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --relation P20 --relation P101 --relation P449 --relation P138 --limit 200 \
-		--json runs/quality/counterfact-held-out.json | tee runs/quality/counterfact-held-out.txt
-	$(SEARC_EVAL) --data ../shared/data/knowedit/zsre-test.json --limit 500 --json runs/quality/knowedit-500.json | tee runs/quality/knowedit-500.txt
-	$(SEARC_EVAL) --data ../shared/data/zsre/edit.json --limit 500 --json runs/quality/zsre-500.json | tee runs/quality/zsre-500.txt
+		--json $(QUALITY_OUT)/counterfact-held-out.json | tee $(QUALITY_OUT)/counterfact-held-out.txt
+	$(SEARC_EVAL) --data ../shared/data/knowedit/zsre-test.json --limit 500 --json $(QUALITY_OUT)/knowedit-500.json | tee $(QUALITY_OUT)/knowedit-500.txt
+	$(SEARC_EVAL) --data ../shared/data/zsre/edit.json --limit 500 --json $(QUALITY_OUT)/zsre-500.json | tee $(QUALITY_OUT)/zsre-500.txt
 
 # Where the time goes in a quick benchmark run (pyinstrument is installed on demand).
 profile: setup
