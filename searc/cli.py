@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
     tune.add_argument("--max-declined-own-routes", type=float, default=MAX_DECLINED_OWN_ROUTES, metavar="F",
                       help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit")
+    tune.add_argument("--validation-of", metavar="CHECKPOINT", default=None,
+                      help="validate as CHECKPOINT's training did (its augmentation, seed and held-out relations, and without --val "
+                           "its sources), so that two checkpoints are tuned and compared on the same cases")
     tune.add_argument("--json", metavar="OUT", default=None, help="also write every pair of the grid with its figures")
     model_options(tune, checkpoint=False)  # the models the checkpoint was trained on
 
@@ -344,21 +347,24 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    # Everything that can be wrong with the checkpoint's record or the data fails before the models load.
-    record = read_checkpoint(args.checkpoint).config.get("training", {})
+    # Everything that can be wrong with a training record or the data fails before the models load.
+    validated_as = args.validation_of or args.checkpoint  # whose validation settings (and sources) the cases follow
+    record = read_checkpoint(validated_as).config.get("training", {})
     try:
         training = TrainConfig.from_record(record.get("config", {}))
     except (TypeError, ValueError) as error:
-        raise UsageError(f"searc tune: {args.checkpoint}'s training record: {error}") from None
+        raise UsageError(f"searc tune: {validated_as}'s training record: {error}") from None
     val = args.val or (record.get("sources") or {}).get("val")
     if not val:
-        raise UsageError(f"searc tune: {args.checkpoint} does not record what it was validated on; give --val")
+        raise UsageError(f"searc tune: {validated_as} does not record what it was validated on; give --val")
     loaded = validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
     system = load_system(args.lm, args.encoder, args.checkpoint)
     tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)
     metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
+    if args.validation_of:
+        metrics["validation_of"] = args.validation_of
     save_checkpoint(
         system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
     )

@@ -343,6 +343,26 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     assert main(recorded) == 2 and "does not record what it was validated on; give --val" in capsys.readouterr().err
 
 
+def test_searc_tune_validation_of_tunes_on_another_checkpoints_validation_cases(tmp_path, capsys, monkeypatch):
+    """--validation-of A: checkpoint B is tuned on the cases A's training validated on (A's
+    augmentation and seed, A's sources without --val), not on its own rewritten targets."""
+    import searc.validation
+    from searc.cli import main
+
+    common = tiny_train_run(tmp_path, capsys, "a")
+    models = common[common.index("--lm") :]
+    assert main(["train", *common, "--target-forms", "1", "--seed", "5", "--out", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    seen, tune = [], searc.validation.tune_thresholds
+    monkeypatch.setattr(searc.validation, "tune_thresholds", lambda system, cases, *rest, **options: seen.append(cases) or tune(system, cases, *rest, **options))
+    for checkpoint, extra in (("a", []), ("b", []), ("b", ["--validation-of", str(tmp_path / "a")])):
+        assert main(["tune", "--checkpoint", str(tmp_path / checkpoint), "--limit", "3", *extra, *models]) == 0, capsys.readouterr().err
+    own_a, own_b, b_as_a = seen
+    assert own_b != own_a and b_as_a == own_a  # B's own validation rewrites every target; A's does not
+    assert read_checkpoint(tmp_path / "b").config["metrics"]["validation_of"] == str(tmp_path / "a")
+    assert main(["tune", "--checkpoint", str(tmp_path / "b"), "--validation-of", str(tmp_path / "none"), *models]) == 2
+    assert "no checkpoint directory" in capsys.readouterr().err
+
+
 def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
     """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
     from searc.cli import main
