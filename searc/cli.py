@@ -347,17 +347,23 @@ def run_tune(args: argparse.Namespace) -> int:
         raise UsageError("searc tune: --limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
         raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
-    # Everything that can be wrong with a training record or the data fails before the models load.
+    def read(val: Sequence[str]) -> list[EditCase]:
+        return validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
+
+    # Everything that can be wrong fails before the models load: the data named here first (as in
+    # every command), then the training record, then the sources it names.
+    loaded = read(args.val) if args.val else None
     validated_as = args.validation_of or args.checkpoint  # whose validation settings (and sources) the cases follow
     record = read_checkpoint(validated_as).config.get("training", {})
     try:
         training = TrainConfig.from_record(record.get("config", {}))
     except (TypeError, ValueError) as error:
         raise UsageError(f"searc tune: {validated_as}'s training record: {error}") from None
-    val = args.val or (record.get("sources") or {}).get("val")
-    if not val:
-        raise UsageError(f"searc tune: {validated_as} does not record what it was validated on; give --val")
-    loaded = validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
+    if loaded is None:
+        recorded = (record.get("sources") or {}).get("val")
+        if not recorded:
+            raise UsageError(f"searc tune: {validated_as} does not record what it was validated on; give --val")
+        loaded = read(recorded)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
     system = load_system(args.lm, args.encoder, args.checkpoint)
