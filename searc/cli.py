@@ -368,9 +368,9 @@ def run_tune(args: argparse.Namespace) -> int:
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
     system = load_system(args.lm, args.encoder, args.checkpoint)
     tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)
-    metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases)}
-    if args.validation_of:
-        metrics["validation_of"] = args.validation_of
+    # validation_of: whose validation cases this tuning used (None: the checkpoint's own), written
+    # every time, so that a later plain re-tune does not keep an earlier one's
+    metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases), "validation_of": args.validation_of}
     save_checkpoint(
         system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
     )

@@ -359,6 +359,8 @@ def test_searc_tune_validation_of_tunes_on_another_checkpoints_validation_cases(
     own_a, own_b, b_as_a = seen
     assert own_b != own_a and b_as_a == own_a  # B's own validation rewrites every target; A's does not
     assert read_checkpoint(tmp_path / "b").config["metrics"]["validation_of"] == str(tmp_path / "a")
+    assert main(["tune", "--checkpoint", str(tmp_path / "b"), "--limit", "3", *models]) == 0, capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "b").config["metrics"]["validation_of"] is None  # a plain re-tune says so
     assert main(["tune", "--checkpoint", str(tmp_path / "b"), "--validation-of", str(tmp_path / "none"), *models]) == 2
     assert "no checkpoint directory" in capsys.readouterr().err
 
