@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
 from searc.lm import LanguageModel
@@ -57,7 +58,12 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         target_modules=settings.target_modules,
         task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
     )
-    return get_peft_model(model, config)
+    # LoRA draws A from torch's global generator, whose state at load time differs from process to
+    # process (loading consumes it unevenly): without a fixed seed here, two runs of the same
+    # `searc train` command start from different adapters and part ways from the second step on.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return get_peft_model(model, config)
 
 
 def shared_base_and_counterfactual(model: nn.Module, tokenizer, settings: LoraSettings) -> tuple[LanguageModel, LanguageModel]:

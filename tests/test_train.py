@@ -58,6 +58,23 @@ def test_training_is_seeded_and_reproducible():
     assert [e.losses for e in first if e.kind == "step"] != [e.losses for e in other_seed if e.kind == "step"]
 
 
+def test_the_untrained_adapter_does_not_depend_on_the_global_generator():
+    """Loading the real models leaves torch's global generator in a state that differs from process
+    to process; the adapter's A matrices are drawn from it, so before the fix two runs of one
+    `searc train` command parted ways at the second step (B is zero, so the first agreed)."""
+    from tests.conftest import make_lm, make_lm_tokenizer
+    from searc.counterfactual import LoraSettings, add_lora
+
+    def lora_a_after_drawing(draws: int) -> list[torch.Tensor]:
+        model = make_lm("llama", len(make_lm_tokenizer()))
+        torch.rand(draws)  # what loading consumed
+        return [p.detach().clone() for n, p in add_lora(model, LoraSettings()).named_parameters() if "lora_A" in n]
+
+    first, second = lora_a_after_drawing(1), lora_a_after_drawing(7)
+    assert first and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert any(a.abs().sum() > 0 for a in first)  # drawn, not zero
+
+
 def test_validating_less_takes_the_same_steps():
     """Validation only reads the models and draws from no training stream, so how often it runs,
     and on how many cases, changes no step: a recipe may validate less and reach the same weights."""
