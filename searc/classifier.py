@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from searc.memory import Edit, EditMemory, EmbeddingKeys, ListKeys, PairKeys
+from searc.models import seeded_init
 
 Variant = Literal["dense", "cross"]
 
@@ -154,7 +155,8 @@ class DenseScopeClassifier(ScopeClassifier):
 class CrossScopeClassifier(ScopeClassifier):
     def __init__(self, encoder: nn.Module, tokenizer, config: ClassifierConfig) -> None:
         super().__init__(encoder, tokenizer, config)
-        self.head = nn.Linear(encoder.config.hidden_size, 1)
+        with seeded_init():
+            self.head = nn.Linear(encoder.config.hidden_size, 1)
 
     def new_key_store(self) -> PairKeys:
         return PairKeys(ListKeys(), EmbeddingKeys(self.encoder.config.hidden_size))

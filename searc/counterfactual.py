@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import nn
 
 from searc.lm import LanguageModel
+from searc.models import seeded_init
 from searc.memory import Edit
 
 PROMPT_FORMAT = "new-fact-subject-v1"
@@ -47,7 +47,8 @@ class LoraSettings:
 
 
 def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
-    """Wrap `model` in a peft LoRA adapter (zero-initialised B: output unchanged until trained)."""
+    """Wrap `model` in a peft LoRA adapter (zero-initialised B: output unchanged until trained; A
+    drawn from a fixed seed, `searc.models.seeded_init`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -58,11 +59,7 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         target_modules=settings.target_modules,
         task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
     )
-    # LoRA draws A from torch's global generator, whose state at load time differs from process to
-    # process (loading consumes it unevenly): without a fixed seed here, two runs of the same
-    # `searc train` command start from different adapters and part ways from the second step on.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded_init():
         return get_peft_model(model, config)
 
 

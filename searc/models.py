@@ -15,6 +15,7 @@ Nothing touches the network unless the spec is a hub id that is not a local path
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +204,14 @@ def load_encoder(spec: str = BUNDLED):
         raise ModelNotFound("the classifier encoder must be a Hugging Face encoder, not a GGUF file")
     name, kwargs = _from_pretrained_kwargs(resolved)
     return AutoModel.from_pretrained(name, use_safetensors=True, **kwargs).eval(), AutoTokenizer.from_pretrained(name, **kwargs)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int = 0) -> Iterator[None]:
+    """New parameters created inside (the LoRA adapter's A, the cross-encoder's head) are drawn
+    from `seed`, not from torch's global generator: loading the real models leaves that in a state
+    that differs from process to process, so two runs of one `searc train` command, or the
+    processes of one `accelerate launch` (which never broadcast weights), would start apart."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -58,21 +58,24 @@ def test_training_is_seeded_and_reproducible():
     assert [e.losses for e in first if e.kind == "step"] != [e.losses for e in other_seed if e.kind == "step"]
 
 
-def test_the_untrained_adapter_does_not_depend_on_the_global_generator():
+def test_new_parameters_do_not_depend_on_the_global_generator():
     """Loading the real models leaves torch's global generator in a state that differs from process
-    to process; the adapter's A matrices are drawn from it, so before the fix two runs of one
-    `searc train` command parted ways at the second step (B is zero, so the first agreed)."""
-    from tests.conftest import make_lm, make_lm_tokenizer
+    to process. The adapter's A matrices and the cross-encoder's head were drawn from it, so two
+    runs of one `searc train` command parted at the second step (B is zero, so the first agreed)."""
+    from tests.conftest import make_encoder, make_encoder_tokenizer, make_lm, make_lm_tokenizer
+    from searc.classifier import ClassifierConfig, build_classifier
     from searc.counterfactual import LoraSettings, add_lora
 
-    def lora_a_after_drawing(draws: int) -> list[torch.Tensor]:
-        model = make_lm("llama", len(make_lm_tokenizer()))
+    def new_parameters_after_drawing(draws: int) -> list[torch.Tensor]:
+        model, encoder = make_lm("llama", len(make_lm_tokenizer())), make_encoder(len(make_encoder_tokenizer()))
         torch.rand(draws)  # what loading consumed
-        return [p.detach().clone() for n, p in add_lora(model, LoraSettings()).named_parameters() if "lora_A" in n]
+        adapter = [p for n, p in add_lora(model, LoraSettings()).named_parameters() if "lora_A" in n]
+        head = build_classifier(encoder, make_encoder_tokenizer(), ClassifierConfig(variant="cross")).head
+        return [p.detach().clone() for p in [*adapter, *head.parameters()]]
 
-    first, second = lora_a_after_drawing(1), lora_a_after_drawing(7)
-    assert first and all(torch.equal(a, b) for a, b in zip(first, second))
-    assert any(a.abs().sum() > 0 for a in first)  # drawn, not zero
+    first, second = new_parameters_after_drawing(1), new_parameters_after_drawing(7)
+    assert len(first) > 2 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(a.abs().sum() > 0 for a in first)  # drawn, not zeros
 
 
 def test_validating_less_takes_the_same_steps():
