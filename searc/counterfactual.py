@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from searc.lm import LanguageModel
-from searc.models import seeded_init
 from searc.memory import Edit
+from searc.models import seeded_init
 
 PROMPT_FORMAT = "new-fact-subject-v1"
 

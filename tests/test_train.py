@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from searc.checkpoint import read_checkpoint
+from searc.classifier import ClassifierConfig, build_classifier
+from searc.counterfactual import LoraSettings, add_lora
 from searc.data import EditCase, Probe
 from searc.memory import Edit
 from searc.batches import scope_matrix
 from searc.losses import balanced_bce
 from searc.train import TrainConfig, train
-from tests.conftest import make_system
+from tests.conftest import make_encoder, make_encoder_tokenizer, make_lm, make_lm_tokenizer, make_system
 
 WORDS = ["Rome", "English", "piano", "Sweden", "Sheffield", "Tokyo", "French", "guitar"]
 CASES = [
@@ -62,10 +64,6 @@ def test_new_parameters_do_not_depend_on_the_global_generator():
     """Loading the real models leaves torch's global generator in a state that differs from process
     to process. The adapter's A matrices and the cross-encoder's head were drawn from it, so two
     runs of one `searc train` command parted at the second step (B is zero, so the first agreed)."""
-    from tests.conftest import make_encoder, make_encoder_tokenizer, make_lm, make_lm_tokenizer
-    from searc.classifier import ClassifierConfig, build_classifier
-    from searc.counterfactual import LoraSettings, add_lora
-
     def new_parameters_after_drawing(draws: int) -> list[torch.Tensor]:
         model, encoder = make_lm("llama", len(make_lm_tokenizer())), make_encoder(len(make_encoder_tokenizer()))
         torch.rand(draws)  # what loading consumed
