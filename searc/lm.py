@@ -8,11 +8,19 @@ from toggling the adapter under each other.
 Targets are tokenised *in context*: "English" alone and " English" after a prompt are different
 token ids, so the label positions are found from the character offsets of the full
 "prompt target" string, not by tokenising the target on its own.
+
+Training batches of a decoder-only model are *packed* (`make_batch(packed=True)`): the examples
+lie end to end in a few rows, each with position ids from 0, and the model's own masking keeps
+every example to itself, so no padding token is computed (a third of a padded training batch's
+tokens were padding). Whether a model does keep packed examples apart is checked once, on the
+model itself (`LanguageModel.packs`); one that does not gets padded batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -21,16 +29,36 @@ import torch
 
 from searc.losses import IGNORE_INDEX, TargetLogProbs, masked_log_probs
 
+PACKED_ROW_TOKENS = 512  # about a packed row's length: longer rows spend more on attention across examples that the mask then discards
+
+
+@dataclass
+class Packing:
+    """Where a packed batch's target tokens are: the model computes logits at the `keep` positions
+    of every row (each the position before a target token), and the logit for target k of
+    example s is logits[rows[s, k], columns[s, k]]."""
+
+    keep: torch.Tensor  # [n_positions] positions of a row whose logits are computed
+    rows: torch.Tensor  # [n_examples, max_target_len]
+    columns: torch.Tensor  # [n_examples, max_target_len] indices into `keep`
+
 
 @dataclass
 class Batch:
-    """Padded model inputs with labels on the target tokens only."""
+    """Model inputs with labels on the target tokens only."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor  # causal: aligned with input_ids; seq2seq: decoder labels
-    position_ids: torch.Tensor | None = None  # causal only: correct under left padding
+    attention_mask: torch.Tensor | None  # None when packed: the position ids separate the examples
+    labels: torch.Tensor  # causal: aligned with input_ids; seq2seq: decoder labels; packed: one row per example, aligned with its logits
+    position_ids: torch.Tensor | None = None  # causal only: correct under left padding, restarting at each packed example
     decoder_input_ids: torch.Tensor | None = None  # seq2seq only
+    packing: Packing | None = None  # packed causal batches only
+
+    @property
+    def shift(self) -> bool:
+        """Whether logits and labels are shifted against each other (`masked_log_probs`): padded
+        decoder-only batches; a packed batch's logits are taken one position before each label."""
+        return self.decoder_input_ids is None and self.packing is None
 
 
 @dataclass
@@ -139,8 +167,9 @@ class LanguageModel:
         ]
         return torch.tensor(padded, dtype=torch.long, device=self.device)
 
-    def make_batch(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = False) -> Batch:
-        """Inputs and labels for teacher-forced scoring of `targets` after `prompts`."""
+    def make_batch(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = False, packed: bool = False) -> Batch:
+        """Inputs and labels for teacher-forced scoring of `targets` after `prompts`; `packed`
+        (decoder-only models that keep packed examples apart, `packs`) lays them end to end."""
         if len(prompts) != len(targets) or not prompts:
             raise ValueError("need the same, non-zero number of prompts and targets")
         side = self.tokenizer.padding_side
@@ -164,6 +193,8 @@ class LanguageModel:
                 decoder_input_ids=decoder_input_ids,
             )
         encoded = [self.encode_prompt_target(p, t, append_eos) for p, t in zip(prompts, targets)]
+        if packed and self.packs:
+            return self._packed_batch(encoded)
         attention_mask = self._pad([[1] * len(ids) for ids, _ in encoded], 0, side)
         return Batch(
             input_ids=self._pad([ids for ids, _ in encoded], self.pad_token_id, side),
@@ -172,13 +203,82 @@ class LanguageModel:
             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
         )
 
+    def _packed_batch(self, encoded: Sequence[tuple[list[int], list[int]]], row_tokens: int = PACKED_ROW_TOKENS) -> Batch:
+        """Examples (ids, labels) placed end to end in as many rows as `row_tokens` a row needs,
+        longest first, each in the row that holds the fewest tokens so far (so the rows come out
+        nearly even); the tail of a row is padding that restarts its position ids, so the model
+        takes it for one more example and nothing reads it."""
+        n_rows = math.ceil(sum(len(ids) for ids, _ in encoded) / row_tokens)
+        placed: list[tuple[int, int]] = [(0, 0)] * len(encoded)  # (row, offset) of each example
+        used = [0] * n_rows  # tokens taken in each row
+        for index in sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0])):
+            row = min(range(n_rows), key=used.__getitem__)
+            placed[index], used[row] = (row, used[row]), used[row] + len(encoded[index][0])
+        width = max(used)
+        input_ids = torch.full((len(used), width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.arange(width).repeat(len(used), 1)
+        for row, n in enumerate(used):
+            position_ids[row, n:] = torch.arange(width - n)
+        # each target token: its example's row, the position whose logit predicts it, its id
+        targets: list[list[tuple[int, int, int]]] = []
+        for (ids, labels), (row, offset) in zip(encoded, placed):
+            input_ids[row, offset : offset + len(ids)] = torch.tensor(ids)
+            position_ids[row, offset : offset + len(ids)] = torch.arange(len(ids))
+            targets.append([(row, offset + t - 1, label) for t, label in enumerate(labels) if label != IGNORE_INDEX])
+        keep = sorted({position for example in targets for _, position, _ in example})
+        column_of = {position: column for column, position in enumerate(keep)}
+        longest = max(len(example) for example in targets)
+        filler = [(0, keep[0], IGNORE_INDEX)]  # pads an example's targets to `longest`; its label masks it
+        grid = [example + filler * (longest - len(example)) for example in targets]
+
+        def tensor(values: list[list[int]]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+
+        return Batch(
+            input_ids=input_ids.to(self.device), attention_mask=None, position_ids=position_ids.to(self.device),
+            labels=tensor([[label for _, _, label in example] for example in grid]),
+            packing=Packing(
+                keep=tensor([keep])[0],
+                rows=tensor([[row for row, _, _ in example] for example in grid]),
+                columns=tensor([[column_of[position] for _, position, _ in example] for example in grid]),
+            ),
+        )
+
+    @functools.cached_property
+    def packs(self) -> bool:
+        """Whether this decoder-only model keeps packed examples apart: an example packed after
+        another gets the logits it gets alone (transformers' masking separates them by the
+        restarting position ids for most models; one that ignores them would let an example read
+        the one before it)."""
+        if self.is_seq2seq:
+            return False
+        first, second = self.encode("The capital of France is Paris."), self.encode("One, two, three")
+        with torch.inference_mode(), self.active() as model:
+            training = model.training
+            model.eval()  # dropout would make the two passes differ
+            try:
+                alone = model(input_ids=torch.tensor([second], device=self.device)).logits[0]
+                together = model(
+                    input_ids=torch.tensor([first + second], device=self.device),
+                    position_ids=torch.tensor([list(range(len(first))) + list(range(len(second)))], device=self.device),
+                    use_cache=False,
+                ).logits[0, len(first):]
+            finally:
+                model.train(training)
+        return bool(torch.allclose(alone.float(), together.float(), atol=1e-4, rtol=1e-3))
+
     # ----------------------------------------------------------------- forward passes
     def target_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the labels aligned with them (before any shift). Call inside `active()`.
+        """Logits and the labels aligned with them (before any shift, `Batch.shift`). Call inside `active()`.
 
         A decoder-only model projects onto the vocabulary only from the position before the
         earliest target token to the end (`logits_to_keep`): with a 49k vocabulary, full logits for
-        the prompt tokens, which carry no label, were most of a training step's memory."""
+        the prompt tokens, which carry no label, were most of a training step's memory. A packed
+        batch projects only the positions before its target tokens."""
+        if batch.packing is not None:
+            packing = batch.packing
+            logits = self.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, logits_to_keep=packing.keep).logits
+            return logits[packing.rows, packing.columns], batch.labels
         if self.is_seq2seq:
             logits = self.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=batch.decoder_input_ids
@@ -194,7 +294,7 @@ class LanguageModel:
 
     def target_log_probs(self, batch: Batch) -> TargetLogProbs:
         """Differentiable target statistics (used by training); call inside `active()`."""
-        return masked_log_probs(*self.target_logits(batch), shift=not self.is_seq2seq)
+        return masked_log_probs(*self.target_logits(batch), shift=batch.shift)
 
     @torch.inference_mode()
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
@@ -202,7 +302,7 @@ class LanguageModel:
         batch = self.make_batch(prompts, targets)
         with self.active():
             logits, labels = self.target_logits(batch)
-        shift = not self.is_seq2seq
+        shift = batch.shift
         stats = masked_log_probs(logits, labels, shift=shift)
         aligned_logits = logits[:, :-1] if shift else logits
         scores = []

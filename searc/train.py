@@ -171,7 +171,7 @@ def backward_on(
         terms = {"bce": bce}
         loss = config.c_cls * bce
         if inputs:  # with c_edit = 0 (the classifier alone) the language model is not run
-            stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True))  # answer, then stop
+            stats = cf.target_log_probs(cf.make_batch(inputs, targets, append_eos=True, packed=True))  # answer, then stop
             terms |= {"nll": stats.nll, "token_accuracy": stats.token_accuracy}
             loss = loss + config.c_edit * stats.nll
     (loss * scale).backward()
@@ -181,7 +181,7 @@ def backward_on(
         decline_inputs = decline_examples(cases, probes, labels, logits.detach(), rng, config.drop_subject, config.declines_per_case * len(cases))
         if decline_inputs:
             with autocast():
-                declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True)).nll
+                declined = cf.target_log_probs(cf.make_batch(decline_inputs, [""] * len(decline_inputs), append_eos=True, packed=True)).nll
             (config.c_decline * declined * scale).backward()
             losses["decline_nll"] = float(declined.detach())
             losses["loss"] += config.c_decline * losses["decline_nll"]

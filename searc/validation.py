@@ -185,7 +185,7 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float, h
         hits = 0.0
         for i in range(0, len(inputs), 32):
             with cf.active():
-                batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos)
+                batch = cf.make_batch(inputs[i : i + 32], targets[i : i + 32], append_eos=append_eos, packed=True)
                 hits += float(cf.target_log_probs(batch).exact_match) * len(inputs[i : i + 32])
         metrics[name] = hits / len(inputs) if inputs else 1.0
     metrics.update(tune_thresholds(system, cases, held_out).metrics())

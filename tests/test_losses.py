@@ -110,3 +110,72 @@ def test_masked_positions_carry_no_loss_or_gradient():
 def test_misaligned_shapes_are_refused():
     with pytest.raises(ValueError):
         masked_log_probs(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.long), shift=True)
+
+
+def test_packed_batch_gives_every_example_its_own_nll_and_gradient(arch):
+    """A packed batch (examples end to end, position ids restarting) scores each example as the
+    token-by-token reference does, per example (exact match too), and back-propagates the same
+    gradient as the padded batch; a model that would mix packed examples falls back to padding."""
+    tokenizer = make_lm_tokenizer()
+    lm = LanguageModel(make_lm(arch, len(tokenizer)), tokenizer)
+    prompts, targets = PROMPTS * 3, TARGETS * 3
+    packed = lm.make_batch(prompts, targets, append_eos=True, packed=True)
+    if lm.is_seq2seq:
+        assert not lm.packs and packed.packing is None
+        return
+    assert lm.packs and packed.packing is not None and packed.attention_mask is None
+    assert packed.input_ids.numel() < lm.make_batch(prompts, targets, append_eos=True).input_ids.numel(), "packing must save padding"
+    with torch.no_grad():
+        stats = lm.target_log_probs(packed)
+    reference = [slow_reference_nll(lm, p, t) for p, t in zip(PROMPTS, TARGETS)] * 3
+    for row, expected in enumerate(reference):
+        assert stats.token_nll[row][stats.mask[row]].tolist()[: len(expected)] == pytest.approx(expected, abs=1e-4)
+
+    def gradient(batch) -> tuple[torch.Tensor, ...]:
+        lm.model.zero_grad(set_to_none=True)
+        result = lm.target_log_probs(batch)
+        result.nll.backward()
+        return result, [p.grad.clone() for p in lm.model.parameters() if p.grad is not None]
+
+    padded_stats, padded_grads = gradient(lm.make_batch(prompts, targets, append_eos=True))
+    packed_stats, packed_grads = gradient(packed)
+    assert float(packed_stats.nll.detach()) == pytest.approx(float(padded_stats.nll.detach()), abs=1e-5)
+    assert float(packed_stats.exact_match) == float(padded_stats.exact_match)
+    assert packed_stats.n_tokens == padded_stats.n_tokens
+    for a, b in zip(padded_grads, packed_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_rows_come_out_even(monkeypatch):
+    """As many rows as PACKED_ROW_TOKENS a row needs, filled longest first into the emptiest row,
+    so no row is mostly padding; every example starts its own run of position ids."""
+    import searc.lm as lm_module
+
+    tokenizer = make_lm_tokenizer()
+    lm = LanguageModel(make_lm("llama", len(tokenizer)), tokenizer)
+    encoded = [lm.encode_prompt_target(p, t, True) for p, t in zip(PROMPTS * 4, TARGETS * 4)]
+    lengths = sorted(len(ids) for ids, _ in encoded)
+    batch = lm._packed_batch(encoded, row_tokens=30)
+    rows, width = batch.input_ids.shape
+    assert rows == -(-sum(lengths) // 30) and rows > 1
+    assert rows * width - sum(lengths) < rows * lengths[-1], "padding stays under one example a row"
+    assert int((batch.position_ids == 0).sum()) >= len(encoded)
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """A causal LM that reads packed rows as one sequence (drops the restarting position ids)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, position_ids=None, **kwargs):
+        return self.inner(**kwargs)
+
+
+def test_a_model_that_mixes_packed_examples_gets_padded_batches():
+    tokenizer = make_lm_tokenizer()
+    lm = LanguageModel(_IgnoresPositions(make_lm("llama", len(tokenizer))), tokenizer)
+    assert not lm.packs
+    batch = lm.make_batch(PROMPTS, TARGETS, packed=True)
+    assert batch.packing is None and batch.attention_mask is not None
