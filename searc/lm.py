@@ -253,7 +253,10 @@ class LanguageModel:
         if self.is_seq2seq:
             return False
         first, second = self.encode("The capital of France is Paris."), self.encode("One, two, three")
-        with torch.inference_mode(), self.active() as model:
+        # in the weights' own precision (training may call this under bf16 autocast), where two
+        # passes of other shapes still agree closely; half-precision weights get a looser bound
+        precise = next(self.model.parameters()).dtype == torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False), self.active() as model:
             training = model.training
             model.eval()  # dropout would make the two passes differ
             try:
@@ -265,7 +268,8 @@ class LanguageModel:
                 ).logits[0, len(first):]
             finally:
                 model.train(training)
-        return bool(torch.allclose(alone.float(), together.float(), atol=1e-4, rtol=1e-3))
+        tolerance = 1e-4 if precise else 5e-2
+        return bool(torch.allclose(alone.float(), together.float(), atol=tolerance, rtol=10 * tolerance))
 
     # ----------------------------------------------------------------- forward passes
     def target_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -179,3 +179,13 @@ def test_a_model_that_mixes_packed_examples_gets_padded_batches():
     assert not lm.packs
     batch = lm.make_batch(PROMPTS, TARGETS, packed=True)
     assert batch.packing is None and batch.attention_mask is not None
+
+
+def test_packing_is_checked_in_the_weights_precision_under_autocast():
+    """Training calls make_batch under bf16 autocast (`--mixed-precision bf16`); the check that a
+    model keeps packed examples apart must not fail on bf16 rounding and fall back to padding."""
+    tokenizer = make_lm_tokenizer()
+    lm = LanguageModel(make_lm("llama", len(tokenizer)), tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = lm.make_batch(PROMPTS, TARGETS, append_eos=True, packed=True)
+    assert lm.packs and batch.packing is not None
