@@ -219,13 +219,14 @@ class LanguageModel:
         position_ids = torch.arange(width).repeat(len(used), 1)
         for row, n in enumerate(used):
             position_ids[row, n:] = torch.arange(width - n)
-        # each target token: its example's row, the position whose logit predicts it, its id
+        # each target token: its example's row, the position whose logit predicts it, its id; an
+        # example's first token has no such position (as under the padded batch's shift)
         targets: list[list[tuple[int, int, int]]] = []
         for (ids, labels), (row, offset) in zip(encoded, placed):
             input_ids[row, offset : offset + len(ids)] = torch.tensor(ids)
             position_ids[row, offset : offset + len(ids)] = torch.arange(len(ids))
-            targets.append([(row, offset + t - 1, label) for t, label in enumerate(labels) if label != IGNORE_INDEX])
-        keep = sorted({position for example in targets for _, position, _ in example})
+            targets.append([(row, offset + t - 1, label) for t, label in enumerate(labels) if label != IGNORE_INDEX and t > 0])
+        keep = sorted({position for example in targets for _, position, _ in example}) or [0]  # [0]: no example has a scored token
         column_of = {position: column for column, position in enumerate(keep)}
         longest = max(len(example) for example in targets)
         filler = [(0, keep[0], IGNORE_INDEX)]  # pads an example's targets to `longest`; its label masks it

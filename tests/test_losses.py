@@ -189,3 +189,17 @@ def test_packing_is_checked_in_the_weights_precision_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         batch = lm.make_batch(PROMPTS, TARGETS, append_eos=True, packed=True)
     assert lm.packs and batch.packing is not None
+
+
+def test_packed_batch_scores_what_the_padded_batch_scores_when_a_target_starts_the_text():
+    """With an empty prompt (and no beginning-of-sequence token) no logit predicts the target's
+    first token; the padded batch's shift drops it, and so must packing."""
+    tokenizer = make_lm_tokenizer()
+    lm = LanguageModel(make_lm("llama", len(tokenizer)), tokenizer)
+    prompts, targets = ["", "The capital of Japan is"], ["Tokyo", "Tokyo"]
+    assert lm.encode_prompt_target("", "Tokyo")[1][0] != IGNORE_INDEX, "the first token must be a label"
+    with torch.no_grad():
+        packed = lm.target_log_probs(lm.make_batch(prompts, targets, packed=True))
+        padded = lm.target_log_probs(lm.make_batch(prompts, targets))
+    assert packed.n_tokens == padded.n_tokens
+    assert float(packed.nll) == pytest.approx(float(padded.nll), abs=1e-5)
