@@ -10,10 +10,10 @@ token ids, so the label positions are found from the character offsets of the fu
 "prompt target" string, not by tokenising the target on its own.
 
 Training batches of a decoder-only model are *packed* (`make_batch(packed=True)`): the examples
-lie end to end in a few rows, each with position ids from 0, and the model's own masking keeps
-every example to itself, so no padding token is computed (a third of a padded training batch's
-tokens were padding). Whether a model does keep packed examples apart is checked once, on the
-model itself (`LanguageModel.packs`); one that does not gets padded batches.
+lie end to end in a few even rows, each with position ids from 0, and the model's own masking
+keeps every example to itself, so the only padding is a row's short tail instead of every
+example padded to the longest. Whether a model does keep packed examples apart is checked once,
+on the model itself (`LanguageModel.packs`); one that does not gets padded batches.
 """
 
 from __future__ import annotations
@@ -232,14 +232,14 @@ class LanguageModel:
         filler = [(0, keep[0], IGNORE_INDEX)]  # pads an example's targets to `longest`; its label masks it
         grid = [example + filler * (longest - len(example)) for example in targets]
 
-        def tensor(values: list[list[int]]) -> torch.Tensor:
+        def tensor(values: list) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=self.device)
 
         return Batch(
             input_ids=input_ids.to(self.device), attention_mask=None, position_ids=position_ids.to(self.device),
             labels=tensor([[label for _, _, label in example] for example in grid]),
             packing=Packing(
-                keep=tensor([keep])[0],
+                keep=tensor(keep),
                 rows=tensor([[row for row, _, _ in example] for example in grid]),
                 columns=tensor([[column_of[position] for _, position, _ in example] for example in grid]),
             ),

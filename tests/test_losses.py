@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from searc.lm import LanguageModel
-from searc.losses import IGNORE_INDEX, masked_log_probs
+from searc.losses import IGNORE_INDEX, TargetLogProbs, masked_log_probs
 from tests.conftest import make_lm, make_lm_tokenizer
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "The capital of Japan is", "Toko Yasuda plays the"]
@@ -115,7 +115,7 @@ def test_misaligned_shapes_are_refused():
 def test_packed_batch_gives_every_example_its_own_nll_and_gradient(arch):
     """A packed batch (examples end to end, position ids restarting) scores each example as the
     token-by-token reference does, per example (exact match too), and back-propagates the same
-    gradient as the padded batch; a model that would mix packed examples falls back to padding."""
+    gradient as the padded batch; seq2seq models are not packed."""
     tokenizer = make_lm_tokenizer()
     lm = LanguageModel(make_lm(arch, len(tokenizer)), tokenizer)
     prompts, targets = PROMPTS * 3, TARGETS * 3
@@ -131,7 +131,7 @@ def test_packed_batch_gives_every_example_its_own_nll_and_gradient(arch):
     for row, expected in enumerate(reference):
         assert stats.token_nll[row][stats.mask[row]].tolist()[: len(expected)] == pytest.approx(expected, abs=1e-4)
 
-    def gradient(batch) -> tuple[torch.Tensor, ...]:
+    def gradient(batch) -> tuple[TargetLogProbs, list[torch.Tensor]]:
         lm.model.zero_grad(set_to_none=True)
         result = lm.target_log_probs(batch)
         result.nll.backward()
@@ -146,11 +146,9 @@ def test_packed_batch_gives_every_example_its_own_nll_and_gradient(arch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_packed_rows_come_out_even(monkeypatch):
-    """As many rows as PACKED_ROW_TOKENS a row needs, filled longest first into the emptiest row,
-    so no row is mostly padding; every example starts its own run of position ids."""
-    import searc.lm as lm_module
-
+def test_packed_rows_come_out_even():
+    """As many rows as `row_tokens` a row needs, filled longest first into the emptiest row, so no
+    row is mostly padding; every example starts its own run of position ids."""
     tokenizer = make_lm_tokenizer()
     lm = LanguageModel(make_lm("llama", len(tokenizer)), tokenizer)
     encoded = [lm.encode_prompt_target(p, t, True) for p, t in zip(PROMPTS * 4, TARGETS * 4)]
