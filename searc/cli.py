@@ -26,12 +26,12 @@ from searc.validation import MAX_DECLINED_OWN_ROUTES
 
 
 class UsageError(Exception):
-    """Bad user input: printed as one line, exit code 2."""
+    """Bad user input: printed as one line ("searc COMMAND: message"), exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage + exits 2; we want one line
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message)
 
 
 def parse_edit(text: str) -> Edit:
@@ -73,7 +73,7 @@ def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> N
         system.decline_threshold = decline
 
 
-def read_data(command: str, files: Sequence[tuple[str, int | None]], skip_bad_records: bool) -> list[list[EditCase]]:
+def read_data(files: Sequence[tuple[str, int | None]], skip_bad_records: bool) -> list[list[EditCase]]:
     """The cases of each (path, limit) in `files`. A malformed record stops the command with one line
     naming file, record and field; with `skip_bad_records` it is left out and the count printed."""
     skipped: list[str] | None = [] if skip_bad_records else None
@@ -81,23 +81,23 @@ def read_data(command: str, files: Sequence[tuple[str, int | None]], skip_bad_re
         loaded = [load_cases(path, limit=limit, skipped=skipped) for path, limit in files]
     except DataError as error:
         hint = "" if skip_bad_records else " (--skip-bad-records leaves malformed records out)"
-        raise UsageError(f"searc {command}: {error}{hint}") from None
+        raise UsageError(f"{error}{hint}") from None
     if skipped:
         print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
     return loaded
 
 
-def refuse_evaluation_files(command: str, paths: Sequence[str]) -> None:
+def refuse_evaluation_files(paths: Sequence[str]) -> None:
     """Training and tuning never read an evaluation file (`edit.json`), whole or sliced."""
     if any(DataSource.parse(path).path.name == "edit.json" for path in paths):
-        raise UsageError(f"searc {command}: edit.json files are for evaluation only; use train/val splits")
+        raise UsageError("edit.json files are for evaluation only; use train/val splits")
 
 
-def validation_cases(command: str, paths: Sequence[str], limit: int | None, skip_bad_records: bool) -> list[EditCase]:
+def validation_cases(paths: Sequence[str], limit: int | None, skip_bad_records: bool) -> list[EditCase]:
     """The first `limit` (None: all) cases of one or more validation sources, taken in turn
     (`data.interleave`), so that the first N (training's `--val-cases`, tuning's `--limit`) mix them."""
-    refuse_evaluation_files(command, paths)
-    return interleave(read_data(command, [(path, limit) for path in paths], skip_bad_records))[:limit]
+    refuse_evaluation_files(paths)
+    return interleave(read_data([(path, limit) for path in paths], skip_bad_records))[:limit]
 
 
 def skip_bad_records_option(p: argparse.ArgumentParser) -> None:
@@ -207,13 +207,13 @@ def run_probe(args: argparse.Namespace) -> int:
     thresholds = parsed_thresholds(args)
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
-        raise UsageError("searc probe: give at least one --probe")
+        raise UsageError("give at least one --probe")
     try:  # everything a user typed is checked before minutes go into loading models
         EditMemory().check_new(edits)
         for probe in args.probe:
             validate_text("probe", probe)
     except ValueError as error:
-        raise UsageError(f"searc probe: {error}") from None
+        raise UsageError(str(error)) from None
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_thresholds(system, thresholds)
     editor = Editor(system, routing="soft" if args.soft else "hard")
@@ -221,7 +221,7 @@ def run_probe(args: argparse.Namespace) -> int:
         editor.add_edits(edits)
         results = editor.probe(args.probe)
     except ValueError as error:
-        raise UsageError(f"searc probe: {error}") from None
+        raise UsageError(str(error)) from None
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
         return 0
@@ -247,7 +247,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from searc.data import calibration_pairs
     from searc.models import load_encoder
 
-    [cases] = read_data("calibrate", [(args.data, args.limit)], args.skip_bad_records)
+    [cases] = read_data([(args.data, args.limit)], args.skip_bad_records)
     encoder, tokenizer = load_encoder(args.encoder)
     classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
     pairs = calibration_pairs(cases)
@@ -263,18 +263,18 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
     except ValueError as error:
-        raise UsageError(f"searc train: {error}") from None
-    refuse_evaluation_files("train", args.data)
-    train_cases = [case for cases in read_data("train", [(path, args.limit) for path in args.data], args.skip_bad_records) for case in cases]
-    val_cases = validation_cases("train", args.val, None, args.skip_bad_records)
+        raise UsageError(str(error)) from None
+    refuse_evaluation_files(args.data)
+    train_cases = [case for cases in read_data([(path, args.limit) for path in args.data], args.skip_bad_records) for case in cases]
+    val_cases = validation_cases(args.val, None, args.skip_bad_records)
     shared = {case.edit for case in train_cases} & {case.edit for case in val_cases}
     if shared:
-        raise UsageError(f"searc train: {len(shared)} validation edits are also training edits, e.g. {next(iter(shared)).prompt!r}; "
+        raise UsageError(f"{len(shared)} validation edits are also training edits, e.g. {next(iter(shared)).prompt!r}; "
                          "split a file with PATH[:N] and PATH[N:]")
     if args.trainable_layers < 0 or args.top_k < 0:
-        raise UsageError("searc train: --trainable-layers and --top-k must be 0 or more")
+        raise UsageError("--trainable-layers and --top-k must be 0 or more")
     if args.new_classifier and args.init is None:
-        raise UsageError("searc train: --new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
+        raise UsageError("--new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
     if args.init is not None:
         system = load_system(args.lm, args.encoder, checkpoint=args.init)
@@ -302,21 +302,21 @@ def run_eval(args: argparse.Namespace) -> int:
     from searc.system import load_system
 
     if args.limit is not None and args.limit < 1:
-        raise UsageError("searc eval: --limit must be at least 1")
+        raise UsageError("--limit must be at least 1")
     if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
-        raise UsageError("searc eval: --memory takes a positive number and --mode batch")
+        raise UsageError("--memory takes a positive number and --mode batch")
     thresholds = parsed_thresholds(args)
     try:
         relations = [relation_id(name) for name in args.relation]
     except ValueError as error:
-        raise UsageError(f"searc eval: {error}") from None
-    [cases] = read_data("eval", [(args.data, None)], args.skip_bad_records)
+        raise UsageError(str(error)) from None
+    [cases] = read_data([(args.data, None)], args.skip_bad_records)
     stored = cases[: args.memory] if args.memory else []
     if relations:
         cases = split_by_relation(cases, relations)[1]
     cases = cases[: args.limit]
     if not cases:
-        raise UsageError(f"searc eval: no cases of {', '.join(relations)} in {args.data}")
+        raise UsageError(f"no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_thresholds(system, thresholds)
 
@@ -326,7 +326,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(system, cases, mode=args.mode, progress=progress, stored=stored, kinds=args.only or KINDS)
     except ValueError as error:
-        raise UsageError(f"searc eval: {error}") from None
+        raise UsageError(str(error)) from None
     print(file=sys.stderr)
     print(report.table())
     for failure in report.failures[:5]:
@@ -344,11 +344,11 @@ def run_tune(args: argparse.Namespace) -> int:
     from searc.validation import tune_thresholds
 
     if args.limit < 1 or (args.memory is not None and args.memory < 1):
-        raise UsageError("searc tune: --limit and --memory must be at least 1")
+        raise UsageError("--limit and --memory must be at least 1")
     if not 0.0 <= args.max_declined_own_routes <= 1.0:
-        raise UsageError("searc tune: --max-declined-own-routes must be in [0, 1]")
+        raise UsageError("--max-declined-own-routes must be in [0, 1]")
     def read(val: Sequence[str]) -> list[EditCase]:
-        return validation_cases("tune", val, max(args.limit, args.memory or 0), args.skip_bad_records)
+        return validation_cases(val, max(args.limit, args.memory or 0), args.skip_bad_records)
 
     # Everything that can be wrong fails before the models load: the data named here first (as in
     # every command), then the training record, then the sources it names.
@@ -358,11 +358,11 @@ def run_tune(args: argparse.Namespace) -> int:
     try:
         training = TrainConfig.from_record(record.get("config", {}))
     except (TypeError, ValueError) as error:
-        raise UsageError(f"searc tune: {validated_as}'s training record: {error}") from None
+        raise UsageError(f"{validated_as}'s training record: {error}") from None
     if loaded is None:
         recorded = (record.get("sources") or {}).get("val")
         if not recorded:
-            raise UsageError(f"searc tune: {validated_as} does not record what it was validated on; give --val")
+            raise UsageError(f"{validated_as} does not record what it was validated on; give --val")
         loaded = read(recorded)
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
@@ -387,7 +387,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir)
     if not (data_dir / "counterfact" / "train.json").is_file():
-        raise UsageError(f"searc bench: no CounterFact data under {data_dir} (see --data-dir)")
+        raise UsageError(f"no CounterFact data under {data_dir} (see --data-dir)")
     report = bench(
         load_system,
         data_dir,
@@ -420,20 +420,18 @@ def quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     quiet_libraries()
-    command = ""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # every error line names the command it stopped (the subcommand is always the first argument)
+    prefix = f"searc {argv[0]}" if argv and argv[0] in COMMANDS else "searc"
     try:
         args = build_parser().parse_args(argv)
-        command = args.command
-        return COMMANDS[command](args)
-    except UsageError as error:
-        print(error, file=sys.stderr)
-        return 2
-    except (ModelNotFound, CheckpointError, DataError) as error:
-        print(f"searc: {error}", file=sys.stderr)
+        return COMMANDS[args.command](args)
+    except (UsageError, ModelNotFound, CheckpointError, DataError) as error:
+        print(f"{prefix}: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a file or directory named on the command line that cannot be read or written
         where = f" {error.filename}" if error.filename else ""
-        print(f"searc {command}: cannot read or write{where}: {error.strerror or error}", file=sys.stderr)
+        print(f"{prefix}: cannot read or write{where}: {error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -64,6 +64,8 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err
+    command = argv[0] if argv and not argv[0].startswith("-") and argv[0] != "frobnicate" else None
+    assert lines[0].startswith(f"searc {command}: " if command else "searc: "), lines[0]  # names the command it stopped
     assert "Traceback" not in captured.err
 
 
