@@ -347,6 +347,8 @@ def load_cases(source: str | Path | DataSource, limit: int | None = None, skippe
     With a `skipped` list, a malformed record is left out and its error appended there instead
     (real datasets have a few: zsRE's train split has records without a new target); a file
     that cannot be read at all still raises."""
+    if limit is not None and limit < 1:
+        raise DataError(f"ask for at least 1 case, not {limit}")
     source = source if isinstance(source, DataSource) else DataSource.parse(source)
     path = source.path
     records = read_records(path)

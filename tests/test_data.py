@@ -93,6 +93,9 @@ def test_a_slice_of_a_files_records(tmp_path):
     assert prompts(f"{path}[:2]") == ["Fact 0 is", "Fact 1 is"] and prompts(f"{path}[3:-1]") == ["Fact 3 is", "Fact 4 is"]
     assert prompts(f"{path}[1:]", limit=2) == ["Fact 1 is", "Fact 2 is"]  # the limit counts within the slice
     assert sorted(prompts(f"{path}[:3]") + prompts(f"{path}[3:5]")) == prompts(path, limit=5)
+    for limit in (0, -2):  # a limit of none is a mistake, not "all" nor "all but the last two"
+        with pytest.raises(DataError, match="at least 1 case"):
+            load_cases(path, limit=limit)
     with pytest.raises(DataError, match="facts.json record 6"):
         load_cases(f"{path}[4:]")
     assert DataSource.parse(f"{path}[900:]") == DataSource(path, 900) and DataSource.parse(f"{path}[:9]") == DataSource(path, None, 9)
