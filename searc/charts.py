@@ -15,12 +15,24 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _placeholder(title: str, note: str, height: int) -> go.Figure:
+    """An empty chart that says what will fill it, with no axes to read meaning into."""
+    figure = go.Figure()
+    figure.update_layout(
+        title=title, height=height, xaxis={"visible": False}, yaxis={"visible": False},
+        annotations=[{"text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#6b7280"}}],
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return figure
+
+
 def scope_heatmap(results: Sequence[ProbeResult], edits: Sequence[Edit], threshold: float) -> go.Figure:
     """Probes x edits classifier scores; cells at or above the threshold are marked."""
+    if not edits:
+        return _placeholder("Scope classifier scores", "no edits stored: add one, and every probe is scored against it", 220)
+    if not results:
+        return _placeholder("Scope classifier scores", "no probes yet: type some and press Probe", 220)
     figure = go.Figure()
-    if not results or not edits:
-        figure.update_layout(title="Scope scores (no edits stored)", height=220)
-        return figure
     z = [[result.scores.get(edit.id, 0.0) for edit in edits] for result in results]
     text = [[f"{v:.2f}{' ✓' if v >= threshold else ''}" for v in row] for row in z]
     figure.add_trace(
@@ -48,6 +60,8 @@ def scope_heatmap(results: Sequence[ProbeResult], edits: Sequence[Edit], thresho
 
 def nll_chart(comparisons: Sequence[TargetComparison]) -> go.Figure:
     """Per-token NLL of each target after one probe: base model vs edited system, bars side by side."""
+    if not comparisons:
+        return _placeholder("Per-token NLL (nats): base model vs edited system", "pick a probe above, then score targets", 360)
     labels = [f"{_short(c.target, 20)} · {t.strip() or repr(t)}" for c in comparisons for t in c.tokens]
     base = [v for c in comparisons for v in c.base_nll]
     edited = [v for c in comparisons for v in c.edited_nll]
@@ -58,7 +72,7 @@ def nll_chart(comparisons: Sequence[TargetComparison]) -> go.Figure:
             go.Bar(name="edited system" + (" (routed)" if routed else " (not routed: = base)"), x=labels, y=edited, marker_color="#1f6feb"),
         ]
     )
-    prompt = _short(comparisons[0].prompt, 60) if comparisons else ""
+    prompt = _short(comparisons[0].prompt, 60)
     figure.update_layout(
         title=f"Per-token NLL (nats) after “{prompt}”: base model vs edited system",
         barmode="group",
@@ -103,10 +117,9 @@ def evaluation_bars(rows: dict[str, dict[str, float]]) -> go.Figure:
 def token_strips(strips: Sequence[OutputTokens]) -> go.Figure:
     """Each output as a strip of tokens coloured by NLL under the model that produced it; hover for
     the other model's NLL of the same token and the top alternatives at that position."""
-    figure = go.Figure()
     if not strips:
-        figure.update_layout(title="Token view (probe first, then pick a probe)", height=160)
-        return figure
+        return _placeholder("Token view", "probe first, then pick a probe", 160)
+    figure = go.Figure()
     width = max(len(s.tokens) for s in strips)
 
     def hover(strip: OutputTokens, t) -> str:

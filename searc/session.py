@@ -27,6 +27,13 @@ MAX_TARGETS = 8
 MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps every session light
 
 
+# the columns of the workbench's tables (the page shows them before there is a row)
+MEMORY_COLUMNS = ["id", "prompt", "target_new", "subject"]
+RESULT_COLUMNS = ["probe", "best edit", "score", "routed", "base output", "counterfactual output", "final output"]
+CLAIM_COLUMNS = ["probe", "score", "final output"]
+FAILURE_COLUMNS = ["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"]
+
+
 def split_lines(text: str | None) -> list[str]:
     """Non-empty, stripped lines of a text box."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
@@ -116,7 +123,7 @@ class Session:
 
     def memory_table(self) -> pd.DataFrame:
         rows = [[e.id, e.prompt, e.target_new, e.subject or ""] for e in self.editor.edits]
-        return pd.DataFrame(rows, columns=["id", "prompt", "target_new", "subject"])
+        return pd.DataFrame(rows, columns=MEMORY_COLUMNS)
 
     def export_json(self) -> str:
         return json.dumps([e.to_dict() for e in self.editor.edits], indent=2, ensure_ascii=False)
@@ -169,8 +176,7 @@ class Session:
             ]
             for r in self.results
         ]
-        columns = ["probe", "best edit", "score", "routed", "base output", "counterfactual output", "final output"]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
     def explanations(self) -> str:
         return "\n".join(f"- **{r.prompt}**: {r.explanation()}" for r in self.results)
@@ -218,7 +224,7 @@ class Session:
         if not any(e.id == edit_id for e in self.editor.edits):
             raise ValueError(f"no stored edit {edit_id!r}")
         rows = [[r.prompt, round(r.score, 3), r.output] for r in claimed_by(edit_id, self.results)]
-        return pd.DataFrame(rows, columns=["probe", "score", "final output"])
+        return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
     # -------------------------------------------------------------- training and evaluation
     def train(
@@ -257,7 +263,7 @@ class Session:
              "yes" if f.routed else "no", "yes" if f.declined else "no", f"{f.best_edit.prompt} → {f.best_edit.target_new}" if f.best_edit else ""]
             for f in failures
         ]
-        return pd.DataFrame(rows, columns=["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"])
+        return pd.DataFrame(rows, columns=FAILURE_COLUMNS)
 
     def load_failure(self, index: int) -> str:
         """Put failing probe `index` of the last evaluation into the workspace: its case's edit (and

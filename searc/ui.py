@@ -10,9 +10,12 @@ Evaluate and Lessons are tabs of their own. Each browser tab gets its own `Sessi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
@@ -22,7 +25,7 @@ from searc.checkpoint import CheckpointError
 from searc.data import DataError
 from searc.editor import SeracSystem
 from searc.lessons import lesson_titled, load_lessons
-from searc.session import Session
+from searc.session import CLAIM_COLUMNS, FAILURE_COLUMNS, MEMORY_COLUMNS, RESULT_COLUMNS, Session
 from searc.system import SystemPool
 from searc.train import TrainConfig
 
@@ -38,14 +41,48 @@ EXAMPLE_PROBES = "\n".join(
 )
 
 
+def number(value: float | None, label: str, kind: type = float):
+    """A gr.Number field's value; an emptied field sends None."""
+    if value is None:
+        raise ValueError(f"fill in {label}")
+    return kind(value)
+
+
 def _session(state: Session | None, system: SeracSystem) -> Session:
     return state if state is not None else Session(system)
 
 
-def _fail(error: Exception, access: ServerAccess) -> None:
-    """Bad input: a clear message in the page (server directories named as the page names them);
-    the session is left exactly as it was."""
-    raise gr.Error(access.redact(str(error)).strip("'\""))
+USER_ERRORS = (ValueError, KeyError, OSError)  # bad input; DataError and CheckpointError are ValueErrors
+
+
+def shows_user_errors(access: ServerAccess) -> Callable[[Callable], Callable]:
+    """A handler decorator: bad input becomes one clear message in the page (server directories
+    named as the page names them). The session raises before it changes anything, so it is left
+    exactly as it was. Generator handlers (training) are wrapped as generators."""
+
+    def page_error(error: Exception) -> gr.Error:
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error  # str(KeyError) adds quotes
+        return gr.Error(access.redact(str(text)))
+
+    def decorate(handler: Callable) -> Callable:
+        if inspect.isgeneratorfunction(handler):
+            @functools.wraps(handler)
+            def generator(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except USER_ERRORS as error:
+                    raise page_error(error) from None
+            return generator
+
+        @functools.wraps(handler)
+        def plain(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except USER_ERRORS as error:
+                raise page_error(error) from None
+        return plain
+
+    return decorate
 
 
 def workspace_outputs(session: Session, edit_message: str, probe_message: str = ""):
@@ -67,31 +104,29 @@ def workspace_outputs(session: Session, edit_message: str, probe_message: str = 
     )
 
 
+def changed(session: Session, probes_text: str, threshold: float, decline_threshold: float, message: str):
+    """The memory or the system changed: probe the current probes again."""
+    try:
+        session.reprobe(probes_text, threshold, decline_threshold)
+    except ValueError as error:
+        return workspace_outputs(session, message, f"Probes not run again: {error}")
+    return workspace_outputs(session, message)
+
+
 def make_handlers(system: SeracSystem, access: ServerAccess):
     """Workspace and lesson handlers, bound to the shared system."""
+    user_errors = shows_user_errors(access)
 
-    def changed(session: Session, probes_text: str, threshold: float, decline_threshold: float, message: str):
-        """The memory changed: probe the current probes again."""
-        try:
-            session.reprobe(probes_text, threshold, decline_threshold)
-        except ValueError as error:
-            return workspace_outputs(session, message, f"Probes not run again: {error}")
-        return workspace_outputs(session, message)
-
+    @user_errors
     def add_edit(state, prompt, target, subject, probes_text, threshold, decline_threshold):
         session = _session(state, system)
-        try:
-            edit = session.add_edit(prompt, target, subject)
-        except ValueError as error:
-            _fail(error, access)
+        edit = session.add_edit(prompt, target, subject)
         return changed(session, probes_text, threshold, decline_threshold, f"Stored {edit.id}: {edit.prompt} → {edit.target_new}")
 
+    @user_errors
     def remove_edit(state, edit_id, probes_text, threshold, decline_threshold):
         session = _session(state, system)
-        try:
-            edit = session.remove_edit(edit_id)
-        except KeyError as error:
-            _fail(error, access)
+        edit = session.remove_edit(edit_id)
         return changed(session, probes_text, threshold, decline_threshold, f"Removed {edit.id}")
 
     def clear_edits(state, probes_text, threshold, decline_threshold):
@@ -99,15 +134,13 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         session.clear()
         return changed(session, probes_text, threshold, decline_threshold, "Memory cleared")
 
+    @user_errors
     def import_edits(state, path, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         if not path:
-            _fail(ValueError("choose a .json, .jsonl or .csv file to import"), access)
-        try:
-            access.check_upload(path)
-            stored = session.import_edits(path)
-        except (ValueError, OSError) as error:  # DataError is a ValueError
-            _fail(error, access)
+            raise ValueError("choose a .json, .jsonl or .csv file to import")
+        access.check_upload(path)
+        stored = session.import_edits(path)
         return changed(session, probes_text, threshold, decline_threshold, f"Imported {len(stored)} edits")
 
     def export_edits(state):
@@ -116,52 +149,45 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         path.write_text(session.export_json(), encoding="utf-8")
         return str(path)
 
+    @user_errors
     def probe(state, probes_text, threshold, decline_threshold):
         session = _session(state, system)
-        try:
-            session.probe(probes_text, threshold, decline_threshold)
-        except ValueError as error:
-            _fail(error, access)
+        session.probe(probes_text, threshold, decline_threshold)
         return workspace_outputs(session, "")
 
+    @user_errors
     def reroute(state, threshold, decline_threshold):
         session = _session(state, system)
-        try:
-            session.reroute(threshold, decline_threshold)
-        except ValueError as error:
-            _fail(error, access)
+        session.reroute(threshold, decline_threshold)
         return workspace_outputs(
             session, "", f"Re-routed at threshold {threshold:.2f}, decline threshold {decline_threshold:.2f} (no model was run)"
         )
 
+    @user_errors
     def inspect_probe(state, probe_prompt, targets_text):
         """Scope inspector, token view and per-target NLL of one probed prompt."""
         session = _session(state, system)
         if not probe_prompt:
             return "", token_strips([]), nll_chart([])
-        try:
-            return session.scope_markdown(probe_prompt), token_strips(session.output_tokens(probe_prompt)), nll_chart(session.inspect(probe_prompt, targets_text))
-        except ValueError as error:
-            _fail(error, access)
+        return session.scope_markdown(probe_prompt), token_strips(session.output_tokens(probe_prompt)), nll_chart(session.inspect(probe_prompt, targets_text))
 
+    @user_errors
     def inspect_edit(state, edit_id):
         session = _session(state, system)
         if not edit_id:
             return None
-        try:
-            return session.claims_table(edit_id)
-        except ValueError as error:
-            _fail(error, access)
+        return session.claims_table(edit_id)
 
     def preview_lesson(title):
         lesson = lesson_titled(title)
         return lesson.preview() if lesson else ""
 
+    @user_errors
     def load_lesson(state, title):
         session = _session(state, system)
         lesson = lesson_titled(title)
         if lesson is None:
-            _fail(ValueError("pick a lesson"), access)
+            raise ValueError("pick a lesson")
         session.load_lesson(lesson)
         editor = session.editor
         outputs = changed(session, lesson.probes_text(), editor.threshold, editor.decline_threshold, f"Loaded the lesson “{lesson.title}”")
@@ -172,19 +198,19 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAccess):
     """Training, evaluation and checkpoint loading: long-running, cancellable."""
+    user_errors = shows_user_errors(access)
     stops: dict[int, threading.Event] = {}
 
+    @user_errors
     def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_name, progress=gr.Progress()):
         session = _session(state, system)
-        try:
-            out = access.training_out(out_name)
-            config = TrainConfig(steps=int(steps), batch_edits=int(batch_edits), lr=float(lr), c_edit=float(c_edit),
-                                 c_cls=float(c_cls), val_every=max(1, int(steps) // 4), val_cases=32)
-            if Path(upload or data_path or "").name == "edit.json":
-                raise ValueError("edit.json files are for evaluation only; train on a train split")
-            train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
-        except (ValueError, DataError) as error:
-            _fail(error, access)
+        out = access.training_out(out_name)
+        steps = number(steps, "Steps", int)
+        config = TrainConfig(steps=steps, batch_edits=number(batch_edits, "Edits per step", int), lr=number(lr, "LoRA learning rate"),
+                             c_edit=number(c_edit, "c_edit"), c_cls=number(c_cls, "c_cls"), val_every=max(1, steps // 4), val_cases=32)
+        if Path(upload or data_path or "").name == "edit.json":
+            raise ValueError("edit.json files are for evaluation only; train on a train split")
+        train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
         stop = stops[id(session)] = threading.Event()
         for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop):
             progress(event.step / event.total_steps, desc="training")
@@ -199,30 +225,27 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
             stops[id(session)].set()
         return "stopping after this step…"
 
-    def load_checkpoint(state, name):
+    @user_errors
+    def load_checkpoint(state, name, probes_text, threshold, decline_threshold):
+        """Another checkpoint for this session, its memory kept and its probes run again."""
         session = _session(state, system)
-        try:
-            session.use_system(pool.get(access.checkpoint_to_load(name)))
-        except (ValueError, CheckpointError) as error:
-            _fail(error, access)
-        return session, session.memory_table(), f"This session now uses checkpoint: {access.shown(session.system.info.checkpoint)}"
+        session.use_system(pool.get(access.checkpoint_to_load(name)))
+        message = f"This session now uses checkpoint: {access.shown(session.system.info.checkpoint)}"
+        return (*changed(session, probes_text, threshold, decline_threshold, message), message)
 
+    @user_errors
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
         session = _session(state, system)
-        try:
-            cases = access.cases(data_path, upload, limit=min(int(limit), DEMO_EVAL_CASES) if access.demo_mode else int(limit))
-        except (ValueError, DataError) as error:
-            _fail(error, access)
+        cases = number(limit, "Cases", int)
+        cases = access.cases(data_path, upload, limit=min(cases, DEMO_EVAL_CASES) if access.demo_mode else cases)
         evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
         return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 
+    @user_errors
     def load_failure(state, threshold, decline_threshold, selected: gr.SelectData):
         """One click on a failing probe: its case's edit (and the edit it went to) into the workspace, probed."""
         session = _session(state, system)
-        try:
-            probe_text = session.load_failure(selected.index[0])
-        except ValueError as error:
-            _fail(error, access)
+        probe_text = session.load_failure(selected.index[0])
         session.reprobe(probe_text, threshold, decline_threshold)
         return (*workspace_outputs(session, "Loaded a failing probe of the evaluation"), probe_text, gr.Tabs(selected="workspace"))
 
@@ -262,7 +285,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                             add_button = gr.Button("Add edit", variant="primary")
                             clear_button = gr.Button("Clear memory")
                             export_button = gr.Button("Export as JSON")
-                        memory = gr.Dataframe(label="Edit memory", headers=["id", "prompt", "target_new", "subject"], interactive=False, elem_id="memory")
+                        memory = gr.Dataframe(label="Edit memory", headers=MEMORY_COLUMNS, interactive=False, elem_id="memory")
                         with gr.Row():
                             remove_id = gr.Textbox(label="Edit id to remove", placeholder="e1")
                             remove_button = gr.Button("Remove edit")
@@ -282,25 +305,25 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                                 probe_button = gr.Button("Probe", variant="primary")
                         probe_status = gr.Markdown(elem_id="probe_status")
                         results = gr.Dataframe(
-                            label="Results", interactive=False, wrap=True, elem_id="results",
+                            label="Results", headers=RESULT_COLUMNS, interactive=False, wrap=True, elem_id="results",
                             column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
                         )
-                        heatmap = gr.Plot(label="Scope scores", elem_id="heatmap")
+                        heatmap = gr.Plot(scope_heatmap([], [], system.threshold), label="Scope scores", elem_id="heatmap")
                         why = gr.Markdown(label="Why was each probe routed or not?")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         gr.Markdown("### Inspect a probe")
                         probe_pick = gr.Dropdown(label="Probe", choices=[], elem_id="probe_pick")
                         scope = gr.Markdown(elem_id="scope")
-                        tokens = gr.Plot(label="Token view", elem_id="tokens")
+                        tokens = gr.Plot(token_strips([]), label="Token view", elem_id="tokens")
                         with gr.Row():
                             targets = gr.Textbox(label="Targets to score (one per line), e.g. old and new answer", value="Paris\nRome", lines=2, scale=3)
                             inspect_button = gr.Button("Score targets", scale=1)
-                        nll = gr.Plot(label="Per-token NLL", elem_id="nll")
+                        nll = gr.Plot(nll_chart([]), label="Per-token NLL", elem_id="nll")
                     with gr.Column(scale=2):
                         gr.Markdown("### Inspect an edit")
                         edit_pick = gr.Dropdown(label="Edit", choices=[], elem_id="edit_pick")
-                        claims = gr.Dataframe(label="Probes this edit answers", headers=["probe", "score", "final output"], interactive=False, elem_id="claims")
+                        claims = gr.Dataframe(label="Probes this edit answers", headers=CLAIM_COLUMNS, interactive=False, elem_id="claims")
             with gr.Tab("Lessons", id="lessons"):
                 titles = [lesson.title for lesson in lessons]
                 with gr.Row():
@@ -343,25 +366,33 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                 eval_table = gr.Dataframe(headers=["system", "reliability", "generalization", "locality"], interactive=False, elem_id="eval_table")
                 gr.Markdown("**Failing probes** (click one to load its case into the workspace)")
                 failures = gr.Dataframe(
-                    headers=["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"], interactive=False, wrap=True,
+                    headers=FAILURE_COLUMNS, interactive=False, wrap=True,
                     elem_id="failures",
                 )
                 eval_report = gr.Code(label="Full report (this editor)", language=None)
 
         workspace = [state, memory, edit_status, results, heatmap, why, probe_pick, probe_status, edit_pick]
-        add_button.click(add_edit, [state, prompt, target, subject, probes, threshold, decline_threshold], workspace, api_name="add_edit")
-        remove_button.click(remove_edit, [state, remove_id, probes, threshold, decline_threshold], workspace, api_name="remove_edit")
-        clear_button.click(clear_edits, [state, probes, threshold, decline_threshold], workspace, api_name="clear_edits")
-        import_file.upload(import_edits, [state, import_file, probes, threshold, decline_threshold], workspace, api_name="import_edits")
+        changes = [  # each changes the memory, the probes or their routing
+            add_button.click(add_edit, [state, prompt, target, subject, probes, threshold, decline_threshold], workspace, api_name="add_edit"),
+            remove_button.click(remove_edit, [state, remove_id, probes, threshold, decline_threshold], workspace, api_name="remove_edit"),
+            clear_button.click(clear_edits, [state, probes, threshold, decline_threshold], workspace, api_name="clear_edits"),
+            import_file.upload(import_edits, [state, import_file, probes, threshold, decline_threshold], workspace, api_name="import_edits"),
+            probe_button.click(probe, [state, probes, threshold, decline_threshold], workspace, api_name="probe"),
+            *(slider.release(reroute, [state, threshold, decline_threshold], workspace, api_name="reroute" if slider is threshold else False)
+              for slider in (threshold, decline_threshold)),
+            lesson_button.click(load_lesson, [state, lesson], [*workspace, probes, threshold, tabs], api_name="load_lesson"),
+            load_button.click(load_checkpoint, [state, checkpoint_path, probes, threshold, decline_threshold], [*workspace, load_status],
+                              api_name="load_checkpoint"),
+            failures.select(load_failure, [state, threshold, decline_threshold], [*workspace, probes, tabs], api_name=False),
+        ]
+        for change in changes:  # inspect the picked probe and edit again: the pick may be the same, its results are not
+            change.success(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False).success(
+                inspect_edit, [state, edit_pick], [claims], api_name=False)
         export_button.click(export_edits, [state], [export_file], api_name="export_edits")
-        probe_button.click(probe, [state, probes, threshold, decline_threshold], workspace, api_name="probe")
-        for slider in (threshold, decline_threshold):
-            slider.release(reroute, [state, threshold, decline_threshold], workspace, api_name="reroute" if slider is threshold else False)
-        probe_pick.change(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name="inspect")
+        probe_pick.input(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name="inspect")
         inspect_button.click(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False)
-        edit_pick.change(inspect_edit, [state, edit_pick], [claims], api_name="inspect_edit")
+        edit_pick.input(inspect_edit, [state, edit_pick], [claims], api_name="inspect_edit")
         lesson.change(preview_lesson, [lesson], [lesson_text], api_name="preview_lesson")
-        lesson_button.click(load_lesson, [state, lesson], [*workspace, probes, threshold, tabs], api_name="load_lesson")
         train_button.click(
             run_training,
             [state, train_path, val_path, train_upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir],
@@ -369,11 +400,9 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             api_name="train", concurrency_limit=1, concurrency_id="heavy",
         )
         stop_button.click(stop_training, [state], [train_status], api_name=False)
-        load_button.click(load_checkpoint, [state, checkpoint_path], [state, memory, load_status], api_name="load_checkpoint")
         evaluation = eval_button.click(
             run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode], [state, eval_chart, eval_table, eval_report, failures],
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
         eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)
-        failures.select(load_failure, [state, threshold, decline_threshold], [*workspace, probes, tabs], api_name=False)
     return app

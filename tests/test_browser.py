@@ -52,6 +52,9 @@ def test_the_workspace_end_to_end(browser, url):  # noqa: F811
     page.locator("#tokens .plot-container").wait_for(timeout=30_000)
     assert "Output tokens" in page.locator("#tokens").inner_text()
     page.locator("#nll .plot-container").wait_for(timeout=30_000)
+    # the memory changes, the picked probe stays: its inspection follows the memory
+    page.get_by_role("button", name="Clear memory").click()
+    page.locator("#scope").get_by_text("The memory is empty").wait_for(timeout=30_000)
     # a lesson: its point shows before it is loaded
     page.get_by_role("tab", name="Lessons").click()
     page.get_by_label("Scenario").click()

@@ -126,8 +126,23 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(url):
         client.predict("   ", "Rome", "", "", 0.5, api_name="/add_edit")
     with pytest.raises(Exception, match="already stored"):
         client.predict("The Eiffel Tower is located in the city of", "Paris", "", "", 0.5, api_name="/add_edit")
+    with pytest.raises(Exception, match="no edit with id 'e9'"):  # the message as the session wrote it, quotes and all
+        client.predict("e9", "", 0.5, api_name="/remove_edit")
     memory, *_ = client.predict("Another prompt here", "x", "", "", 0.5, api_name="/add_edit")
     assert [row[0] for row in memory["data"]] == ["e1", "e2"], "the failed adds left the memory as it was"
+
+
+@pytest.mark.parametrize("cases, message", [(0, "at least 1 case"), (-2, "at least 1 case"), (None, "fill in Cases")])
+def test_an_evaluation_of_no_cases_is_a_clear_error(url, cases, message):
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match=message):
+        client.predict("cases.json", None, cases, "single", api_name="/evaluate")
+
+
+def test_an_emptied_training_field_is_a_clear_error(url):
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="fill in LoRA learning rate"):
+        client.predict("cases.json", "cases.json", None, 2, 2, None, 1.0, 1.0, "dense", "ck", api_name="/train")
 
 
 def test_train_load_and_evaluate(url, server_dirs):
@@ -135,7 +150,8 @@ def test_train_load_and_evaluate(url, server_dirs):
     figure, status, checkpoint = client.predict("cases.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
     assert "finished after 2 steps" in status and checkpoint == "runs/ck" and "best checkpoint: runs/ck" in status
     assert read_checkpoint(server_dirs.runs_dir / "ck").config["training"]["config"]["steps"] == 2
-    _, message = client.predict("ck", api_name="/load_checkpoint")
+    *shown, message = client.predict("ck", api_name="/load_checkpoint")
+    assert len(rows(workspace(shown)["results"])) == 4, "the page's four probes were run again on the loaded checkpoint"
     assert message.endswith("runs/ck") and str(server_dirs.runs_dir) not in message
     with pytest.raises(Exception, match="no checkpoint directory at runs/missing") as refused:
         client.predict("missing", api_name="/load_checkpoint")
