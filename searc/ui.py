@@ -366,8 +366,8 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                 eval_table = gr.Dataframe(headers=["system", "reliability", "generalization", "locality"], interactive=False, elem_id="eval_table")
                 gr.Markdown("**Failing probes** (click one to load its case into the workspace)")
                 failures = gr.Dataframe(
-                    headers=FAILURE_COLUMNS, interactive=False, wrap=True,
-                    elem_id="failures",
+                    headers=FAILURE_COLUMNS, interactive=False, wrap=True, elem_id="failures",
+                    column_widths=["10%", "25%", "9%", "19%", "6%", "6%", "7%", "18%"],  # a long probe wraps instead of hiding the rest
                 )
                 eval_report = gr.Code(label="Full report (this editor)", language=None)
 
