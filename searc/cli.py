@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training cases, one or more files of any supported format (never an edit.json evaluation file)")
     train.add_argument("--val", required=True, nargs="+", metavar="PATH",
                        help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn")
-    train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation)")
+    train.add_argument("--out", default="runs/checkpoint", help="checkpoint directory (best by validation); new or empty unless --overwrite")
+    train.add_argument("--overwrite", action="store_true", help="replace what --out holds (the old checkpoint stays until the first new one is written)")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="continue from this checkpoint's classifier and adapter (their settings too: --variant, "
                             "--trainable-layers and --top-k are then the checkpoint's); with --c-edit 0 --c-decline 0 "
@@ -258,7 +259,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from searc.system import load_system, replace_classifier
-    from searc.train import train
+    from searc.train import check_training, train
 
     try:
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
@@ -275,6 +276,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError("--trainable-layers and --top-k must be 0 or more")
     if args.new_classifier and args.init is None:
         raise UsageError("--new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
+    try:
+        check_training(train_cases, val_cases, config, args.out, args.overwrite)  # before the models load
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
     if args.init is not None:
         system = load_system(args.lm, args.encoder, checkpoint=args.init)
@@ -282,7 +287,7 @@ def run_train(args: argparse.Namespace) -> int:
             replace_classifier(system, classifier)
     else:
         system = load_system(args.lm, args.encoder, checkpoint=None, classifier=classifier)
-    for event in train(system, train_cases, val_cases, config, out=args.out, sources={"data": args.data, "val": args.val}):
+    for event in train(system, train_cases, val_cases, config, out=args.out, sources={"data": args.data, "val": args.val}, overwrite=args.overwrite):
         if event.kind == "step":
             losses = " ".join(f"{k}={v:.3f}" for k, v in event.losses.items())
             bar = "#" * int(30 * event.step / event.total_steps)

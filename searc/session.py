@@ -21,7 +21,7 @@ from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
 from searc.system import SystemPool
-from searc.train import TrainConfig, TrainEvent, train
+from searc.train import TrainConfig, TrainEvent, check_training, train
 
 MAX_TARGETS = 8
 MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps every session light
@@ -229,12 +229,14 @@ class Session:
     # -------------------------------------------------------------- training and evaluation
     def train(
         self, pool: SystemPool, train_cases: Sequence[EditCase], val_cases: Sequence[EditCase], config: TrainConfig,
-        variant: str, out: Path, stop: threading.Event,
+        variant: str, out: Path, stop: threading.Event, overwrite: bool = False,
     ) -> Iterator[tuple[TrainEvent, TrainingCurves]]:
-        """Train a fresh system of its own (the shared one is never touched); the best checkpoint goes to `out`."""
+        """Train a fresh system of its own (the shared one is never touched); the best checkpoint goes
+        to `out`, which must be new or empty unless `overwrite`."""
+        check_training(train_cases, val_cases, config, out, overwrite)  # before a fresh system is built
         curves = TrainingCurves()
         trainee = pool.fresh(ClassifierConfig(variant=variant))
-        for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop):
+        for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop, overwrite=overwrite):
             curves.add(event)
             yield event, curves
 

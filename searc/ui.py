@@ -202,7 +202,8 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
     stops: dict[int, threading.Event] = {}
 
     @user_errors
-    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_name, progress=gr.Progress()):
+    def run_training(state, data_path, val_path, upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_name, overwrite=False,
+                     progress=gr.Progress()):
         session = _session(state, system)
         out = access.training_out(out_name)
         steps = number(steps, "Steps", int)
@@ -212,7 +213,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
             raise ValueError("edit.json files are for evaluation only; train on a train split")
         train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
         stop = stops[id(session)] = threading.Event()
-        for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop):
+        for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop, overwrite=bool(overwrite)):
             progress(event.step / event.total_steps, desc="training")
             status = f"{event.kind}: step {event.step}/{event.total_steps}, {event.elapsed_s:.0f} s"
             if event.kind == "done":
@@ -346,6 +347,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                     variant = gr.Radio(["dense", "cross"], value="dense", label="Classifier")
                 with gr.Row():
                     out_dir = gr.Textbox(label="Checkpoint name (in the runs directory)", value="workbench-checkpoint", scale=3)
+                    overwrite = gr.Checkbox(label="Replace a checkpoint of this name", value=False, scale=1)
                     train_button = gr.Button("Start training", variant="primary", scale=1)
                     stop_button = gr.Button("Stop", scale=1)
                 train_status = gr.Markdown()
@@ -395,7 +397,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
         lesson.change(preview_lesson, [lesson], [lesson_text], api_name="preview_lesson")
         train_button.click(
             run_training,
-            [state, train_path, val_path, train_upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir],
+            [state, train_path, val_path, train_upload, steps, batch_edits, lr, c_edit, c_cls, variant, out_dir, overwrite],
             [state, curves, train_status, checkpoint_path],
             api_name="train", concurrency_limit=1, concurrency_id="heavy",
         )

@@ -22,7 +22,7 @@ def main(mode: str, out: str) -> None:
     print("ready", flush=True)
     if mode == "train":
         config = TrainConfig(steps=10**6, batch_edits=3, val_every=1, val_cases=2, patience=10**6, lr=5e-3)
-        for _ in train(system, CASES, CASES[:2], config, out=out):
+        for _ in train(system, CASES, CASES[:2], config, out=out, overwrite=True):
             pass
     else:
         step = 0

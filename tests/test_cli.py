@@ -31,6 +31,11 @@ from searc.cli import main, parse_edit
          "50 validation edits are also training edits"),
         (["tune", "--val", "../shared/data/counterfact/val.json", "../shared/data/counterfact/edit.json[:50]", "--checkpoint", "ck"], "evaluation only"),
         (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
+        # refused before the models load: what --out holds stays as it was
+        (["train", "--data", "../shared/data/counterfact/val.json[:10]", "--val", "../shared/data/counterfact/val.json[10:20]",
+          "--out", "assets/checkpoint"], "assets/checkpoint already exists and is not empty"),
+        (["train", "--data", "../shared/data/counterfact/val.json[:1]", "--val", "../shared/data/counterfact/val.json[10:20]"],
+         "at least 2 edit cases"),
         # a missing or unreadable file or directory, for every subcommand that reads one
         (["eval", "--data", "/nonexistent/file.json", "--checkpoint", "none"], "cannot read or write /nonexistent/file.json"),
         (["train", "--data", "/nonexistent/train.json", "--val", "y.json"], "cannot read or write /nonexistent/train.json"),

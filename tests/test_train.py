@@ -52,6 +52,20 @@ def test_events_losses_and_best_checkpoint(tmp_path):
     assert not system.classifier.training and not system.counterfactual.model.training
 
 
+def test_training_never_replaces_a_checkpoint_unless_told_to(tmp_path):
+    out = tmp_path / "ck"
+    run(TrainConfig(steps=1, batch_edits=3, val_every=1, val_cases=2), out=out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    system = make_system("llama")
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        next(train(system, CASES, CASES[:4], CONFIG, out=out))  # refused before the first step
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    events = list(train(system, CASES, CASES[:4], TrainConfig(steps=1, batch_edits=3, val_every=1, val_cases=2, seed=5), out=out, overwrite=True))
+    assert events[-1].checkpoint == str(out) and read_checkpoint(out).config["training"]["config"]["seed"] == 5
+    (tmp_path / "empty").mkdir()  # an empty directory is as good as a new one
+    assert list(train(make_system("llama"), CASES, CASES[:4], TrainConfig(steps=1, batch_edits=3, val_every=1, val_cases=2), out=tmp_path / "empty"))
+
+
 def test_training_is_seeded_and_reproducible():
     _, first = run()
     _, second = run()

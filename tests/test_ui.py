@@ -150,6 +150,11 @@ def test_train_load_and_evaluate(url, server_dirs):
     figure, status, checkpoint = client.predict("cases.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
     assert "finished after 2 steps" in status and checkpoint == "runs/ck" and "best checkpoint: runs/ck" in status
     assert read_checkpoint(server_dirs.runs_dir / "ck").config["training"]["config"]["steps"] == 2
+    with pytest.raises(Exception, match="runs/ck already exists and is not empty"):  # a second run keeps the first one's checkpoint
+        client.predict("cases.json", "cases.json", None, 1, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
+    assert read_checkpoint(server_dirs.runs_dir / "ck").config["training"]["config"]["steps"] == 2
+    client.predict("cases.json", "cases.json", None, 1, 2, 5e-4, 1.0, 1.0, "dense", "ck", True, api_name="/train")  # 'Replace' ticked
+    assert read_checkpoint(server_dirs.runs_dir / "ck").config["training"]["config"]["steps"] == 1
     *shown, message = client.predict("ck", api_name="/load_checkpoint")
     assert len(rows(workspace(shown)["results"])) == 4, "the page's four probes were run again on the loaded checkpoint"
     assert message.endswith("runs/ck") and str(server_dirs.runs_dir) not in message
