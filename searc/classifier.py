@@ -250,6 +250,9 @@ def calibrate(classifier: DenseScopeClassifier, pairs: Sequence[tuple[Edit, str,
         return loss
 
     optimizer.step(closure)
+    if not scale.item() > 0:  # the fit inverted similarity: too few pairs, or none of them separable by it
+        raise ValueError(f"calibration on {len(pairs)} pairs found in-scope inputs no more similar to their edit than "
+                         "out-of-scope ones; calibrate on more cases")
     return float(scale.detach()), float(bias.detach())
 
 

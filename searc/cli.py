@@ -252,7 +252,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     encoder, tokenizer = load_encoder(args.encoder)
     classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
     pairs = calibration_pairs(cases)
-    scale, bias = calibrate(classifier, pairs)
+    try:
+        scale, bias = calibrate(classifier, pairs)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     print(json.dumps({"scale": round(scale, 2), "bias": round(bias, 2), "pairs": len(pairs), "cases": len(cases)}))
     return 0
 

@@ -93,6 +93,9 @@ def test_calibration_separates_classes():
     assert scale > 0
     with pytest.raises(ValueError):
         calibrate(classifier, same)
+    swapped = [(edit, text, not label) for edit, text, label in same + other]  # in scope = the unlike input: no calibration can hold
+    with pytest.raises(ValueError, match="no more similar"):
+        calibrate(classifier, swapped)
 
 
 @pytest.mark.parametrize("variant", ["dense", "cross"])
