@@ -7,15 +7,21 @@ from pathlib import Path
 
 from searc.access import DEMO_UPLOAD_BYTES, SHARED_DATA, ServerAccess, check_exposure
 from searc.cli import quiet_libraries
-from searc.models import BUNDLED
+from searc.models import BUNDLED, ModelNotFound
 from searc.system import DEFAULT_CHECKPOINT, SystemPool, load_system
 from searc.ui import build_app
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expects a port number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The searc SERAC edit workbench.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=port_number, default=7860)
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint directory, 'default' (shipped) or 'none'")
     parser.add_argument("--lm", default=BUNDLED, help="language model: 'bundled', a hub id, a directory or a .gguf file")
     parser.add_argument("--encoder", default=BUNDLED, help="classifier encoder: 'bundled', a hub id or a directory")
@@ -33,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def parse_login(text: str, where: str) -> tuple[str, str]:
     user, sep, password = text.strip().partition(":")
     if not sep or not user or not password:
-        raise SystemExit(f"{where} expects USER:PASS")
+        raise ValueError(f"{where} expects USER:PASS")
     return user, password
 
 
@@ -44,28 +50,44 @@ def logins(args: argparse.Namespace) -> list[tuple[str, str]] | None:
         try:
             lines = Path(args.auth_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
-            raise SystemExit(f"--auth-file: cannot read {args.auth_file}: {error}") from None
+            raise ValueError(f"--auth-file: cannot read {args.auth_file}: {error}") from None
         pairs += [parse_login(line, f"--auth-file line {n}") for n, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
         if not pairs:
-            raise SystemExit(f"--auth-file: {args.auth_file} holds no USER:PASS line")
+            raise ValueError(f"--auth-file: {args.auth_file} holds no USER:PASS line")
     return pairs or None
 
 
+def server_access(args: argparse.Namespace) -> ServerAccess:
+    """The directories the page may name: those given must exist, and the runs directory is made
+    now (not at the first training) unless the demo cannot train."""
+    for directory in args.data_dir or []:
+        if not Path(directory).is_dir():
+            raise ValueError(f"--data-dir {directory}: no such directory")
+    if not args.demo_mode:
+        try:
+            Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--runs-dir {args.runs_dir}: cannot create it ({error.strerror})") from None
+    return ServerAccess.create(args.runs_dir, args.data_dir or [SHARED_DATA], demo_mode=args.demo_mode)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Every mistake of the command line stops the app with one line, and all but the models'
+    and the port's before any model loads."""
     args = parse_args(argv)
-    auth = logins(args)
     try:
+        auth = logins(args)
         check_exposure(args.host, args.share, login=auth is not None, demo_mode=args.demo_mode)
-    except ValueError as error:
+        access = server_access(args)
+        quiet_libraries()
+        system = load_system(args.lm, args.encoder, args.checkpoint)
+        app = build_app(system, SystemPool(system), access)
+        app.queue(default_concurrency_limit=2).launch(
+            server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+            max_file_size=DEMO_UPLOAD_BYTES if args.demo_mode else None,
+        )
+    except (ValueError, ModelNotFound, OSError) as error:  # CheckpointError is a ValueError; OSError: the port is taken
         raise SystemExit(f"searc workbench: {error}") from None
-    quiet_libraries()
-    system = load_system(args.lm, args.encoder, args.checkpoint)
-    access = ServerAccess.create(args.runs_dir, args.data_dir or [SHARED_DATA], demo_mode=args.demo_mode)
-    app = build_app(system, SystemPool(system), access)
-    app.queue(default_concurrency_limit=2).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        max_file_size=DEMO_UPLOAD_BYTES if args.demo_mode else None,
-    )
 
 
 if __name__ == "__main__":

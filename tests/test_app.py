@@ -32,8 +32,10 @@ def test_bad_login_files_stop_the_app_with_a_message(tmp_path, content, message)
     file = tmp_path / "logins"
     if content is not None:
         file.write_text(content)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ValueError, match=message):
         app.logins(app.parse_args(["--auth-file", str(file)]))
+    with pytest.raises(SystemExit, match=f"searc workbench: .*{message}"):  # before any model loads
+        app.main(["--auth-file", str(file), "--lm", "/nonexistent/model.gguf"])
 
 
 def test_a_protected_app_turns_away_the_wrong_login():
@@ -88,3 +90,25 @@ def test_an_exposed_workbench_needs_a_login_or_demo_mode(argv, refused):
 
         args = app.parse_args(argv)
         check_exposure(args.host, args.share, login=app.logins(args) is not None, demo_mode=args.demo_mode)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such directory"),
+        (["--runs-dir", "/proc/searc-runs"], "--runs-dir /proc/searc-runs: cannot create it"),
+        (["--auth", "nocolon"], "--auth expects USER:PASS"),
+        (["--checkpoint", "/nonexistent/checkpoint", "--lm", "bundled"], "no checkpoint directory at /nonexistent/checkpoint"),
+    ],
+)
+def test_a_bad_command_line_stops_the_app_with_one_line(argv, message):
+    app = app_module()
+    with pytest.raises(SystemExit, match=f"^searc workbench: {message}"):
+        app.main(argv)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "http"])
+def test_a_port_out_of_range_is_refused_by_the_parser(port, capsys):
+    with pytest.raises(SystemExit):
+        app_module().parse_args(["--port", port])
+    assert "expects a port number from 1 to 65535" in capsys.readouterr().err
