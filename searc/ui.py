@@ -21,8 +21,6 @@ import gradio as gr
 
 from searc.access import SHARED_DATA, ServerAccess
 from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips, training_curves
-from searc.checkpoint import CheckpointError
-from searc.data import DataError
 from searc.editor import SeracSystem
 from searc.lessons import lesson_titled, load_lessons
 from searc.session import CLAIM_COLUMNS, FAILURE_COLUMNS, MEMORY_COLUMNS, RESULT_COLUMNS, Session
