@@ -11,7 +11,7 @@ import re
 import socket
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from searc.cli import quiet_libraries
 from searc.system import load_system
@@ -40,8 +40,10 @@ def main() -> None:
         page.screenshot(path=str(OUT / "lessons.png"), full_page=True)
         page.get_by_role("button", name="Load into the workspace").click()
         page.get_by_text(re.compile(r"^\d+ probes, \d+ routed")).wait_for(timeout=120_000)
-        page.locator("#tokens .plot-container").wait_for(timeout=60_000)
-        page.locator("#nll .plot-container").wait_for(timeout=60_000)
+        # the inspections of the first probe and edit replace their placeholders
+        expect(page.locator("#tokens")).to_contain_text("Output tokens", timeout=60_000)
+        expect(page.locator("#nll")).to_contain_text("after “", timeout=60_000)
+        expect(page.locator("#claims")).to_contain_text("The Eiffel Tower", timeout=60_000)
         page.screenshot(path=str(OUT / "workspace.png"), full_page=True)
         page.get_by_role("tab", name="Train").click()
         page.screenshot(path=str(OUT / "train.png"), full_page=True)

@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.test_ui import server_dirs, url  # noqa: F401  (the launched tiny app and its directories)
 
@@ -44,14 +45,14 @@ def test_the_workspace_end_to_end(browser, url):  # noqa: F811
     page.get_by_text("Stored e1").wait_for(timeout=30_000)
     page.get_by_text("1 routed to the counterfactual model").wait_for(timeout=60_000)  # adding re-probed
     assert "yes" in page.locator("#results").inner_text()
-    page.locator("#heatmap .plot-container").wait_for(timeout=30_000)
-    assert "Scope classifier scores" in page.locator("#heatmap").inner_text()
+    # the charts start as placeholders: wait for what replaces them
+    expect(page.locator("#heatmap")).to_contain_text("at or above threshold", timeout=30_000)
     # the inspection of the probe: scope inspector, token view, per-target NLL
     page.locator("#scope").get_by_text("would decline").wait_for(timeout=30_000)
     assert "e1" in page.locator("#scope").inner_text()
-    page.locator("#tokens .plot-container").wait_for(timeout=30_000)
-    assert "Output tokens" in page.locator("#tokens").inner_text()
-    page.locator("#nll .plot-container").wait_for(timeout=30_000)
+    expect(page.locator("#tokens")).to_contain_text("Output tokens", timeout=30_000)
+    expect(page.locator("#nll")).to_contain_text("after “The Eiffel Tower stands in”", timeout=30_000)
+    expect(page.locator("#claims")).to_contain_text("The Eiffel Tower stands in", timeout=30_000)  # e1 answers it
     # the memory changes, the picked probe stays: its inspection follows the memory
     page.get_by_role("button", name="Clear memory").click()
     page.locator("#scope").get_by_text("The memory is empty").wait_for(timeout=30_000)
