@@ -90,7 +90,12 @@ class Session:
 
     # -------------------------------------------------------------- memory
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
-        return self.editor.add_edit(prompt, target_new, (subject or "").strip() or None)
+        """A typed edit. Its subject, if given, must occur in its prompt: the counterfactual model
+        reads it as the fact's subject, so a typo would change what every routed probe is told."""
+        subject = (subject or "").strip() or None
+        if subject and subject.casefold() not in (prompt or "").casefold():
+            raise ValueError(f"the subject {subject!r} does not occur in the prompt; copy it from the prompt or leave it empty")
+        return self.editor.add_edit(prompt, target_new, subject)
 
     def replace_memory(self, edits: Sequence[Edit]) -> None:
         """A memory of exactly `edits` (all validated before anything is cleared); no results yet."""

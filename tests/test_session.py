@@ -95,6 +95,7 @@ def test_bad_input_leaves_the_session_unchanged(system):
     for action in (
         lambda: session.add_edit("", "Rome"),
         lambda: session.add_edit("The Eiffel Tower is located in the city of", "Paris"),
+        lambda: session.add_edit("The Louvre is located in the city of", "Rome", "Eiffel Tower"),  # a subject not in the prompt
         lambda: session.probe("   \n  ", 0.5),
         lambda: session.probe("ok", 1.5),
         lambda: session.reroute(-1),
