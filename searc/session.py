@@ -198,7 +198,7 @@ class Session:
         targets = [validate_text("target", t) for t in split_lines(targets_text)][:MAX_TARGETS]
         # the model's own output may hold control characters that typed text may not
         generated = "".join(c for c in result.output if c in "\t\n" or ord(c) >= 32).strip()[:MAX_TEXT_CHARS]
-        candidates = ([generated] if generated else []) + [t for t in targets if t != generated]
+        candidates = list(dict.fromkeys(([generated] if generated else []) + targets))  # each target once, in order
         return [self.editor.score_target(result.prompt, target) for target in candidates]
 
     def probe_prompts(self) -> Sequence[str]:

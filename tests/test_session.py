@@ -35,8 +35,8 @@ def test_add_probe_reroute_inspect(system):
     assert not any(r.routed for r in rerouted)
     assert [r.output for r in rerouted] == [r.base_output for r in rerouted]
     assert "below the threshold 0.60" in session.explanations()
-    comparisons = session.inspect("The capital of Japan is", "Tokyo\nKyoto")
-    assert [c.target for c in comparisons][-2:] == ["Tokyo", "Kyoto"]
+    comparisons = session.inspect("The capital of Japan is", "Tokyo\nKyoto\nTokyo")
+    assert [c.target for c in comparisons][-2:] == ["Tokyo", "Kyoto"]  # a target typed twice is scored once
     assert all(len(c.base_nll) == len(c.edited_nll) == len(c.tokens) for c in comparisons)
 
 
