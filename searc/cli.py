@@ -51,6 +51,24 @@ def parse_threshold(text: str, option: str = "--threshold") -> float:
     return value
 
 
+def json_output(text: str) -> Path:
+    """--json OUT: its directory made and checked at parse time, so that a long run cannot end in
+    a write error after its work is done."""
+    out = Path(text)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {error.strerror}") from None
+    if out.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write {text}")
+    return out
+
+
+def write_json(out: Path | None, document: object) -> None:
+    if out is not None:
+        out.write_text(json.dumps(document, indent=2))
+
+
 def threshold_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
     p.add_argument("--decline-threshold", default=None,
@@ -165,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     threshold_options(evaluate)
     evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
                           help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
-    evaluate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON")
+    evaluate.add_argument("--json", metavar="OUT", type=json_output, help="also write the report as JSON")
     skip_bad_records_option(evaluate)
     model_options(evaluate)
 
@@ -183,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validation-of", metavar="CHECKPOINT", default=None,
                       help="validate as CHECKPOINT's training did (its augmentation, seed and held-out relations, and without --val "
                            "its sources), so that two checkpoints are tuned and compared on the same cases")
-    tune.add_argument("--json", metavar="OUT", default=None, help="also write every pair of the grid with its figures")
+    tune.add_argument("--json", metavar="OUT", type=json_output, help="also write every pair of the grid with its figures")
     model_options(tune, checkpoint=False)  # the models the checkpoint was trained on
 
     bench = sub.add_parser("bench", help="measure speed and memory of editing, probing and training (a table)")
-    bench.add_argument("--json", metavar="OUT", default=None, help="also write the measurements as JSON")
+    bench.add_argument("--json", metavar="OUT", type=json_output, help="also write the measurements as JSON")
     bench.add_argument("--data-dir", default="../shared/data", help="the shared data directory (CounterFact train/val/edit)")
     bench.add_argument("--cross-checkpoint", default=None, help="a trained cross-encoder checkpoint (default: untrained)")
     bench.add_argument("--quick", action="store_true", help="small sizes, a minute or two: a smoke run, not the figures")
@@ -342,8 +360,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"failed {failure.kind} {failure.group}: {failure.prompt!r} -> {failure.output!r}, expected {failure.expected!r} ({how}, {failure.score:.2f})")
     if report.failures:
         print(f"{len(report.failures)} failing probes kept" + (f", all in {args.json}" if args.json else "; --json writes them all"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+    write_json(args.json, report.to_json())
     return 0
 
 
@@ -383,9 +400,7 @@ def run_tune(args: argparse.Namespace) -> int:
         system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
     )
     print(json.dumps(tuned.metrics()))
-    if args.json:
-        grid = [{**asdict(pair), "score": pair.score} for pair in tuned.grid]
-        Path(args.json).write_text(json.dumps({"chosen": tuned.metrics(), "grid": grid}, indent=2))
+    write_json(args.json, {"chosen": tuned.metrics(), "grid": [{**asdict(pair), "score": pair.score} for pair in tuned.grid]})
     return 0
 
 
@@ -405,9 +420,7 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=lambda stage: print(f"... {stage}", file=sys.stderr, flush=True),
     )
     print(report.table())
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+    write_json(args.json, report.to_json())
     return 0
 
 

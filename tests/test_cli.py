@@ -31,6 +31,10 @@ from searc.cli import main, parse_edit
          "50 validation edits are also training edits"),
         (["tune", "--val", "../shared/data/counterfact/val.json", "../shared/data/counterfact/edit.json[:50]", "--checkpoint", "ck"], "evaluation only"),
         (["eval", "--data", "x.json", "--limit", "0"], "--limit"),
+        # --json OUT is checked before the run, not written after it (tune would have rewritten its checkpoint first)
+        (["eval", "--data", "x.json", "--json", "/proc/searc/report.json"], "argument --json: cannot write /proc/searc/report.json"),
+        (["tune", "--val", "y.json", "--checkpoint", "ck", "--json", "/tmp"], "argument --json: cannot write /tmp"),
+        (["bench", "--json", "/proc/searc/bench.json"], "argument --json: cannot write /proc/searc/bench.json"),
         # refused before the models load: what --out holds stays as it was
         (["train", "--data", "../shared/data/counterfact/val.json[:10]", "--val", "../shared/data/counterfact/val.json[10:20]",
           "--out", "assets/checkpoint"], "assets/checkpoint already exists and is not empty"),
