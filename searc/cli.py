@@ -280,7 +280,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from searc.system import load_system, replace_classifier
-    from searc.train import check_training, train
+    from searc.train import prepare_training, train
 
     try:
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
@@ -298,7 +298,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.new_classifier and args.init is None:
         raise UsageError("--new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
     try:
-        check_training(train_cases, val_cases, config, args.out, args.overwrite)  # before the models load
+        prepare_training(train_cases, val_cases, config, args.out, args.overwrite)  # before the models load
     except ValueError as error:
         raise UsageError(str(error)) from None
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)

@@ -21,7 +21,7 @@ from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
 from searc.system import SystemPool
-from searc.train import TrainConfig, TrainEvent, check_training, train
+from searc.train import TrainConfig, TrainEvent, prepare_training, train
 
 MAX_TARGETS = 8
 MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps every session light
@@ -238,7 +238,7 @@ class Session:
     ) -> Iterator[tuple[TrainEvent, TrainingCurves]]:
         """Train a fresh system of its own (the shared one is never touched); the best checkpoint goes
         to `out`, which must be new or empty unless `overwrite`."""
-        check_training(train_cases, val_cases, config, out, overwrite)  # before a fresh system is built
+        prepare_training(train_cases, val_cases, config, out, overwrite)  # before a fresh system is built
         curves = TrainingCurves()
         trainee = pool.fresh(ClassifierConfig(variant=variant))
         for event in train(trainee, train_cases, val_cases, config, out=out, stop=stop, overwrite=overwrite):

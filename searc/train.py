@@ -189,11 +189,12 @@ def backward_on(
     return {**losses, "examples": float(n_examples)}
 
 
-def check_training(
+def prepare_training(
     train_cases: Sequence[EditCase], val_cases: Sequence[EditCase], config: TrainConfig, out: str | Path | None, overwrite: bool = False
 ) -> None:
     """Refuse a run that cannot train, or that would replace what is already at `out` (unless
-    `overwrite`), before any model is loaded or step taken."""
+    `overwrite`), before any model is loaded or step taken; then make `out`, so that an unwritable
+    place fails now, not at the first checkpoint."""
     if len(split_by_relation(train_cases, config.held_out_relations)[0]) < 2:
         raise ValueError("training needs at least 2 edit cases (after leaving out the held-out relations)")
     if not val_cases:
@@ -201,6 +202,8 @@ def check_training(
     if out is not None and not overwrite and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise ValueError(f"{out} already exists and is not empty: name a new checkpoint, or replace it on purpose "
                          "(searc train --overwrite; in the workbench, tick 'Replace a checkpoint of this name')")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
 
 
 def train(
@@ -217,7 +220,7 @@ def train(
     be new or empty unless `overwrite`. `sources`: what the cases were read from, as the user named
     them ({"data": [...], "val": [...]}), kept in the checkpoint's training record (`searc tune`
     validates on the same by default)."""
-    check_training(train_cases, val_cases, config, out, overwrite)
+    prepare_training(train_cases, val_cases, config, out, overwrite)
     train_cases, _ = split_by_relation(train_cases, config.held_out_relations)
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)

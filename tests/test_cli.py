@@ -38,6 +38,8 @@ from searc.cli import main, parse_edit
         # refused before the models load: what --out holds stays as it was
         (["train", "--data", "../shared/data/counterfact/val.json[:10]", "--val", "../shared/data/counterfact/val.json[10:20]",
           "--out", "assets/checkpoint"], "assets/checkpoint already exists and is not empty"),
+        (["train", "--data", "../shared/data/counterfact/val.json[:10]", "--val", "../shared/data/counterfact/val.json[10:20]",
+          "--out", "/proc/searc/ck"], "cannot read or write /proc/searc"),  # not at the first checkpoint, minutes later
         (["train", "--data", "../shared/data/counterfact/val.json[:1]", "--val", "../shared/data/counterfact/val.json[10:20]"],
          "at least 2 edit cases"),
         # a missing or unreadable file or directory, for every subcommand that reads one
