@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from searc.editor import Editor
+    from searc.editor import MAX_PROBES, Editor
     from searc.system import load_system
 
     thresholds = parsed_thresholds(args)
@@ -238,7 +238,7 @@ def run_probe(args: argparse.Namespace) -> int:
     editor = Editor(system, routing="soft" if args.soft else "hard")
     try:
         editor.add_edits(edits)
-        results = editor.probe(args.probe)
+        results = [r for start in range(0, len(args.probe), MAX_PROBES) for r in editor.probe(args.probe[start : start + MAX_PROBES])]
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.json:

@@ -172,3 +172,18 @@ def test_a_given_routing_threshold_replaces_the_checkpoints(tmp_path, capsys):
         assert main([*argv, "--threshold", threshold]) == 0
         [result] = json.loads(capsys.readouterr().out)
         assert result["routed"] is routed and result["threshold"] == float(threshold) and result["score"] < 1.0
+
+
+def test_probe_takes_more_probes_than_one_batch(tmp_path, capsys):
+    """The editor generates up to MAX_PROBES probes at once; the command runs them in batches, in order."""
+    import json
+
+    from searc.editor import MAX_PROBES
+    from tests.conftest import save_tiny_models
+
+    lm, encoder = save_tiny_models(tmp_path)
+    probes = [f"Fact number {i} is" for i in range(MAX_PROBES + 3)]
+    argv = ["probe", "--edit", "The Eiffel Tower is in|Rome", *(arg for p in probes for arg in ("--probe", p)),
+            "--lm", lm, "--encoder", encoder, "--checkpoint", "none", "--json"]
+    assert main(argv) == 0
+    assert [r["prompt"] for r in json.loads(capsys.readouterr().out)] == probes
