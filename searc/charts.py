@@ -11,6 +11,9 @@ from searc.inspection import OutputTokens
 from searc.memory import Edit
 
 
+MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}  # every figure's: room for its title, little else
+
+
 def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -21,7 +24,7 @@ def _placeholder(title: str, note: str, height: int) -> go.Figure:
     figure.update_layout(
         title=title, height=height, xaxis={"visible": False}, yaxis={"visible": False},
         annotations=[{"text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 14, "color": "#6b7280"}}],
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure
 
@@ -53,7 +56,7 @@ def scope_heatmap(results: Sequence[ProbeResult], edits: Sequence[Edit], thresho
         title=f"Scope classifier scores (✓ = at or above threshold {threshold:.2f})",
         height=max(240, 60 + 40 * len(results)),
         yaxis={"autorange": "reversed"},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure
 
@@ -79,7 +82,7 @@ def nll_chart(comparisons: Sequence[TargetComparison]) -> go.Figure:
         height=360,
         yaxis={"title": "NLL"},
         xaxis={"title": "target · token"},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure
 
@@ -97,7 +100,7 @@ def training_curves(steps: Sequence[int], losses: dict[str, Sequence[float]], va
         xaxis={"title": "step"},
         yaxis={"title": "loss"},
         yaxis2={"title": "validation", "overlaying": "y", "side": "right", "range": [0, 1.05]},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure
 
@@ -109,7 +112,7 @@ def evaluation_bars(rows: dict[str, dict[str, float]]) -> go.Figure:
         figure.add_trace(go.Bar(name=system, x=list(metrics), y=list(metrics.values()), text=[f"{v:.2f}" for v in metrics.values()]))
     figure.update_layout(
         title="Edit success (greedy generation)", barmode="group", height=360, yaxis={"range": [0, 1.05]},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure
 
@@ -148,6 +151,6 @@ def token_strips(strips: Sequence[OutputTokens]) -> go.Figure:
         height=120 + 70 * len(strips),
         yaxis={"autorange": "reversed"},
         xaxis={"title": "token position", "dtick": 1},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        margin=MARGIN,
     )
     return figure

@@ -6,6 +6,7 @@ Bad arguments exit with code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,11 +14,11 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from searc.checkpoint import CheckpointError, read_checkpoint
 from searc.classifier import ClassifierConfig
-from searc.data import DataError, DataSource, EditCase, interleave, load_cases
+from searc.data import DataError, EditCase, interleave, load_cases, refuse_evaluation_files
 from searc.evaluate import KINDS
 from searc.memory import Edit, EditMemory, validate_text
 from searc.models import ModelNotFound
@@ -27,6 +28,15 @@ from searc.validation import MAX_DECLINED_OWN_ROUTES
 
 class UsageError(Exception):
     """Bad user input: printed as one line ("searc COMMAND: message"), exit code 2."""
+
+
+@contextlib.contextmanager
+def bad_input() -> Iterator[None]:
+    """A ValueError raised inside comes from what the user gave, not from a bug: one line, exit code 2."""
+    try:
+        yield
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,12 +113,6 @@ def read_data(files: Sequence[tuple[str, int | None]], skip_bad_records: bool) -
     if skipped:
         print(f"skipped {len(skipped)} malformed records; the first: {skipped[0]}", file=sys.stderr)
     return loaded
-
-
-def refuse_evaluation_files(paths: Sequence[str]) -> None:
-    """Training and tuning never read an evaluation file (`edit.json`), whole or sliced."""
-    if any(DataSource.parse(path).path.name == "edit.json" for path in paths):
-        raise UsageError("edit.json files are for evaluation only; use train/val splits")
 
 
 def validation_cases(paths: Sequence[str], limit: int | None, skip_bad_records: bool) -> list[EditCase]:
@@ -227,20 +231,16 @@ def run_probe(args: argparse.Namespace) -> int:
     edits = [parse_edit(e) for e in args.edit]
     if not args.probe:
         raise UsageError("give at least one --probe")
-    try:  # everything a user typed is checked before minutes go into loading models
+    with bad_input():  # everything a user typed is checked before minutes go into loading models
         EditMemory().check_new(edits)
         for probe in args.probe:
             validate_text("probe", probe)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_thresholds(system, thresholds)
     editor = Editor(system, routing="soft" if args.soft else "hard")
-    try:
+    with bad_input():
         editor.add_edits(edits)
         results = [r for start in range(0, len(args.probe), MAX_PROBES) for r in editor.probe(args.probe[start : start + MAX_PROBES])]
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
         return 0
@@ -270,10 +270,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     encoder, tokenizer = load_encoder(args.encoder)
     classifier = DenseScopeClassifier(encoder, tokenizer, ClassifierConfig())
     pairs = calibration_pairs(cases)
-    try:
+    with bad_input():
         scale, bias = calibrate(classifier, pairs)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     print(json.dumps({"scale": round(scale, 2), "bias": round(bias, 2), "pairs": len(pairs), "cases": len(cases)}))
     return 0
 
@@ -282,10 +280,8 @@ def run_train(args: argparse.Namespace) -> int:
     from searc.system import load_system, replace_classifier
     from searc.train import prepare_training, train
 
-    try:
+    with bad_input():
         config = TrainConfig(**{name: getattr(args, name) for name in asdict(TrainConfig())})
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     refuse_evaluation_files(args.data)
     train_cases = [case for cases in read_data([(path, args.limit) for path in args.data], args.skip_bad_records) for case in cases]
     val_cases = validation_cases(args.val, None, args.skip_bad_records)
@@ -297,10 +293,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError("--trainable-layers and --top-k must be 0 or more")
     if args.new_classifier and args.init is None:
         raise UsageError("--new-classifier goes with --init CHECKPOINT (whose counterfactual model it keeps)")
-    try:
+    with bad_input():
         prepare_training(train_cases, val_cases, config, args.out, args.overwrite)  # before the models load
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     classifier = ClassifierConfig(variant=args.variant, trainable_layers=args.trainable_layers, top_k=args.top_k)
     if args.init is not None:
         system = load_system(args.lm, args.encoder, checkpoint=args.init)
@@ -332,10 +326,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
         raise UsageError("--memory takes a positive number and --mode batch")
     thresholds = parsed_thresholds(args)
-    try:
+    with bad_input():
         relations = [relation_id(name) for name in args.relation]
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     [cases] = read_data([(args.data, None)], args.skip_bad_records)
     stored = cases[: args.memory] if args.memory else []
     if relations:
@@ -349,10 +341,8 @@ def run_eval(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)
 
-    try:
+    with bad_input():
         report = evaluate(system, cases, mode=args.mode, progress=progress, stored=stored, kinds=args.only or KINDS)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     print(file=sys.stderr)
     print(report.table())
     for failure in report.failures[:5]:

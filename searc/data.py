@@ -365,6 +365,12 @@ def load_cases(source: str | Path | DataSource, limit: int | None = None, skippe
     return cases
 
 
+def refuse_evaluation_files(sources: Sequence[str | Path | None]) -> None:
+    """Training, its validation and tuning never read an evaluation file (`edit.json`), whole or sliced."""
+    if any(DataSource.parse(str(source or "")).path.name == "edit.json" for source in sources):
+        raise DataError("edit.json files are for evaluation only; use train/val splits")
+
+
 def interleave(case_lists: Sequence[Sequence[EditCase]]) -> list[EditCase]:
     """The cases of several files in turn (first of each, second of each, ...), so that any prefix,
     such as the cases a validation or `--limit` keeps, mixes the files."""

@@ -21,6 +21,7 @@ import gradio as gr
 
 from searc.access import SHARED_DATA, ServerAccess
 from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips, training_curves
+from searc.data import refuse_evaluation_files
 from searc.editor import SeracSystem
 from searc.lessons import lesson_titled, load_lessons
 from searc.session import CLAIM_COLUMNS, FAILURE_COLUMNS, MEMORY_COLUMNS, RESULT_COLUMNS, Session
@@ -207,8 +208,7 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         steps = number(steps, "Steps", int)
         config = TrainConfig(steps=steps, batch_edits=number(batch_edits, "Edits per step", int), lr=number(lr, "LoRA learning rate"),
                              c_edit=number(c_edit, "c_edit"), c_cls=number(c_cls, "c_cls"), val_every=max(1, steps // 4), val_cases=32)
-        if Path(upload or data_path or "").name == "edit.json":
-            raise ValueError("edit.json files are for evaluation only; train on a train split")
+        refuse_evaluation_files([upload or data_path, val_path])
         train_cases, val_cases = access.cases(data_path, upload), access.cases(val_path, None, limit=32)
         stop = stops[id(session)] = threading.Event()
         for event, curves in session.train(pool, train_cases, val_cases, config, variant, out, stop, overwrite=bool(overwrite)):
@@ -235,8 +235,8 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
     @user_errors
     def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
         session = _session(state, system)
-        cases = number(limit, "Cases", int)
-        cases = access.cases(data_path, upload, limit=min(cases, DEMO_EVAL_CASES) if access.demo_mode else cases)
+        count = number(limit, "Cases", int)
+        cases = access.cases(data_path, upload, limit=min(count, DEMO_EVAL_CASES) if access.demo_mode else count)
         evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
         return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 

@@ -168,6 +168,8 @@ def test_train_load_and_evaluate(url, server_dirs):
     assert failures["headers"] == ["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"]
     with pytest.raises(Exception, match="evaluation only"):
         client.predict("edit.json", "cases.json", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck", api_name="/train")
+    with pytest.raises(Exception, match="evaluation only"):  # validation chooses the checkpoint: never on an evaluation file
+        client.predict("cases.json", "counterfact/edit.json[:50]", None, 2, 2, 5e-4, 1.0, 1.0, "dense", "ck2", api_name="/train")
 
 
 @pytest.mark.parametrize("out_name", ["../escaped", "/tmp/searc-escaped", "a/../../escaped", "~/escaped", ""])
