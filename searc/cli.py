@@ -25,6 +25,10 @@ from searc.models import ModelNotFound
 from searc.train import TrainConfig
 from searc.validation import MAX_DECLINED_OWN_ROUTES
 
+# `searc tune` rewrites a checkpoint in place: from fewer cases its thresholds follow noise (one
+# case wrote 0.5/0.5, every pair of the grid scoring alike)
+MIN_TUNE_CASES = 50
+
 
 class UsageError(Exception):
     """Bad user input: printed as one line ("searc COMMAND: message"), exit code 2."""
@@ -329,6 +333,8 @@ def run_eval(args: argparse.Namespace) -> int:
     with bad_input():
         relations = [relation_id(name) for name in args.relation]
     [cases] = read_data([(args.data, None)], args.skip_bad_records)
+    if args.memory is not None and len(cases) < args.memory:
+        raise UsageError(f"--memory {args.memory}: {args.data} holds only {len(cases)} cases")
     stored = cases[: args.memory] if args.memory else []
     if relations:
         cases = split_by_relation(cases, relations)[1]
@@ -379,7 +385,14 @@ def run_tune(args: argparse.Namespace) -> int:
         if not recorded:
             raise UsageError(f"{validated_as} does not record what it was validated on; give --val")
         loaded = read(recorded)
+    if args.memory is not None and len(loaded) < args.memory:
+        raise UsageError(f"--memory {args.memory}: the validation data holds only {len(loaded)} cases")
     cases, stored = loaded[: args.limit], loaded[args.limit : args.memory]  # probed; in memory beside them
+    if len(cases) < MIN_TUNE_CASES:
+        raise UsageError(
+            f"{len(cases)} validation cases are too few to tune on (the thresholds would follow noise into "
+            f"{args.checkpoint}); give at least {MIN_TUNE_CASES}"
+        )
     cases = training.validation_cases(cases)  # tune on what validation chose the checkpoint on: other facts of each subject too
     system = load_system(args.lm, args.encoder, args.checkpoint)
     tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)

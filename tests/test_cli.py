@@ -187,3 +187,26 @@ def test_probe_takes_more_probes_than_one_batch(tmp_path, capsys):
             "--lm", lm, "--encoder", encoder, "--checkpoint", "none", "--json"]
     assert main(argv) == 0
     assert [r["prompt"] for r in json.loads(capsys.readouterr().out)] == probes
+
+
+def test_what_the_data_cannot_give_is_refused_before_the_models_load(capsys, monkeypatch):
+    """Too few validation cases to tune a checkpoint on, or fewer cases than --memory asks to
+    store: one line, the checkpoint untouched, no model loaded."""
+    from searc.cli import MIN_TUNE_CASES
+    from searc.shipped import default_checkpoint
+    from tests.conftest import require_shared_data
+
+    val = require_shared_data() / "counterfact/val.json"
+    checkpoint = default_checkpoint()
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
+    monkeypatch.setattr("searc.system.load_system", lambda *a, **k: pytest.fail("the models loaded"))
+    few = MIN_TUNE_CASES - 1
+    assert main(["tune", "--checkpoint", str(checkpoint), "--val", f"{val}[:{few}]"]) == 2
+    assert f"{few} validation cases are too few to tune on" in capsys.readouterr().err
+    assert main(["tune", "--checkpoint", str(checkpoint), "--val", str(val), "--limit", str(few)]) == 2
+    assert "too few to tune on" in capsys.readouterr().err
+    assert main(["tune", "--checkpoint", str(checkpoint), "--val", f"{val}[:100]", "--memory", "200"]) == 2
+    assert "--memory 200: the validation data holds only 100 cases" in capsys.readouterr().err
+    assert main(["eval", "--data", f"{val}[:30]", "--memory", "40", "--mode", "batch"]) == 2
+    assert f"--memory 40: {val}[:30] holds only 30 cases" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before

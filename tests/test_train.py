@@ -347,6 +347,7 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     from searc.validation import DECLINE_GRID, THRESHOLD_GRID
     from tests.conftest import require_shared_data
 
+    monkeypatch.setattr("searc.cli.MIN_TUNE_CASES", 3)  # tiny models tune on a few cases
     common = tiny_train_run(tmp_path, capsys, "ck")
     capsys.readouterr()
     val, grid = require_shared_data() / "counterfact/val.json", tmp_path / "grid.json"
@@ -381,6 +382,7 @@ def test_searc_tune_validation_of_tunes_on_another_checkpoints_validation_cases(
     import searc.validation
     from searc.cli import main
 
+    monkeypatch.setattr("searc.cli.MIN_TUNE_CASES", 3)  # tiny models tune on a few cases
     common = tiny_train_run(tmp_path, capsys, "a")
     models = common[common.index("--lm") :]
     assert main(["train", *common, "--target-forms", "1", "--seed", "5", "--out", str(tmp_path / "b")]) == 0, capsys.readouterr().err
