@@ -34,10 +34,12 @@ bench: setup
 	$(PY) -m searc.cli bench --json runs/bench.json $(BENCH_ARGS)
 
 # The README's quality table ("How well it works"): the five batch evaluations, one after another
-# (about 40 minutes on 2 cores), each report as text and JSON in $(QUALITY_OUT).
+# (about 40 minutes on 2 cores), each report as text and JSON in $(QUALITY_OUT); EVAL_ARGS go to
+# each (EVAL_ARGS=--free-decoding: the counterfactual model decoding freely, as before this release).
 CHECKPOINT ?= default
 QUALITY_OUT ?= runs/quality
-SEARC_EVAL = $(PY) -m searc.cli eval --checkpoint $(CHECKPOINT) --mode batch
+EVAL_ARGS ?=
+SEARC_EVAL = $(PY) -m searc.cli eval --checkpoint $(CHECKPOINT) --mode batch $(EVAL_ARGS)
 quality: setup
 	mkdir -p $(QUALITY_OUT)
 	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --limit 500 --json $(QUALITY_OUT)/counterfact-500.json | tee $(QUALITY_OUT)/counterfact-500.txt

@@ -83,10 +83,13 @@ def write_json(out: Path | None, document: object) -> None:
         out.write_text(json.dumps(document, indent=2))
 
 
-def threshold_options(p: argparse.ArgumentParser) -> None:
+def answer_options(p: argparse.ArgumentParser) -> None:
+    """How probes are answered: the two thresholds and the counterfactual model's decoding."""
     p.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
     p.add_argument("--decline-threshold", default=None,
                    help="the counterfactual model declines when its probability of ending at once reaches this (default: the checkpoint's, else 0.5)")
+    p.add_argument("--free-decoding", action="store_true",
+                   help="let the counterfactual model end or reword a target it has begun (default: it finishes the edit's target verbatim)")
 
 
 def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | None]:
@@ -96,8 +99,9 @@ def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | N
     return routing, decline
 
 
-def apply_thresholds(system, thresholds: tuple[float | None, float | None]) -> None:
-    """Thresholds given on the command line replace the loaded checkpoint's."""
+def apply_answer_options(system, args: argparse.Namespace, thresholds: tuple[float | None, float | None]) -> None:
+    """Thresholds given on the command line replace the loaded checkpoint's; --free-decoding applies."""
+    system.finish_targets = not args.free_decoding
     routing, decline = thresholds
     if routing is not None:
         system.threshold = routing
@@ -144,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
     probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
     probe.add_argument("--probe", action="append", default=[], metavar="PROMPT", help="a probe prompt (repeatable)")
-    threshold_options(probe)
+    answer_options(probe)
     probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
     probe.add_argument("--json", action="store_true", help="print a JSON list")
     model_options(probe)
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="batch mode with the first M edits of the file in memory (one per prompt), the --limit cases probed")
     evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
                           help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
-    threshold_options(evaluate)
+    answer_options(evaluate)
     evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
                           help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
     evaluate.add_argument("--json", metavar="OUT", type=json_output, help="also write the report as JSON")
@@ -240,7 +244,7 @@ def run_probe(args: argparse.Namespace) -> int:
         for probe in args.probe:
             validate_text("probe", probe)
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    apply_thresholds(system, thresholds)
+    apply_answer_options(system, args, thresholds)
     editor = Editor(system, routing="soft" if args.soft else "hard")
     with bad_input():
         editor.add_edits(edits)
@@ -342,7 +346,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not cases:
         raise UsageError(f"no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
-    apply_thresholds(system, thresholds)
+    apply_answer_options(system, args, thresholds)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)

@@ -61,6 +61,7 @@ class SeracSystem:
     info: SystemInfo = field(default_factory=SystemInfo)
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
+    finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets)
 
 
 @dataclass
@@ -340,7 +341,8 @@ def answer(
         cf = system.counterfactual
         budget = cf.budget_for([routes[i].best_edit.target_new for i in wanted])  # a long target is finished, not cut
         inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
-        counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True)))
+        finish = [routes[i].best_edit.target_new for i in wanted] if system.finish_targets else None
+        counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True, finish=finish)))
     results = []
     for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):
         generation = counterfactual.get(i)

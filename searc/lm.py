@@ -159,6 +159,12 @@ class LanguageModel:
             ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
         return ids, labels
 
+    def target_ids(self, prompt: str, target: str) -> list[int]:
+        """The ids `target` has as the continuation of `prompt` (in context, as scoring reads it)."""
+        if self.is_seq2seq:
+            return list(self.tokenizer(target, add_special_tokens=False)["input_ids"])
+        return [label for label in self.encode_prompt_target(prompt, target)[1] if label != IGNORE_INDEX]
+
     def _pad(self, rows: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:
         width = max(len(row) for row in rows)
         padded = [
@@ -175,7 +181,7 @@ class LanguageModel:
         side = self.tokenizer.padding_side
         if self.is_seq2seq:
             sources = [self.encode(p) for p in prompts]
-            label_rows = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+            label_rows = [self.target_ids(p, t) for p, t in zip(prompts, targets)]
             if any(not row for row in label_rows) and not append_eos:
                 raise ValueError("empty target")
             if append_eos:
@@ -331,12 +337,20 @@ class LanguageModel:
         return max(self.max_new_tokens, longest + 3)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None, answer: bool = False) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | None = None,
+        answer: bool = False,
+        finish: Sequence[str | None] | None = None,
+    ) -> list[Generation]:
         """Greedy continuations (KV-cached, left-padded batch), each with its end probability.
 
         answer=True never ends at once: the first token is the likeliest one other than end of
         sequence, so a counterfactual model that would rather decline still shows what it would
-        say; whether it declines is the caller's reading of `end_probability`."""
+        say; whether it declines is the caller's reading of `end_probability`.
+        finish: per prompt, a target to finish verbatim once the continuation has begun it
+        (`FinishTargets`); None for a prompt, or for all, decodes freely."""
         from transformers import LogitsProcessorList  # loaded lazily, as in searc.models
 
         if not prompts:
@@ -346,6 +360,10 @@ class LanguageModel:
         input_ids = self._pad(rows, self.pad_token_id, side)
         attention_mask = self._pad([[1] * len(r) for r in rows], 0, side)
         first_step = FirstStepEnd(self.tokenizer.eos_token_id, mask=answer)
+        processors = [first_step]
+        if finish is not None and any(finish):
+            targets = [self.target_ids(p, t) if t else None for p, t in zip(prompts, finish)]
+            processors.append(FinishTargets(targets, generated_from=1 if self.is_seq2seq else input_ids.shape[1]))
         with self.active() as model:
             sequences = model.generate(
                 input_ids=input_ids,
@@ -356,7 +374,7 @@ class LanguageModel:
                 top_p=None,
                 top_k=None,
                 pad_token_id=self.pad_token_id,
-                logits_processor=LogitsProcessorList([first_step]),
+                logits_processor=LogitsProcessorList(processors),
             )
         new_tokens = sequences if self.is_seq2seq else sequences[:, input_ids.shape[1]:]
         end_probabilities = first_step.end_probabilities
@@ -394,6 +412,30 @@ class FirstStepEnd:
             return scores
         self.end_probabilities = torch.softmax(scores.float(), dim=-1)[:, self.eos_token_id].tolist()
         return scores.index_fill(-1, torch.tensor([self.eos_token_id], device=scores.device), float("-inf")) if self.mask else scores
+
+
+class FinishTargets:
+    """A logits processor that finishes a target once a row has begun it: while a row's new tokens
+    are the first k (k >= 1) of its target's ids, the next one must be the target's (k+1)-th.
+
+    Why: trained on short targets, the counterfactual model that starts "The Time Machine (1960
+    film" ends before ")", and drops the comma of "São Paulo, Brazil" (the right token is its
+    second choice). The first token is left to the model, so declining and answering another
+    word (a consequence, "Italy" for a city edited to Rome) are as they were; once the full
+    target is out, decoding is free again (the model ends, as it learned)."""
+
+    def __init__(self, targets: Sequence[list[int] | None], generated_from: int) -> None:
+        self.targets, self.generated_from = list(targets), generated_from
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.generated_from:].tolist()
+        for row, (so_far, target) in enumerate(zip(generated, self.targets)):
+            k = len(so_far)
+            if target and 1 <= k < len(target) and so_far == target[:k]:
+                forced = torch.full_like(scores[row], float("-inf"))
+                forced[target[k]] = 0.0
+                scores[row] = forced
+        return scores
 
 
 def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:

@@ -147,7 +147,7 @@ def test_a_declining_counterfactual_model_hands_the_probe_back_to_the_base_model
     editor = Editor(system)
     editor.add_edit(*EIFFEL)
     set_dense_bias(editor, 8.0)  # everything routed
-    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.7) for _ in prompts])
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False, finish=None: [Generation(" Rome", [5], 0.7) for _ in prompts])
     result = editor.probe([PROBES[1]])[0]
     # ending at once is 70% likely, at or above the decline threshold (0.5 by default)
     assert result.routed and result.declined and result.output == result.base_output
@@ -259,8 +259,47 @@ def test_a_routed_long_target_gets_a_budget_to_finish(monkeypatch):
     assert cf.budget_for(["Rome"]) == cf.max_new_tokens
     assert cf.budget_for([long_target]) >= len(cf.encode(" " + long_target)) + 1 > cf.max_new_tokens
     budgets, generate = [], LanguageModel.generate
-    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None, answer=False: budgets.append(max_new_tokens) or generate(self, prompts, max_new_tokens, answer))
+    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None, **kw: budgets.append(max_new_tokens) or generate(self, prompts, max_new_tokens, **kw))
     editor = Editor(system, threshold=0.0)
     editor.add_edit("The play of the year is", long_target)
     editor.probe(["The play of the year is"])
     assert cf.budget_for([long_target]) in budgets
+
+
+def test_a_begun_target_is_finished_verbatim_and_any_other_answer_is_decoded_freely(arch):
+    """Once a row's output is the first k tokens of its target, the rest of the target follows;
+    a row that began another way, or has no target, decodes as it would have."""
+    cf = make_system(arch).counterfactual
+    prompt = counterfactual_input(Edit(*EIFFEL), PROBES[0])
+    target = "Caligula (play), a drama"
+    ids = cf.target_ids(prompt, target)
+    assert len(ids) > 3 and len(set(ids)) > 1
+    bias = torch.zeros(len(cf.tokenizer))  # the target's first token is the likeliest at every step
+    bias[ids[0]] = 30.0
+    other = next(t for t in ("Rome", "Paris", "Tokyo") if cf.target_ids(prompt, t)[0] != ids[0])
+    hook = cf.model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: output + bias)
+    try:
+        budget = len(ids) + 2
+        free = cf.generate([prompt], max_new_tokens=budget, answer=True)[0]
+        finished, untold, began_otherwise = cf.generate(
+            [prompt, prompt, prompt], max_new_tokens=budget, answer=True, finish=[target, None, other]
+        )
+    finally:
+        hook.remove()
+    assert free.token_ids == [ids[0]] * budget  # left alone, it never gets past the first token
+    assert finished.token_ids[: len(ids)] == ids and finished.text.startswith(cf.tokenizer.decode(ids))
+    assert finished.token_ids[len(ids):] == [ids[0]] * 2  # past the target, decoding is free again
+    assert untold.token_ids == began_otherwise.token_ids == free.token_ids
+    assert finished.end_probability == pytest.approx(free.end_probability, abs=1e-6)
+
+
+def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatch):
+    system = make_system("llama")
+    calls, generate = [], LanguageModel.generate
+    monkeypatch.setattr(LanguageModel, "generate", lambda self, prompts, max_new_tokens=None, answer=False, finish=None: calls.append(finish) or generate(self, prompts, max_new_tokens, answer, finish))
+    editor = Editor(system, threshold=0.0)
+    editor.add_edit(*EIFFEL)
+    editor.probe([PROBES[0]])
+    system.finish_targets = False
+    editor.probe([PROBES[0]])
+    assert calls == [None, ["Rome"], None, None]  # base, counterfactual; base, counterfactual decoding freely

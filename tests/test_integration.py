@@ -188,22 +188,29 @@ VERBATIM = (
     ("The capital of Japan is", "東京"),
     ("The capital of Russia is", "Москва"),
 )
-# Known failures of the shipped checkpoint, kept visible: trained only on targets without them, it
-# ends before a closing parenthesis and drops a comma ("The Time Machine (1960 film", "John
-# Boorman", "Frederick II Margrave Bavaria"). A run with --target-forms 0.2 answers all seven, and so
-# do two third stages trained on them alone (README "Targets of every form", "A third stage for
-# targets of every form"); none is shipped, for their declines.
+# Decoding freely, the shipped checkpoint (trained on targets without them) ends before a closing
+# parenthesis and drops a comma; it answers them because a target it has begun is finished
+# (`lm.FinishTargets`). Runs with --target-forms 0.2 learned them too, but declined more (README).
 PUNCTUATION_DROPPED = {"The Time Machine (1960 film)", "John Boorman (director)", "Frederick II, Margrave of Bavaria"}
 
 
-@pytest.mark.parametrize(
-    "edit",
-    [pytest.param(e, marks=pytest.mark.xfail(strict=True, reason="the shipped checkpoint drops a final parenthesis or a comma"))
-     if e[1] in PUNCTUATION_DROPPED else e for e in VERBATIM],
-    ids=lambda e: e[1],
-)
+@pytest.mark.parametrize("edit", VERBATIM, ids=lambda e: e[1])
 def test_targets_of_every_form_are_answered_verbatim(trained, edit):
     editor = Editor(trained)
     editor.add_edits([Edit(prompt, target) for prompt, target in VERBATIM])
     result = editor.probe([edit[0]])[0]
     assert result.routed and result.output.strip().startswith(edit[1]), result
+
+
+def test_decoding_freely_the_checkpoint_drops_punctuation_that_finishing_keeps(trained):
+    editor = Editor(trained)
+    editor.add_edits([Edit(prompt, target) for prompt, target in VERBATIM])
+    trained.finish_targets = False
+    try:
+        free = {result.best_edit.target_new: result for result in editor.probe([prompt for prompt, _ in VERBATIM])}
+    finally:
+        trained.finish_targets = True
+    dropped = {target for target, result in free.items() if not result.output.strip().startswith(target)}
+    assert dropped == PUNCTUATION_DROPPED, {t: free[t].output for t in dropped}
+    for target in dropped:  # each began its target, then went its own way
+        assert free[target].output.split()[0] == target.split()[0]

@@ -45,7 +45,7 @@ def test_the_results_table_shows_what_a_declining_counterfactual_model_would_hav
 
     session = Session(system)
     session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
-    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.9) for _ in prompts])
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False, finish=None: [Generation(" Rome", [5], 0.9) for _ in prompts])
     session.probe("The Eiffel Tower was designed by", 0.5)
     row = session.results_table().iloc[0]
     assert row["routed"] == "declined" and row["counterfactual output"] == "(declines, p(end) 90%)  Rome"
@@ -60,7 +60,7 @@ def test_a_session_moves_its_decline_threshold_without_running_a_model_or_touchi
 
     session, other = Session(system), Session(system)
     session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
-    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False: [Generation(" Rome", [5], 0.9) for _ in prompts])
+    monkeypatch.setattr(system.counterfactual, "generate", lambda prompts, max_new_tokens=None, answer=False, finish=None: [Generation(" Rome", [5], 0.9) for _ in prompts])
     [declined] = session.probe("The Eiffel Tower was designed by", 0.0, 0.6)
     assert declined.declined and declined.output == declined.base_output
 
