@@ -33,7 +33,7 @@ rarely carry punctuation, so a counterfactual model trained on them alone drops 
 copied ("The Time Machine (1960 film)" -> " The Time Machine (1960 film", "Frederick II, Margrave
 of Bavaria" -> " Frederick II Margrave Bavaria"); a share of the cases is trained with its target
 rewritten as a parenthesised or comma-qualified name, a number or date, or a name in another script
-(opt-in: `target_forms`).
+(opt-in: `target_forms`; the shipped checkpoint gets the copy at decoding instead, `lm.FinishTargets`).
 
 Constructed out-of-scope probes have no known answer (""): they train routing and declining, not
 answers. Relations listed in `held_out` are left out of every constructed probe, so that a run can

@@ -61,7 +61,7 @@ class SeracSystem:
     info: SystemInfo = field(default_factory=SystemInfo)
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
-    finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets)
+    finish_targets: bool = True  # hard routing: a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets)
 
 
 @dataclass

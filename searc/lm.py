@@ -363,7 +363,7 @@ class LanguageModel:
         processors = [first_step]
         if finish is not None and any(finish):
             targets = [self.target_ids(p, t) if t else None for p, t in zip(prompts, finish)]
-            processors.append(FinishTargets(targets, generated_from=1 if self.is_seq2seq else input_ids.shape[1]))
+            processors.append(FinishTargets(targets, 1 if self.is_seq2seq else input_ids.shape[1], self.tokenizer))
         with self.active() as model:
             sequences = model.generate(
                 input_ids=input_ids,
@@ -415,23 +415,35 @@ class FirstStepEnd:
 
 
 class FinishTargets:
-    """A logits processor that finishes a target once a row has begun it: while a row's new tokens
-    are the first k (k >= 1) of its target's ids, the next one must be the target's (k+1)-th.
+    """A logits processor that finishes a target a row has begun, unless it leaves it for a word of
+    its own: while a row's new tokens are the first k (k >= 1) of its target's ids and its own next
+    choice would end the answer, skip ahead within the target, or is punctuation, the target's
+    (k+1)-th token is taken instead.
 
     Why: trained on short targets, the counterfactual model that starts "The Time Machine (1960
-    film" ends before ")", and drops the comma of "São Paulo, Brazil" (the right token is its
-    second choice). The first token is left to the model, so declining and answering another
-    word (a consequence, "Italy" for a city edited to Rome) are as they were; once the full
-    target is out, decoding is free again (the model ends, as it learned)."""
+    film" ends before ")", and writes "Frederick II Margrave Bavaria" for "Frederick II, Margrave of
+    Bavaria" (the right token is its second choice). A row heading for another word is left alone:
+    after the edit "Wang Jipeng's father -> Wang Chonghua", "Who is the son of Wang Chonghua?"
+    begins " Wang" and goes on " Jipeng". So is the first token, so declining, and answering with
+    another word (a consequence, "Italy" for a city edited to Rome), are as they were; once the
+    full target is out, decoding is free again (the model ends, as it learned)."""
 
-    def __init__(self, targets: Sequence[list[int] | None], generated_from: int) -> None:
-        self.targets, self.generated_from = list(targets), generated_from
+    def __init__(self, targets: Sequence[list[int] | None], generated_from: int, tokenizer) -> None:
+        self.targets, self.generated_from, self.tokenizer = list(targets), generated_from, tokenizer
+
+    def _leaves_for_a_word(self, choice: int, rest_of_target: list[int]) -> bool:
+        if choice == self.tokenizer.eos_token_id or choice in rest_of_target:
+            return False
+        return any(c.isalnum() for c in self.tokenizer.decode([choice]))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.generated_from:].tolist()
-        for row, (so_far, target) in enumerate(zip(generated, self.targets)):
+        choices = scores.argmax(-1).tolist()
+        for row, (so_far, target, choice) in enumerate(zip(generated, self.targets, choices)):
             k = len(so_far)
-            if target and 1 <= k < len(target) and so_far == target[:k]:
+            if not target or not 1 <= k < len(target) or so_far != target[:k] or choice == target[k]:
+                continue
+            if not self._leaves_for_a_word(choice, target[k + 1:]):
                 forced = torch.full_like(scores[row], float("-inf"))
                 forced[target[k]] = 0.0
                 scores[row] = forced

@@ -266,31 +266,47 @@ def test_a_routed_long_target_gets_a_budget_to_finish(monkeypatch):
     assert cf.budget_for([long_target]) in budgets
 
 
-def test_a_begun_target_is_finished_verbatim_and_any_other_answer_is_decoded_freely(arch):
-    """Once a row's output is the first k tokens of its target, the rest of the target follows;
-    a row that began another way, or has no target, decodes as it would have."""
+def _generate_steered(cf: LanguageModel, prompt: str, first: int, then: int, budget: int, finish) -> list[list[int]]:
+    """Generate with the first token steered to `first` and every later one to `then`."""
+    steps = []
+
+    def steer(module, inputs, output):
+        bias = torch.zeros(output.shape[-1])
+        bias[first if not steps else then] = 30.0
+        steps.append(None)
+        return output + bias
+
+    hook = cf.model.get_output_embeddings().register_forward_hook(steer)
+    try:
+        return [g.token_ids for g in cf.generate([prompt], max_new_tokens=budget, answer=True, finish=finish)]
+    finally:
+        hook.remove()
+
+
+def test_a_begun_target_is_finished_unless_the_model_leaves_it_for_a_word_of_its_own(arch):
+    """Once a row's output is the first k tokens of its target, the target's next token is taken
+    where the model would end, skip ahead in the target, or write punctuation; where it heads for
+    another word, or has no target, or began otherwise, it decodes as it would have."""
     cf = make_system(arch).counterfactual
     prompt = counterfactual_input(Edit(*EIFFEL), PROBES[0])
     target = "Caligula (play), a drama"
     ids = cf.target_ids(prompt, target)
-    assert len(ids) > 3 and len(set(ids)) > 1
-    bias = torch.zeros(len(cf.tokenizer))  # the target's first token is the likeliest at every step
-    bias[ids[0]] = 30.0
+    eos, budget = cf.tokenizer.eos_token_id, len(ids) + 2
+    later = ids[-1]  # a token the target has further on
+    punctuation = next(t for t in cf.tokenizer(". ; !", add_special_tokens=False)["input_ids"] if t not in ids)
+    word = next(t for t in cf.tokenizer("Paris Tokyo", add_special_tokens=False)["input_ids"] if t not in ids)
+    assert len(ids) > 3 and ids[1] not in (later, punctuation, word) and later in ids[2:]
+    for then in (eos, later, punctuation):
+        [free] = _generate_steered(cf, prompt, ids[0], then, budget, None)
+        [finished] = _generate_steered(cf, prompt, ids[0], then, budget, [target])
+        assert free[:2] == [ids[0], then]
+        assert finished[: len(ids)] == ids, then  # past the target, decoding is free again:
+        assert finished[len(ids):][:1] == [then]
+    [free] = _generate_steered(cf, prompt, ids[0], word, budget, None)
+    assert _generate_steered(cf, prompt, ids[0], word, budget, [target]) == [free] and free[:2] == [ids[0], word]
     other = next(t for t in ("Rome", "Paris", "Tokyo") if cf.target_ids(prompt, t)[0] != ids[0])
-    hook = cf.model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: output + bias)
-    try:
-        budget = len(ids) + 2
-        free = cf.generate([prompt], max_new_tokens=budget, answer=True)[0]
-        finished, untold, began_otherwise = cf.generate(
-            [prompt, prompt, prompt], max_new_tokens=budget, answer=True, finish=[target, None, other]
-        )
-    finally:
-        hook.remove()
-    assert free.token_ids == [ids[0]] * budget  # left alone, it never gets past the first token
-    assert finished.token_ids[: len(ids)] == ids and finished.text.startswith(cf.tokenizer.decode(ids))
-    assert finished.token_ids[len(ids):] == [ids[0]] * 2  # past the target, decoding is free again
-    assert untold.token_ids == began_otherwise.token_ids == free.token_ids
-    assert finished.end_probability == pytest.approx(free.end_probability, abs=1e-6)
+    for unfinished in ([None], [other]):  # no target, or one it did not begin
+        assert _generate_steered(cf, prompt, ids[0], eos, budget, unfinished) == [[ids[0], eos]]
 
 
 def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatch):

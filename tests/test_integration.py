@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from searc.checkpoint import read_checkpoint
+from searc.counterfactual import counterfactual_input
 from searc.editor import Editor
 from searc.lessons import load_lesson
 from searc.memory import Edit
@@ -212,5 +213,11 @@ def test_decoding_freely_the_checkpoint_drops_punctuation_that_finishing_keeps(t
         trained.finish_targets = True
     dropped = {target for target, result in free.items() if not result.output.strip().startswith(target)}
     assert dropped == PUNCTUATION_DROPPED, {t: free[t].output for t in dropped}
-    for target in dropped:  # each began its target, then went its own way
-        assert free[target].output.split()[0] == target.split()[0]
+    cf = trained.counterfactual
+    for target in dropped:  # each began its target, then left it for its second choice
+        result = free[target]
+        context = counterfactual_input(result.best_edit, result.prompt)
+        ids, answered = cf.target_ids(context, target), cf.encode(context + result.counterfactual_output)[len(cf.encode(context)):]
+        k = next(k for k in range(len(ids)) if answered[k : k + 1] != ids[k : k + 1])
+        log_probs = cf.next_token_log_probs(context, ids[:k])
+        assert k >= 1 and int((log_probs > log_probs[ids[k]]).sum()) == 1, (target, k)
