@@ -416,25 +416,27 @@ class FirstStepEnd:
 
 class FinishTargets:
     """A logits processor that finishes a target a row has begun, unless it leaves it for a word of
-    its own: while a row's new tokens are the first k (k >= 1) of its target's ids and its own next
-    choice would end the answer, skip ahead within the target, or is punctuation, the target's
-    (k+1)-th token is taken instead.
+    its own: while a row's new tokens are the first k (k >= 1) of its target's ids, the target's
+    (k+1)-th token is taken in place of the model's own choice, except where that choice starts a
+    new word the rest of the target does not hold.
 
     Why: trained on short targets, the counterfactual model that starts "The Time Machine (1960
-    film" ends before ")", and writes "Frederick II Margrave Bavaria" for "Frederick II, Margrave of
-    Bavaria" (the right token is its second choice). A row heading for another word is left alone:
-    after the edit "Wang Jipeng's father -> Wang Chonghua", "Who is the son of Wang Chonghua?"
-    begins " Wang" and goes on " Jipeng". So is the first token, so declining, and answering with
-    another word (a consequence, "Italy" for a city edited to Rome), are as they were; once the
-    full target is out, decoding is free again (the model ends, as it learned)."""
+    film" ends before ")", writes "Frederick II Margrave Bavaria" for "Frederick II, Margrave of
+    Bavaria" (skipping ahead) and "Dryoceracoidea" for "Dryoceratoidea" (inside a word): each is
+    taken back to the target. A row heading for another word is left alone: after the edit "Wang
+    Jipeng's father -> Wang Chonghua", "Who is the son of Wang Chonghua?" begins " Wang" and goes
+    on " Jipeng". So is the first token, so declining, and answering with another word (a
+    consequence, "Italy" for a city edited to Rome), are as they were; once the full target is
+    out, decoding is free again (the model ends, as it learned)."""
 
     def __init__(self, targets: Sequence[list[int] | None], generated_from: int, tokenizer) -> None:
         self.targets, self.generated_from, self.tokenizer = list(targets), generated_from, tokenizer
 
-    def _leaves_for_a_word(self, choice: int, rest_of_target: list[int]) -> bool:
+    def _leaves_for_a_word(self, begun: list[int], choice: int, rest_of_target: list[int]) -> bool:
         if choice == self.tokenizer.eos_token_id or choice in rest_of_target:
             return False
-        return any(c.isalnum() for c in self.tokenizer.decode([choice]))
+        added = self.tokenizer.decode(begun + [choice])[len(self.tokenizer.decode(begun)):]
+        return added[:1].isspace() and any(c.isalnum() for c in added)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.generated_from:].tolist()
@@ -443,7 +445,7 @@ class FinishTargets:
             k = len(so_far)
             if not target or not 1 <= k < len(target) or so_far != target[:k] or choice == target[k]:
                 continue
-            if not self._leaves_for_a_word(choice, target[k + 1:]):
+            if not self._leaves_for_a_word(so_far, choice, target[k + 1:]):
                 forced = torch.full_like(scores[row], float("-inf"))
                 forced[target[k]] = 0.0
                 scores[row] = forced

@@ -285,8 +285,9 @@ def _generate_steered(cf: LanguageModel, prompt: str, first: int, then: int, bud
 
 def test_a_begun_target_is_finished_unless_the_model_leaves_it_for_a_word_of_its_own(arch):
     """Once a row's output is the first k tokens of its target, the target's next token is taken
-    where the model would end, skip ahead in the target, or write punctuation; where it heads for
-    another word, or has no target, or began otherwise, it decodes as it would have."""
+    where the model would end, skip ahead in the target, write punctuation or go on inside the
+    word; where it starts another word, or has no target, or began otherwise, it decodes as it
+    would have."""
     cf = make_system(arch).counterfactual
     prompt = counterfactual_input(Edit(*EIFFEL), PROBES[0])
     target = "Caligula (play), a drama"
@@ -294,9 +295,11 @@ def test_a_begun_target_is_finished_unless_the_model_leaves_it_for_a_word_of_its
     eos, budget = cf.tokenizer.eos_token_id, len(ids) + 2
     later = ids[-1]  # a token the target has further on
     punctuation = next(t for t in cf.tokenizer(". ; !", add_special_tokens=False)["input_ids"] if t not in ids)
-    word = next(t for t in cf.tokenizer("Paris Tokyo", add_special_tokens=False)["input_ids"] if t not in ids)
-    assert len(ids) > 3 and ids[1] not in (later, punctuation, word) and later in ids[2:]
-    for then in (eos, later, punctuation):
+    word = next(t for t in cf.tokenizer(" Paris Tokyo", add_special_tokens=False)["input_ids"] if t not in ids)
+    inside = next(t for t in cf.tokenizer("Paris", add_special_tokens=False)["input_ids"] if t not in ids)
+    assert cf.tokenizer.decode([word]).startswith(" ") and not cf.tokenizer.decode([inside]).startswith(" ")
+    assert len(ids) > 3 and ids[1] not in (later, punctuation, word, inside) and later in ids[2:]
+    for then in (eos, later, punctuation, inside):
         [free] = _generate_steered(cf, prompt, ids[0], then, budget, None)
         [finished] = _generate_steered(cf, prompt, ids[0], then, budget, [target])
         assert free[:2] == [ids[0], then]
