@@ -425,9 +425,9 @@ class FinishTargets:
     Bavaria" (skipping ahead) and "Dryoceracoidea" for "Dryoceratoidea" (inside a word): each is
     taken back to the target. A row heading for another word is left alone: after the edit "Wang
     Jipeng's father -> Wang Chonghua", "Who is the son of Wang Chonghua?" begins " Wang" and goes
-    on " Jipeng". So is the first token, so declining, and answering with another word (a
-    consequence, "Italy" for a city edited to Rome), are as they were; once the full target is
-    out, decoding is free again (the model ends, as it learned)."""
+    on " Jipeng". The first token is the model's own too, so declining, and answering with another
+    word (a consequence, "Italy" for a city edited to Rome), are as they were; once the full target
+    is out, decoding is free again (the model ends, as it learned)."""
 
     def __init__(self, targets: Sequence[list[int] | None], generated_from: int, tokenizer) -> None:
         self.targets, self.generated_from, self.tokenizer = list(targets), generated_from, tokenizer
