@@ -339,9 +339,10 @@ def answer(
     counterfactual: dict[int, Generation] = {}
     if wanted:
         cf = system.counterfactual
-        budget = cf.budget_for([routes[i].best_edit.target_new for i in wanted])  # a long target is finished, not cut
+        targets = [routes[i].best_edit.target_new for i in wanted]
+        budget = cf.budget_for(targets)  # a long target is finished, not cut
         inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
-        finish = [routes[i].best_edit.target_new for i in wanted] if system.finish_targets else None
+        finish = targets if system.finish_targets else None
         counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True, finish=finish)))
     results = []
     for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):

@@ -440,12 +440,12 @@ class FinishTargets:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.generated_from:].tolist()
-        choices = scores.argmax(-1).tolist()
-        for row, (so_far, target, choice) in enumerate(zip(generated, self.targets, choices)):
+        for row, (so_far, target) in enumerate(zip(generated, self.targets)):
             k = len(so_far)
-            if not target or not 1 <= k < len(target) or so_far != target[:k] or choice == target[k]:
+            if not target or not 1 <= k < len(target) or so_far != target[:k]:
                 continue
-            if not self._leaves_for_a_word(so_far, choice, target[k + 1:]):
+            choice = int(scores[row].argmax())  # only rows still on their target: this runs at every step
+            if choice != target[k] and not self._leaves_for_a_word(so_far, choice, target[k + 1:]):
                 forced = torch.full_like(scores[row], float("-inf"))
                 forced[target[k]] = 0.0
                 scores[row] = forced

@@ -217,7 +217,7 @@ def test_decoding_freely_the_checkpoint_drops_punctuation_that_finishing_keeps(t
     for target in dropped:  # each began its target, then left it for its second choice
         result = free[target]
         context = counterfactual_input(result.best_edit, result.prompt)
-        ids, answered = cf.target_ids(context, target), cf.encode(context + result.counterfactual_output)[len(cf.encode(context)):]
+        ids, answered = cf.target_ids(context, target), cf.target_ids(context, result.counterfactual_output)
         k = next(k for k in range(len(ids)) if answered[k : k + 1] != ids[k : k + 1])
         log_probs = cf.next_token_log_probs(context, ids[:k])
         assert k >= 1 and int((log_probs > log_probs[ids[k]]).sum()) == 1, (target, k)
