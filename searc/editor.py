@@ -10,10 +10,12 @@ With the best edit e* = argmax s_i:
   stands. This second check is what keeps a false route from costing locality;
 - soft routing (SERAC's mixture): p(y | x) = s* p_cf(y | e*, x) + (1 - s*) p_base(y | x),
   decoded greedily token by token.
+Either way a counterfactual answer that has begun its edit's target finishes it verbatim
+(`lm.FinishTargets`; soft: where the probe is routed), unless the editor decodes freely.
 With an empty memory the base model answers, bit for bit.
 
 `SeracSystem` holds what sessions share read-only (models, classifier); an `Editor` is one
-session: its own memory, threshold and routing mode.
+session: its own memory, thresholds, routing mode and decoding.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from searc.classifier import ScopeClassifier
 from searc.counterfactual import counterfactual_input
-from searc.lm import Generation, LanguageModel, TargetScore
+from searc.lm import FinishTargets, Generation, LanguageModel, TargetScore
 from searc.memory import Edit, EditMemory, validate_text
 
 Routing = Literal["hard", "soft"]
@@ -61,7 +63,7 @@ class SeracSystem:
     info: SystemInfo = field(default_factory=SystemInfo)
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
-    finish_targets: bool = True  # hard routing: a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets)
+    finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets): an editor's default
 
 
 @dataclass
@@ -179,9 +181,11 @@ class Editor:
         threshold: float | None = None,
         routing: Routing = "hard",
         decline_threshold: float | None = None,
+        finish_targets: bool | None = None,
     ) -> None:
-        """`threshold` (routing) and `decline_threshold`: this session's; default the system's (its
-        checkpoint's tuned pair). A session may move them; the shared system keeps its own."""
+        """`threshold` (routing), `decline_threshold` and `finish_targets`: this session's; default
+        the system's (its checkpoint's tuned pair; finishing on). A session may change them; the
+        shared system keeps its own."""
         if routing not in ("hard", "soft"):
             raise ValueError(f"routing must be 'hard' or 'soft', got {routing!r}")
         self.system = system
@@ -189,6 +193,7 @@ class Editor:
         self.threshold = threshold_or(threshold, system.threshold)
         self.decline_threshold = threshold_or(decline_threshold, system.decline_threshold)
         self.routing = routing
+        self.finish_targets = system.finish_targets if finish_targets is None else finish_targets
 
     # ------------------------------------------------------------------ memory
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None, target_true: str | None = None) -> Edit:
@@ -238,7 +243,10 @@ class Editor:
         prompts = [validate_text("probe", p) for p in prompts]
         if len(prompts) > MAX_PROBES:
             raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
-        return answer(self.system, prompts, self.route(prompts), self.threshold, self.decline_threshold, self.routing, counterfactual_for_all)
+        return answer(
+            self.system, prompts, self.route(prompts), self.threshold, self.decline_threshold, self.routing,
+            counterfactual_for_all, self.finish_targets,
+        )
 
     def score_target(self, prompt: str, target: str) -> TargetComparison:
         """Per-token NLL of `target` after `prompt`, base model vs edited system."""
@@ -325,9 +333,11 @@ def answer(
     decline_threshold: float,
     routing: Routing = "hard",
     counterfactual_for_all: bool = False,
+    finish_targets: bool = True,
 ) -> list[ProbeResult]:
     """Generate the answers for routed prompts, batched: base outputs for all, counterfactual
     outputs where routed (or for all with a stored edit, on request, so the threshold can be moved later).
+    `finish_targets`: a counterfactual answer that begins its edit's target finishes it (`lm.FinishTargets`).
 
     The routes may come from different editors (evaluation batches many one-edit sessions)."""
     if not prompts:
@@ -342,7 +352,7 @@ def answer(
         targets = [routes[i].best_edit.target_new for i in wanted]
         budget = cf.budget_for(targets)  # a long target is finished, not cut
         inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
-        finish = targets if system.finish_targets else None
+        finish = targets if finish_targets else None
         counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True, finish=finish)))
     results = []
     for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):
@@ -361,25 +371,30 @@ def answer(
             decline_threshold=decline_threshold,
         )
         if routing == "soft" and route.best_edit is not None:
-            result.output = soft_generate(system, prompt, route.best_edit, route.score)
+            result.output = soft_generate(system, prompt, route.best_edit, route.score, finish=finish_targets and route.routed)
         elif route.routed and not result.declined:
             result.output = result.counterfactual_output
         results.append(result)
     return results
 
 
-def soft_generate(system: SeracSystem, prompt: str, edit: Edit, weight: float) -> str:
-    """Greedy decoding of the mixture weight * p_cf(. | edit, prompt) + (1 - weight) * p_base(. | prompt)."""
+def soft_generate(system: SeracSystem, prompt: str, edit: Edit, weight: float, finish: bool = False) -> str:
+    """Greedy decoding of the mixture weight * p_cf(. | edit, prompt) + (1 - weight) * p_base(. | prompt),
+    with a budget to finish the edit's target and, with `finish`, the target finished once begun
+    (as hard routing's counterfactual answers are: `lm.FinishTargets`)."""
     base, counterfactual = system.base, system.counterfactual
     if len(base.tokenizer) != len(counterfactual.tokenizer):
         raise ValueError("soft routing needs the base and counterfactual models to share a vocabulary")
     context = counterfactual_input(edit, prompt)
+    finisher = FinishTargets([counterfactual.target_ids(context, edit.target_new)], 0, counterfactual.tokenizer) if finish else None
     log_w, log_1mw = _safe_log(weight), _safe_log(1.0 - weight)
     ids: list[int] = []
-    for _ in range(base.max_new_tokens):
+    for _ in range(counterfactual.budget_for([edit.target_new])):
         mixed = torch.logaddexp(
             log_w + counterfactual.next_token_log_probs(context, ids), log_1mw + base.next_token_log_probs(prompt, ids)
         )
+        if finisher is not None:
+            mixed = finisher(torch.tensor([ids], dtype=torch.long), mixed.unsqueeze(0))[0]
         token = int(mixed.argmax())
         ids.append(token)
         if token == base.tokenizer.eos_token_id:

@@ -120,6 +120,7 @@ class EvalReport:
     edits_in_memory: int
     threshold: float  # routing
     decline_threshold: float  # the counterfactual model's
+    finish_targets: bool  # a begun target was finished verbatim (lm.FinishTargets); False: decoded freely
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
     seconds: float
@@ -147,7 +148,7 @@ class EvalReport:
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
         set_aside = f" ({self.set_aside_cases} re-editing an earlier case's fact set aside)" if self.set_aside_cases else ""
-        settings = f"threshold {self.threshold:.2f}, decline threshold {self.decline_threshold:.2f}"
+        settings = f"threshold {self.threshold:.2f}, decline threshold {self.decline_threshold:.2f}" + ("" if self.finish_targets else ", decoding freely")
         return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {settings}, {self.seconds:.0f} s"])
 
 
@@ -224,7 +225,10 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
         routes = [editor.route([probe.prompt])[0] for editor, probe in chunk]
         editor0 = chunk[0][0]
         prompts = [p.prompt for _, p in chunk]
-        results = answer(editor0.system, prompts, routes, editor0.threshold, editor0.decline_threshold, editor0.routing)
+        results = answer(
+            editor0.system, prompts, routes, editor0.threshold, editor0.decline_threshold, editor0.routing,
+            finish_targets=editor0.finish_targets,
+        )
         scored = [i for i, (_, p) in enumerate(chunk) if p.answer]
         comparisons = {}
         if scored:
@@ -366,6 +370,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     stored: Sequence[EditCase] = (),
     kinds: Sequence[str] = KINDS,
+    finish_targets: bool | None = None,
 ) -> EvalReport:
     """Evaluate `system` on `cases`; see the module docstring. `stored`: more cases whose edits
     batch mode keeps in memory beside the probed cases' own (one per prompt). `kinds`: the probes
@@ -380,12 +385,13 @@ def evaluate(
     if stored and mode != "batch":
         raise ValueError("more stored edits need batch mode")
     threshold, decline_threshold = threshold_or(threshold, system.threshold), threshold_or(decline_threshold, system.decline_threshold)
+    finish_targets = system.finish_targets if finish_targets is None else finish_targets
     started = time.perf_counter()
     tally = _Tally()
     set_aside = 0
     if mode == "batch":
         cases, stored, set_aside = batch_memory(cases, stored)
-    sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, decline_threshold, stored)]
+    sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, decline_threshold, finish_targets, stored)]
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
         _score(sessions[start : start + group], tally)
@@ -428,6 +434,7 @@ def evaluate(
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         threshold=threshold,
         decline_threshold=decline_threshold,
+        finish_targets=finish_targets,
         classifier=classifier,
         unedited=unedited,
         seconds=time.perf_counter() - started,
@@ -442,18 +449,19 @@ def _kind_first(key: str) -> tuple[int, str]:
 
 
 def _sessions(
-    system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float, decline_threshold: float, stored: Sequence[EditCase] = ()
+    system: SeracSystem, cases: Sequence[EditCase], mode: Mode, threshold: float, decline_threshold: float, finish_targets: bool,
+    stored: Sequence[EditCase] = (),
 ) -> Iterator[tuple[Editor, list[_Probe]]]:
     """Editors with their memory filled as the mode says, and the probes to ask them: single mode
     keys each case's edit in its own small memory; batch mode keys them all at once."""
     if mode == "batch":
-        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold)
+        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold, finish_targets=finish_targets)
         edits = editor.add_edits([c.edit for c in (*cases, *stored)])
         stored_claimants = claimants(cases, edits)
         yield editor, [probe for i, case in enumerate(cases) for probe in _probes(case, i, stored_claimants[i])]
         return
     for case in cases:
-        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold)
+        editor = Editor(system, threshold=threshold, decline_threshold=decline_threshold, finish_targets=finish_targets)
         editor.add_edits([case.edit])
         yield editor, _probes(case, 0, editor.edits)
 

@@ -85,7 +85,11 @@ class Session:
     def use_system(self, system: SeracSystem) -> None:
         """Switch to another system (checkpoint), keeping the memory: it is re-keyed on next use."""
         self.system = system
-        self.editor = Editor(system, memory=self.editor.memory, threshold=self.editor.threshold, decline_threshold=self.editor.decline_threshold)
+        previous = self.editor
+        self.editor = Editor(
+            system, memory=previous.memory, threshold=previous.threshold, decline_threshold=previous.decline_threshold,
+            finish_targets=previous.finish_targets,
+        )
         self.results = []
 
     # -------------------------------------------------------------- memory
@@ -159,6 +163,17 @@ class Session:
             self.results = []
             return self.results
         return self.probe(probes_text, threshold, decline_threshold)
+
+    def set_finish_targets(self, finish: bool, probes_text: str, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
+        """Finish a begun target verbatim (`lm.FinishTargets`) or decode freely, and probe again.
+        Bad probes or thresholds change nothing, this setting included."""
+        previous = self.editor.finish_targets
+        self.editor.finish_targets = bool(finish)
+        try:
+            return self.reprobe(probes_text, threshold, decline_threshold)
+        except ValueError:
+            self.editor.finish_targets = previous
+            raise
 
     def reroute(self, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
         """Apply new routing and decline thresholds to the last results without running any model."""
@@ -248,7 +263,8 @@ class Session:
     def evaluate(
         self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None
     ) -> Evaluation:
-        """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this session's thresholds."""
+        """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this
+        session's thresholds and decoding."""
         systems = {"this editor": self.system}
         zero_shot = pool.get(None)
         if zero_shot is not self.system:  # an untrained session is itself the zero-shot editor
@@ -257,7 +273,8 @@ class Session:
         for name, system in systems.items():
             step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
             reports[name] = evaluate(
-                system, cases, mode=mode, threshold=self.editor.threshold, decline_threshold=self.editor.decline_threshold, progress=step
+                system, cases, mode=mode, threshold=self.editor.threshold, decline_threshold=self.editor.decline_threshold,
+                finish_targets=self.editor.finish_targets, progress=step,
             )
         self.evaluation = Evaluation(comparison_rows(reports["this editor"], reports.get("zero-shot editor")), reports["this editor"])
         return self.evaluation

@@ -155,6 +155,13 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         return workspace_outputs(session, "")
 
     @user_errors
+    def set_decoding(state, finish, probes_text, threshold, decline_threshold):
+        session = _session(state, system)
+        session.set_finish_targets(finish, probes_text, threshold, decline_threshold)
+        decoding = "finishing a begun target verbatim" if finish else "decoding freely"
+        return workspace_outputs(session, "", f"The counterfactual model is {decoding}")
+
+    @user_errors
     def reroute(state, threshold, decline_threshold):
         session = _session(state, system)
         session.reroute(threshold, decline_threshold)
@@ -192,7 +199,8 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         outputs = changed(session, lesson.probes_text(), editor.threshold, editor.decline_threshold, f"Loaded the lesson “{lesson.title}”")
         return (*outputs, lesson.probes_text(), editor.threshold, gr.Tabs(selected="workspace"))
 
-    return add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit, preview_lesson, load_lesson
+    return (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, set_decoding, reroute, inspect_probe, inspect_edit,
+            preview_lesson, load_lesson)
 
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAccess):
@@ -257,7 +265,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
     server paths for data, uploads up to DEMO_UPLOAD_BYTES, evaluations up to DEMO_EVAL_CASES cases."""
     pool = pool or SystemPool(system)
     access = access or ServerAccess.create("runs", [SHARED_DATA])
-    (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, reroute, inspect_probe, inspect_edit,
+    (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, set_decoding, reroute, inspect_probe, inspect_edit,
      preview_lesson, load_lesson) = make_handlers(system, access)
     run_training, stop_training, load_checkpoint, run_evaluation, load_failure = make_heavy_handlers(system, pool, access)
     checkpoint = access.shown(system.info.checkpoint) if system.info.checkpoint else "none (untrained: calibrated encoder + instruct model)"
@@ -300,6 +308,10 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                                 decline_threshold = gr.Slider(
                                     0.0, 1.0, value=system.decline_threshold, step=0.01, label="Decline threshold",
                                     info="a routed probe is declined when the counterfactual model would end at once with this probability or more",
+                                )
+                                finish = gr.Checkbox(
+                                    value=system.finish_targets, label="Finish a begun target verbatim",
+                                    info="off: the counterfactual model decodes freely, and may end or reword a target it has begun",
                                 )
                                 probe_button = gr.Button("Probe", variant="primary")
                         probe_status = gr.Markdown(elem_id="probe_status")
@@ -378,6 +390,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             clear_button.click(clear_edits, [state, probes, threshold, decline_threshold], workspace, api_name="clear_edits"),
             import_file.upload(import_edits, [state, import_file, probes, threshold, decline_threshold], workspace, api_name="import_edits"),
             probe_button.click(probe, [state, probes, threshold, decline_threshold], workspace, api_name="probe"),
+            finish.input(set_decoding, [state, finish, probes, threshold, decline_threshold], workspace, api_name="set_decoding"),
             *(slider.release(reroute, [state, threshold, decline_threshold], workspace, api_name="reroute" if slider is threshold else False)
               for slider in (threshold, decline_threshold)),
             lesson_button.click(load_lesson, [state, lesson], [*workspace, probes, threshold, tabs], api_name="load_lesson"),

@@ -210,3 +210,21 @@ def test_what_the_data_cannot_give_is_refused_before_the_models_load(capsys, mon
     assert main(["eval", "--data", f"{val}[:30]", "--memory", "40", "--mode", "batch"]) == 2
     assert f"--memory 40: {val}[:30] holds only 30 cases" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before
+
+
+def test_eval_says_how_it_decoded(tmp_path, capsys):
+    """searc eval finishes begun targets unless --free-decoding; the summary line and the JSON say which."""
+    import json
+
+    from tests.conftest import save_tiny_models
+
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps([{"prompt": "The Eiffel Tower is in", "target_new": "Rome", "subject": "Eiffel Tower"}]))
+    lm, encoder = save_tiny_models(tmp_path)
+    argv = ["eval", "--data", str(path), "--lm", lm, "--encoder", encoder, "--checkpoint", "none"]
+    for flags, finished in (([], True), (["--free-decoding"], False)):
+        report = tmp_path / f"report-{finished}.json"
+        capsys.readouterr()
+        assert main([*argv, *flags, "--json", str(report)]) == 0
+        assert json.loads(report.read_text())["finish_targets"] is finished
+        assert ("decoding freely" in capsys.readouterr().out) is not finished

@@ -227,6 +227,38 @@ def test_soft_routing_mixes_the_two_distributions(monkeypatch):
     assert editor.probe(["p"])[0].output == decode([6, eos], skip_special_tokens=True)
 
 
+def test_soft_routing_finishes_a_begun_target_where_the_probe_is_routed(monkeypatch):
+    """The mixture that begins the edit's target and would end after its first token goes on to
+    the whole target, given the budget a long target needs; decoding freely, or unrouted, it ends."""
+    system = make_system("llama")
+    base, cf = system.base, system.counterfactual
+    edit = Edit(EIFFEL[0], " ".join(["Caligula (play), a drama"] * 3))
+    ids = cf.target_ids(counterfactual_input(edit, PROBES[0]), edit.target_new)
+    assert len(ids) > base.max_new_tokens
+    vocab, eos = len(base.tokenizer), base.tokenizer.eos_token_id
+
+    def prefers(first: int, then: int, mass: float):
+        def log_probs(prompt, continuation):
+            p = torch.full((vocab,), (1 - mass) / (vocab - 1))
+            p[then if continuation else first] = mass
+            return p.log()
+        return log_probs
+
+    monkeypatch.setattr(base, "next_token_log_probs", prefers(eos, eos, 0.6))
+    monkeypatch.setattr(cf, "next_token_log_probs", prefers(ids[0], eos, 0.9))
+    finished = soft_generate(system, PROBES[0], edit, 0.9, finish=True)
+    assert finished == cf.tokenizer.decode(ids, skip_special_tokens=True)
+    assert soft_generate(system, PROBES[0], edit, 0.9, finish=False) == cf.tokenizer.decode([ids[0]], skip_special_tokens=True)
+    editor = Editor(system, routing="soft")
+    editor.add_edits([edit])
+    set_dense_bias(editor, 0.0)  # score 0.5: routed at threshold 0.5, not at 0.6
+    routed, = editor.probe([PROBES[0]])
+    assert routed.routed and routed.output == finished
+    editor.threshold = 0.6
+    unrouted, = editor.probe([PROBES[0]])
+    assert not unrouted.routed and unrouted.output == cf.tokenizer.decode([ids[0]], skip_special_tokens=True)
+
+
 def test_soft_target_nll_is_the_mixture():
     system = make_system("mistral")
     perturb_adapter(system)
@@ -319,6 +351,8 @@ def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatc
     editor = Editor(system, threshold=0.0)
     editor.add_edit(*EIFFEL)
     editor.probe([PROBES[0]])
-    system.finish_targets = False
+    editor.finish_targets = False  # this session decodes freely; the shared system keeps its setting
     editor.probe([PROBES[0]])
-    assert calls == [None, ["Rome"], None, None]  # base, counterfactual; base, counterfactual decoding freely
+    assert system.finish_targets and calls == [None, ["Rome"], None, None]  # base, counterfactual; base, counterfactual decoding freely
+    system.finish_targets = False  # the system's setting is a new editor's default
+    assert not Editor(system).finish_targets and Editor(system, finish_targets=True).finish_targets

@@ -6,8 +6,11 @@ import json
 
 import pytest
 
+from searc.data import EditCase, Probe
 from searc.editor import DEFAULT_DECLINE_THRESHOLD
+from searc.memory import Edit
 from searc.session import Session
+from searc.system import SystemPool
 from tests.conftest import make_system
 from tests.test_editor import perturb_adapter
 
@@ -80,6 +83,33 @@ def test_a_session_moves_its_decline_threshold_without_running_a_model_or_touchi
         assert (session.editor.threshold, session.editor.decline_threshold, list(session.results)) == before
 
 
+def test_a_session_decodes_freely_or_finishes_targets_without_touching_the_shared_system(system, monkeypatch):
+    from searc.lm import LanguageModel
+
+    finishes, generate = [], LanguageModel.generate
+
+    def recorded(self, prompts, max_new_tokens=None, answer=False, finish=None):
+        if self is system.counterfactual:
+            finishes.append(finish)
+        return generate(self, prompts, max_new_tokens, answer, finish)
+
+    monkeypatch.setattr(LanguageModel, "generate", recorded)
+    session, other = Session(system), Session(system)
+    session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
+    [finished] = session.probe("The Eiffel Tower stands in", 0.5)
+    [free] = session.set_finish_targets(False, "The Eiffel Tower stands in", 0.5)
+    assert finishes == [["Rome"], None] and free.prompt == finished.prompt  # probed again, decoding freely
+    assert not session.editor.finish_targets and system.finish_targets and other.editor.finish_targets
+    before = list(session.results)
+    with pytest.raises(ValueError, match="threshold"):
+        session.set_finish_targets(True, "The Eiffel Tower stands in", 1.5)
+    assert not session.editor.finish_targets and session.results == before  # bad input changes nothing
+    session.use_system(system)
+    assert not session.editor.finish_targets, "another checkpoint keeps the session's decoding"
+    session.evaluate(SystemPool(system), [EditCase(Edit("The Eiffel Tower is located in the city of", "Rome"), (Probe("The Eiffel Tower stands in", "Rome"),), ())], "batch")
+    assert finishes[-1] is None and session.evaluation.report.finish_targets is False
+
+
 def test_sessions_do_not_share_memory(system):
     first, second = Session(system), Session(system)
     first.add_edit("The Eiffel Tower is located in the city of", "Rome")
@@ -150,9 +180,6 @@ def test_import_edits_from_a_file_is_all_or_nothing(system, tmp_path):
 def test_training_and_evaluation_run_from_the_session_without_a_browser(system, tmp_path):
     import threading
 
-    from searc.data import EditCase, Probe
-    from searc.memory import Edit
-    from searc.system import SystemPool
     from searc.train import TrainConfig
     from tests.test_ui import tiny_loader
 

@@ -76,7 +76,7 @@ def rows(table) -> list[dict]:
 def test_named_endpoints(url):
     endpoints = Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/add_edit", "/probe", "/reroute", "/inspect", "/inspect_edit", "/remove_edit", "/clear_edits", "/export_edits",
-            "/train", "/evaluate", "/load_checkpoint", "/load_lesson", "/preview_lesson", "/import_edits"} <= set(endpoints)
+            "/train", "/evaluate", "/load_checkpoint", "/load_lesson", "/preview_lesson", "/import_edits", "/set_decoding"} <= set(endpoints)
 
 
 def test_add_edit_then_probe_reads_the_routed_output(url):
@@ -237,6 +237,18 @@ def test_the_decline_threshold_slider_reroutes_without_running_a_model(url):
         client.predict(0.0, 3.0, api_name="/reroute")
     again = workspace(client.predict(0.0, 1.0, api_name="/reroute"))
     assert [r["routed"] for r in rows(again["results"])] == ["yes", "yes"]
+
+
+def test_the_decoding_switch_probes_again(url):
+    """What it changes, and that it is per session, is tested on the session (tests/test_session.py)."""
+    client = Client(url, verbose=False)
+    client.predict("The Eiffel Tower is located in the city of", "Rome", "", "", 0.5, api_name="/add_edit")
+    free = workspace(client.predict(False, "The Eiffel Tower stands in", 0.5, 1.0, api_name="/set_decoding"))
+    assert "decoding freely" in free["probe_status"] and rows(free["results"])[0]["routed"] == "yes"
+    with pytest.raises(Exception, match="greater than maximum value 1.0|threshold must be a number in"):
+        client.predict(True, "The Eiffel Tower stands in", 3.0, 1.0, api_name="/set_decoding")
+    finished = workspace(client.predict(True, "The Eiffel Tower stands in", 0.5, 1.0, api_name="/set_decoding"))
+    assert "finishing a begun target verbatim" in finished["probe_status"] and rows(finished["results"])[0]["routed"] == "yes"
 
 
 @pytest.fixture(scope="module")
