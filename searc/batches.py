@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from searc.augment import Augmenter
+from searc.consequences import CONSEQUENCE
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe, calibration_pairs
 from searc.editor import SeracSystem
@@ -37,9 +38,10 @@ def edit_for_training(case: EditCase, rng: random.Random, drop_subject: float) -
 def counterfactual_examples(
     cases: Sequence[EditCase], rng: random.Random, drop_subject: float, per_case: int = 0
 ) -> tuple[list[str], list[str]]:
-    """(inputs, targets): in-scope probes with their case's edit in context; the edit prompt
-    always, and of the other wordings `per_case - 1` at random (all when `per_case` is 0).
-    Scope-only cases have no answer and give none."""
+    """(inputs, targets): in-scope probes with their case's edit in context; the edit prompt and
+    its consequence probes always (`searc.consequences`: the one kind of in-scope answer that is
+    not the target, drawn one time in six among the wordings otherwise), and of the other wordings
+    `per_case - 1` at random (all when `per_case` is 0). Scope-only cases have no answer and give none."""
     inputs, targets = [], []
     for case in cases:
         if case.scope_only:
@@ -47,7 +49,9 @@ def counterfactual_examples(
         edit = edit_for_training(case, rng, drop_subject)
         probes = list(case.in_scope)
         if per_case and len(probes) > per_case:
-            probes = probes[:1] + rng.sample(probes[1:], per_case - 1)
+            always = [probes[0], *(p for p in probes[1:] if p.group == CONSEQUENCE)]
+            wordings = [p for p in probes[1:] if p.group != CONSEQUENCE]
+            probes = always + rng.sample(wordings, min(per_case - 1, len(wordings)))
         for probe in probes:
             inputs.append(counterfactual_input(edit, probe.prompt))
             targets.append(probe.answer)

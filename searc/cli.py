@@ -176,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in asdict(TrainConfig()).items():
         if isinstance(default, bool):
             train.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, tuple):
+        elif name == "held_out_relations":
             train.add_argument(f"--{name.replace('_', '-')}", nargs="*", default=default, metavar="RELATION",
                                help=f"default: {' '.join(default)}; give none to hold out nothing")
+        elif name == "consequence_steps":
+            train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar="STEP",
+                               help=f"with --consequences, the follow-on facts composed with each edit (default: all, {' '.join(default)})")
         else:
             train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     train.add_argument("--lm", default="bundled")
@@ -193,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
                           help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
     answer_options(evaluate)
+    evaluate.add_argument("--consequences", action="store_true",
+                          help="also score consequence probes (portability, group 'consequence') made from the unedited "
+                               "model's knowledge of each new object: 'X is located in the country of' after X's city is edited")
     evaluate.add_argument("--only", action="append", default=[], choices=KINDS, metavar="KIND",
                           help=f"score only these probes ({', '.join(KINDS)}; repeatable): same memory, less time")
     evaluate.add_argument("--json", metavar="OUT", type=json_output, help="also write the report as JSON")
@@ -325,6 +331,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from searc.augment import split_by_relation
+    from searc.consequences import with_consequences
     from searc.evaluate import evaluate
     from searc.relations import relation_id
     from searc.system import load_system
@@ -347,6 +354,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"no cases of {', '.join(relations)} in {args.data}")
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_answer_options(system, args, thresholds)
+    if args.consequences:
+        cases = with_consequences(system.base, cases)
+        print(f"{sum(len(c.portability) for c in cases)} consequence probes from the unedited model's answers", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ the same bound on evaluation data).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 from searc.data import EditCase, Probe
@@ -37,33 +37,43 @@ from searc.relations import BY_ID, Relation, case_relation_of
 
 @dataclass(frozen=True)
 class Step:
+    name: str  # what `searc train --consequence-steps` calls it
     label: str  # the follow-on relation, as in "The {label} of ..."
     ask: tuple[str, str]  # two wordings asking it of the new object ("{}")
     natural: tuple[str, ...] = ()  # wordings asking it of the edit's subject, where they read naturally
 
 
-COUNTRY = Step("country", ("{} is located in the country of", "{} is a city in the country of"), BY_ID["P17"].templates[:1])
-CAPITAL = Step("capital", ("The capital of {} is", "The capital city of {} is"))
-LANGUAGE = Step("official language", ("The official language of {} is", "In {}, the language spoken is"))
-HEADQUARTERS_COUNTRY = Step("headquarters country", ("{} is headquartered in the country of", "The headquarters of {} are in the country of"))
-SPOKEN_IN = Step("country where it is spoken", ("The {} language is mainly spoken in the country of", "{} is a language spoken mainly in the country of"))
-SPORT = Step("sport", ("The position of {} is played in the sport of", "A {} is a player in the sport of"), BY_ID["P641"].templates[:2])
-FOUNDER = Step("founder", ("The founder of {} is", "{} was founded by"))
+COUNTRY = Step("country", "country", ("{} is located in the country of", "{} is a city in the country of"), BY_ID["P17"].templates[:1])
+CAPITAL = Step("capital", "capital", ("The capital of {} is", "The capital city of {} is"))
+LANGUAGE = Step("language", "official language", ("The official language of {} is", "In {}, the language spoken is"))
+HEADQUARTERS_COUNTRY = Step(
+    "headquarters", "headquarters country", ("{} is headquartered in the country of", "The headquarters of {} are in the country of")
+)
+SPOKEN_IN = Step(
+    "spoken-in", "country where it is spoken",
+    ("The {} language is mainly spoken in the country of", "{} is a language spoken mainly in the country of"),
+)
+SPORT = Step("sport", "sport", ("The position of {} is played in the sport of", "A {} is a player in the sport of"), BY_ID["P641"].templates[:2])
+FOUNDER = Step("founder", "founder", ("The founder of {} is", "{} was founded by"))
+STEP_NAMES = tuple(s.name for s in (COUNTRY, CAPITAL, LANGUAGE, HEADQUARTERS_COUNTRY, SPOKEN_IN, SPORT, FOUNDER))
 
 # Steps per edited relation. A located thing's country reads naturally of the thing itself ("BMW
-# is located in the country of"); a person's birthplace does not make the person a place. Continents
-# are left out: SmolLM2-135M answers "Europe" for Boston, Brisbane and Bolivia alike, in both wordings.
+# is located in the country of"); a person's birthplace does not make the person a place. A relation
+# whose object is a country (country, country of origin, citizenship) has no country step: "the
+# country of the country of origin of X" has no answer. Continents are left out: SmolLM2-135M
+# answers "Europe" for Boston, Brisbane and Bolivia alike, in both wordings.
 PLACE_STEPS = (COUNTRY, CAPITAL, LANGUAGE)
 STEPS: dict[str, tuple[Step, ...]] = {
     **{rid: PLACE_STEPS for rid in ("P276", "P159", "P740")},
-    "P17": (CAPITAL, LANGUAGE),
-    **{rid: tuple(Step(s.label, s.ask) for s in PLACE_STEPS) for rid in ("P19", "P20", "P937", "P495", "P27", "P190")},
+    **{rid: (CAPITAL, LANGUAGE) for rid in ("P17", "P495", "P27")},
+    **{rid: tuple(replace(s, natural=()) for s in PLACE_STEPS) for rid in ("P19", "P20", "P937", "P190")},
     **{rid: (HEADQUARTERS_COUNTRY,) for rid in ("P176", "P108", "P127", "P449", "P264")},
     **{rid: (SPOKEN_IN,) for rid in ("P103", "P1412", "P37", "P364")},
     "P413": (SPORT,),
     "P140": (FOUNDER,),
 }
 
+CONSEQUENCE = "consequence"  # the group of a consequence probe
 Facts = Mapping[tuple[str, str], str]  # (new object, step label) -> the base model's answer
 _NOT_ANSWERS = frozenset("a an this it its not no yes i you we they he she there here".split())
 _CUT = re.compile(r"[.,;:!?\n()\"]| and | or | which | that | is | was ")
@@ -89,8 +99,17 @@ def agree(a: str, b: str) -> str:
     return " ".join(short) if short and [w.casefold() for w in long[: len(short)]] == [w.casefold() for w in short] else ""
 
 
-def case_steps(case: EditCase, relation: Relation | None) -> tuple[Step, ...]:
-    return STEPS.get(relation.id, ()) if relation is not None and case.edit.subject else ()
+def case_steps(case: EditCase, relation: Relation | None, names: Sequence[str] = STEP_NAMES) -> tuple[Step, ...]:
+    """The steps of `names` that follow from a case's edit."""
+    steps = STEPS.get(relation.id, ()) if relation is not None and case.edit.subject else ()
+    return tuple(s for s in steps if s.name in names)
+
+
+def check_step_names(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in STEP_NAMES]
+    if unknown or not names:
+        raise ValueError(f"consequence steps must be some of {', '.join(STEP_NAMES)}, got {', '.join(unknown) or 'none'}")
+    return tuple(names)
 
 
 def known_facts(lm: LanguageModel, asks: Iterable[tuple[str, Step]], batch: int = 64, max_new_tokens: int = 6) -> dict[tuple[str, str], str]:
@@ -126,10 +145,21 @@ def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts) 
             f"What is the {step.label} of the {relation.label} of {subject}? It is",
             *(template.format(subject) for template in step.natural),
         )
-        probes += [Probe(w, answer, group="consequence") for w in wordings]
+        second_steps = tuple(Probe(template.format(obj), answer) for template in step.ask)
+        probes += [Probe(w, answer, group=CONSEQUENCE, second_steps=second_steps) for w in wordings]
     return probes
 
 
-def facts_for(lm: LanguageModel, cases: Sequence[EditCase]) -> dict[tuple[str, str], str]:
-    """What the unedited model knows of the new objects of `cases` (see `known_facts`)."""
-    return known_facts(lm, [(case.edit.target_new, step) for case in cases for step in case_steps(case, case_relation_of(case))])
+def facts_for(lm: LanguageModel, cases: Sequence[EditCase], names: Sequence[str] = STEP_NAMES) -> dict[tuple[str, str], str]:
+    """What the unedited model knows of the new objects of `cases`, in the steps of `names` (see `known_facts`)."""
+    asks = [(case.edit.target_new, step) for case in cases for step in case_steps(case, case_relation_of(case), names)]
+    return known_facts(lm, asks)
+
+
+def with_consequences(lm: LanguageModel, cases: Sequence[EditCase]) -> list[EditCase]:
+    """`cases` with their consequence probes added as portability probes (`searc eval
+    --consequences`): what the unedited `lm` knows of each new object, composed with its edit,
+    each probe with its second step for the ceiling. A case whose relation has no step, or whose
+    object the model does not know consistently, gets none."""
+    facts = facts_for(lm, cases)
+    return [replace(case, portability=case.portability + tuple(consequence_probes(case, case_relation_of(case), facts))) for case in cases]

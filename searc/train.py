@@ -35,7 +35,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 import torch
 
 from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation
-from searc.consequences import facts_for
+from searc.consequences import STEP_NAMES, check_step_names, facts_for
 from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase
 from searc.editor import SeracSystem
@@ -66,6 +66,7 @@ class TrainConfig:
     # default: the one run with them (README, "How well it works") answered consequences no better
     # and lost recall on the edits' own paraphrases
     consequences: bool = False
+    consequence_steps: tuple[str, ...] = STEP_NAMES  # with consequences: the follow-on facts composed (searc.consequences)
     # with augment: the share of cases trained (and validated) with the target in a form the
     # training files lack (searc.augment.target_form). Off by default: runs with it (0.2 in both
     # stages; 0.3 in a third stage that trains the counterfactual model alone) copied every form,
@@ -110,6 +111,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         self.held_out_relations = tuple(relation_id(name) for name in self.held_out_relations)
+        self.consequence_steps = check_step_names(self.consequence_steps)
         for name, zero in (("cf_examples_per_case", "0 (all)"), ("declines_per_case", "0 (all)"), ("near_subjects", "0")):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be {zero} or more, got {getattr(self, name)!r}")
@@ -224,7 +226,7 @@ def train(
     train_cases, _ = split_by_relation(train_cases, config.held_out_relations)
     torch.manual_seed(config.seed)
     # what the unedited model knows of the new objects, for consequence probes (searc.consequences)
-    facts = facts_for(system.base, train_cases) if config.augment and config.consequences else {}
+    facts = facts_for(system.base, train_cases, config.consequence_steps) if config.augment and config.consequences else {}
     augmenter = Augmenter(train_cases, config.augment_config(), held_out=config.held_out_relations, facts=facts) if config.augment else None
     val_cases = config.validation_cases(list(val_cases)[: config.val_cases])
     classifier, cf = system.classifier, system.counterfactual

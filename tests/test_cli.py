@@ -61,6 +61,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--memory", "10"], "--mode batch"),
         (["eval", "--data", "x.json", "--memory", "0", "--mode", "batch"], "--memory"),
         (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
+        (["train", "--data", "x.json", "--val", "y.json", "--consequence-steps", "continent"], "consequence steps must be some of"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--memory", "0"], "--memory must be at least 1"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--limit", "0"], "--limit and --memory"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--max-declined-own-routes", "2"], "must be in [0, 1]"),
@@ -228,3 +229,5 @@ def test_eval_says_how_it_decoded(tmp_path, capsys):
         assert main([*argv, *flags, "--json", str(report)]) == 0
         assert json.loads(report.read_text())["finish_targets"] is finished
         assert ("decoding freely" in capsys.readouterr().out) is not finished
+    assert main([*argv, "--consequences"]) == 0  # a tiny random model knows no consequences: none are added
+    assert "0 consequence probes from the unedited model's answers" in capsys.readouterr().err
