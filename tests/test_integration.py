@@ -204,13 +204,9 @@ def test_targets_of_every_form_are_answered_verbatim(trained, edit):
 
 
 def test_decoding_freely_the_checkpoint_drops_punctuation_that_finishing_keeps(trained):
-    editor = Editor(trained)
+    editor = Editor(trained, finish_targets=False)  # this editor decodes freely; the shared system is untouched
     editor.add_edits([Edit(prompt, target) for prompt, target in VERBATIM])
-    trained.finish_targets = False
-    try:
-        free = {result.best_edit.target_new: result for result in editor.probe([prompt for prompt, _ in VERBATIM])}
-    finally:
-        trained.finish_targets = True
+    free = {result.best_edit.target_new: result for result in editor.probe([prompt for prompt, _ in VERBATIM])}
     dropped = {target for target, result in free.items() if not result.output.strip().startswith(target)}
     assert dropped == PUNCTUATION_DROPPED, {t: free[t].output for t in dropped}
     cf = trained.counterfactual
