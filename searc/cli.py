@@ -355,8 +355,10 @@ def run_eval(args: argparse.Namespace) -> int:
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_answer_options(system, args, thresholds)
     if args.consequences:
+        data_probes = sum(len(c.portability) for c in cases)  # the data's own portability probes (zsRE) are kept
         cases = with_consequences(system.base, cases)
-        print(f"{sum(len(c.portability) for c in cases)} consequence probes from the unedited model's answers", file=sys.stderr)
+        added = sum(len(c.portability) for c in cases) - data_probes
+        print(f"{added} consequence probes from the unedited model's answers", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} cases", end="", file=sys.stderr, flush=True)

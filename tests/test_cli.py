@@ -229,5 +229,12 @@ def test_eval_says_how_it_decoded(tmp_path, capsys):
         assert main([*argv, *flags, "--json", str(report)]) == 0
         assert json.loads(report.read_text())["finish_targets"] is finished
         assert ("decoding freely" in capsys.readouterr().out) is not finished
-    assert main([*argv, "--consequences"]) == 0  # a tiny random model knows no consequences: none are added
-    assert "0 consequence probes from the unedited model's answers" in capsys.readouterr().err
+    # a tiny random model knows no consequences: none are added, and the data's own portability
+    # probe (zsRE's New Question) is not counted as one
+    zsre = tmp_path / "zsre.json"
+    zsre.write_text(json.dumps([{"subject": "Hamlet", "src": "Who wrote Hamlet?", "alt": "Marlowe", "answers": ["Shakespeare"],
+                                 "rephrase": "Hamlet was written by whom?", "loc": "nq question: who is Rome's mayor", "loc_ans": "X",
+                                 "portability": {"New Question": "When was the author of Hamlet born?", "New Answer": "1564"}}]))
+    for data in (path, zsre):
+        assert main([*argv[:2], str(data), *argv[3:], "--consequences"]) == 0
+        assert "0 consequence probes from the unedited model's answers" in capsys.readouterr().err
