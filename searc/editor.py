@@ -245,7 +245,7 @@ class Editor:
             raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
         return answer(
             self.system, prompts, self.route(prompts), self.threshold, self.decline_threshold, self.routing,
-            counterfactual_for_all, self.finish_targets,
+            counterfactual_for_all, finish_targets=self.finish_targets,
         )
 
     def score_target(self, prompt: str, target: str) -> TargetComparison:
@@ -333,11 +333,13 @@ def answer(
     decline_threshold: float,
     routing: Routing = "hard",
     counterfactual_for_all: bool = False,
-    finish_targets: bool = True,
+    *,
+    finish_targets: bool,
 ) -> list[ProbeResult]:
     """Generate the answers for routed prompts, batched: base outputs for all, counterfactual
     outputs where routed (or for all with a stored edit, on request, so the threshold can be moved later).
-    `finish_targets`: a counterfactual answer that begins its edit's target finishes it (`lm.FinishTargets`).
+    `finish_targets` (the editor's, no default here): a counterfactual answer that begins its edit's
+    target finishes it (`lm.FinishTargets`).
 
     The routes may come from different editors (evaluation batches many one-edit sessions)."""
     if not prompts:
