@@ -32,7 +32,12 @@ is *claimed* (it names the other edit's subject and expects that edit's old answ
 relation-specificity probes sometimes ask the case's *own* edited fact ("The constellation of
 Butterfly Cluster is" -> the old constellation, beside the edit of that constellation): the case's
 own edit claims those the same way. The report keeps the count and the locality over all
-out-of-scope prompts (`locality_all`) beside it.
+out-of-scope prompts (`locality_all`) beside it. In the same way a rewording the data gives for
+an edit that is, by its CounterFact template, a wording of another relation asks another fact
+(CounterFact gives "Thomas Joannes Stieltjes was born in" as a paraphrase of "The mother tongue of
+Thomas Joannes Stieltjes is -> English"; `relations.asks_another_fact`): it is left out of
+generalization and of the classifier's in-scope figures, and counted, with the generalization over
+every rewording (`generalization_all`) beside it.
 
 `stored` adds edits to batch mode's memory beyond those of the probed cases: 300 cases probed with
 10,000 edits in memory is `evaluate(system, cases[:300], "batch", stored=cases)`. One memory holds
@@ -51,7 +56,7 @@ from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets, declines, threshold_or
 from searc.memory import Edit
-from searc.relations import case_relation_of, relation_of
+from searc.relations import asks_another_fact, case_relation_of, relation_of
 
 Mode = Literal["single", "batch"]
 KINDS = ("reliability", "generalization", "locality", "portability")
@@ -108,7 +113,9 @@ class EvalReport:
     set_aside_cases: int  # batch mode: cases that re-edit a fact an earlier case edits
     mode: str
     reliability: Scored
-    generalization: Scored
+    generalization: Scored  # rewordings that ask the edited fact
+    generalization_all: Scored  # every rewording the data gives, those that ask another fact included
+    other_fact_rewordings: int  # rewordings that ask another fact of the subject (`relations.asks_another_fact`)
     locality: Scored  # out-of-scope prompts that no other stored edit claims
     locality_all: Scored  # every out-of-scope prompt
     claimed_locality_prompts: int
@@ -131,7 +138,7 @@ class EvalReport:
 
     def table(self) -> str:
         rows = [("metric", "teacher-forced", "generation")]
-        for name in ("reliability", "generalization", "locality", "locality_all", "portability"):
+        for name in ("reliability", "generalization", "generalization_all", "locality", "locality_all", "portability"):
             scored = getattr(self, name)
             if scored is not None:
                 rows.append((name, f"{scored.teacher_forced:.3f}", f"{scored.generation:.3f}"))
@@ -142,6 +149,7 @@ class EvalReport:
             rows.append((f"{name} within that ceiling", "", f"{c.within_second_step:.3f}"))
             rows.append((f"{name} ceiling: told the edit", "", f"{c.told:.3f}"))
             rows.append((f"{name} within that ceiling", "", f"{c.within_told:.3f}"))
+        rows.append(("rewordings asking another fact", "", str(self.other_fact_rewordings)))
         rows.append(("claimed locality prompts", "", str(self.claimed_locality_prompts)))
         rows += [(f"classifier {k}", "", f"{v:.3f}") for k, v in self.classifier.items()]
         rows += [(f"unedited {k}", "", f"{v:.3f}") for k, v in self.unedited.items()]
@@ -176,6 +184,7 @@ class _Probe:
     edit_index: int  # index of the case's edit in the editor's memory
     group: str = ""
     claimed: bool = False  # a locality prompt that asks for a stored edit's fact
+    other_fact: bool = False  # a rewording that asks another fact of the subject (`relations.asks_another_fact`)
     second_steps: tuple[Probe, ...] = ()  # portability: the second step alone, its wordings (see `Ceiling`)
 
     @property
@@ -201,7 +210,9 @@ def claims(edit: Edit, out_of_scope: Probe) -> bool:
 def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[_Probe]:
     """The case's probes; `claimants` are the stored edits (its own among them) that may claim its locality prompts."""
     probes = [_Probe("reliability", case.in_scope[0].prompt, case.in_scope[0].answers, edit_index)]
-    probes += [_Probe("generalization", p.prompt, p.answers, edit_index, p.group) for p in case.rephrases]
+    probes += [
+        _Probe("generalization", p.prompt, p.answers, edit_index, p.group, other_fact=asks_another_fact(case, p)) for p in case.rephrases
+    ]
     probes += [
         _Probe("locality", p.prompt, p.answers, edit_index, p.group, claimed=any(claims(e, p) for e in claimants)) for p in case.out_of_scope
     ]
@@ -241,7 +252,7 @@ def _score(sessions: Sequence[tuple[Editor, list[_Probe]]], tally: _Tally) -> No
         own_outputs = _own_edit_outputs(chunk, results)
         for i, ((editor, probe), result) in enumerate(zip(chunk, results)):
             _tally_probe(editor, probe, result, comparisons.get(i), tally)
-            if probe.kind in IN_SCOPE:
+            if probe.kind in IN_SCOPE and not probe.other_fact:
                 right = starts_with_any(own_outputs.get(i, result.output), probe.answers)
                 for name in (probe.kind, *([f"{probe.kind}/{probe.group}"] if probe.group else [])):
                     tally.add(f"{name} own", float(right))
@@ -258,7 +269,7 @@ def _own_edit_outputs(chunk: Sequence[tuple[Editor, _Probe]], results: Sequence[
     been (the counterfactual model with that edit in context, or the base output where it declines)."""
     missed = [
         i for i, ((editor, probe), result) in enumerate(zip(chunk, results))
-        if probe.kind in IN_SCOPE and not _routed_to_own(editor, probe, result)
+        if probe.kind in IN_SCOPE and not probe.other_fact and not _routed_to_own(editor, probe, result)
     ]
     if not missed:
         return {}
@@ -324,8 +335,13 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
                 tally.add(f"routed {group}", float(result.routed))
             if not kept:
                 _note_failure(probe, result, result.base_output, own, tally)
+    elif probe.other_fact:
+        tally.add("other_fact", 1.0)
+        tally.add("generalization_all_gen", float(starts_with_any(result.output, probe.answers)))
     else:
         right = float(starts_with_any(result.output, probe.answers))
+        if probe.kind == "generalization":
+            tally.add("generalization_all_gen", right)
         if not right:
             _note_failure(probe, result, probe.answer, own, tally)
         tally.add(f"{probe.kind}_gen", right)
@@ -347,6 +363,10 @@ def _tally_probe(editor: Editor, probe: _Probe, result: ProbeResult, comparison:
                     tally.add(f"{group}_tf", sum(agree) / len(agree))
         else:
             hits = [a == b for a, b in zip(comparison.edited_predicted, comparison.token_ids)]
+            if probe.kind == "generalization":
+                tally.add("generalization_all_tf", sum(hits) / len(hits))
+            if probe.other_fact:
+                return
             tally.add(f"{probe.kind}_tf", sum(hits) / len(hits))
             if group:
                 tally.add(f"{group}_tf", sum(hits) / len(hits))
@@ -417,6 +437,8 @@ def evaluate(
         mode=mode,
         reliability=Scored(tally.mean("reliability_tf"), tally.mean("reliability_gen")),
         generalization=Scored(tally.mean("generalization_tf"), tally.mean("generalization_gen")),
+        generalization_all=Scored(tally.mean("generalization_all_tf"), tally.mean("generalization_all_gen")),
+        other_fact_rewordings=int(sum(tally.sums.get("other_fact", []))),
         locality=Scored(tally.mean("locality_tf"), tally.mean("locality_gen")),
         locality_all=Scored(tally.mean("locality_all_tf"), tally.mean("locality_all_gen")),
         claimed_locality_prompts=int(sum(tally.sums.get("claimed", []))),

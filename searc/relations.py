@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from searc.data import EditCase
+from searc.data import EditCase, Probe
 
 
 @dataclass(frozen=True)
@@ -214,3 +214,14 @@ def case_relation(prompt: str, subject: str | None, neighbour_prompts: tuple[str
 def case_relation_of(case: EditCase) -> Relation | None:
     """A case's CounterFact relation, by its prompt's template or its locality prompts'."""
     return case_relation(case.edit.prompt, case.edit.subject, tuple(p.prompt for p in case.out_of_scope))
+
+
+def asks_another_fact(case: EditCase, rewording: Probe) -> bool:
+    """Whether a rewording the data gives for the case's edit is, by its template, a wording of a
+    relation of another family: it asks another fact of the subject. CounterFact words some
+    language edits' paraphrase as a place of birth ("The mother tongue of Thomas Joannes Stieltjes
+    is -> English" beside "Thomas Joannes Stieltjes was born in"); an editor that scopes by fact
+    leaves that to the base model, one that scopes by subject answers "English". Evaluation and
+    validation count such a rewording apart, as they count claimed locality prompts."""
+    edited, asked = case_relation_of(case), relation_of(rewording.prompt, case.edit.subject)
+    return edited is not None and asked is not None and edited.family != asked.family

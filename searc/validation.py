@@ -21,7 +21,7 @@ from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
 from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
 from searc.evaluate import batch_memory, claimants, claims
-from searc.relations import case_relation_of
+from searc.relations import asks_another_fact, case_relation_of
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -96,7 +96,8 @@ def tune_thresholds(
     turn away other facts of the subject; a higher decline threshold declines fewer in-scope probes
     and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
     claims (`evaluate.claims`; its own case's edit included) asks that edit's own fact and is left
-    out of locality. `batch_recall_held_out` is the batch recall on the cases of the `held_out`
+    out of locality, and a rewording that asks another fact of the subject
+    (`relations.asks_another_fact`) is left out of recall (and of locality). `batch_recall_held_out` is the batch recall on the cases of the `held_out`
     relations alone (relations training never saw). `stored`: more cases whose edits the memory
     holds beside the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused
     with); as there, the memory keeps one edit per fact and a probed re-edit is set aside."""
@@ -108,11 +109,13 @@ def tune_thresholds(
     best_scores, best_edit = scores.max(dim=1)
     ends = torch.tensor(end_probabilities(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
     owner = labels.argmax(0)
-    in_scope = labels.any(0)
+    layout = scope_layout(cases)
+    other_fact = torch.tensor([own and asks_another_fact(cases[index], probe) for index, probe, own in layout], dtype=torch.bool)
+    in_scope = labels.any(0) & ~other_fact
     own_route = in_scope & (best_edit == owner)  # right edit if routed
     others = claimants(cases, edits)
-    claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in scope_layout(cases)])
-    local = ~in_scope & ~claimed
+    claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in layout])
+    local = ~labels.any(0) & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
 
     def outcome(threshold: float, decline_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,8 +177,8 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float, h
     examples = {  # (inputs, targets, append_eos)
         "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
         "generalization": (
-            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases],
-            [p.answer for c in cases for p in c.rephrases],
+            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases if not asks_another_fact(c, p)],
+            [p.answer for c in cases for p in c.rephrases if not asks_another_fact(c, p)],
             False,
         ),
         "counterfactual_declines": (decline_inputs, [""] * len(decline_inputs), True),  # wrong edit in context

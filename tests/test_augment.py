@@ -11,7 +11,9 @@ import pytest
 from searc.augment import AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
-from searc.relations import AMBIGUOUS, BY_ID, RELATIONS, SCOPE_RELATIONS, case_relation, relation_id, relation_of, relation_of_text
+from searc.relations import (
+    AMBIGUOUS, BY_ID, RELATIONS, SCOPE_RELATIONS, asks_another_fact, case_relation, relation_id, relation_of, relation_of_text,
+)
 from tests.conftest import require_shared_data
 
 
@@ -45,6 +47,20 @@ def test_every_template_has_one_relation_and_ambiguous_ones_none():
     assert relation_id("place of death") == "P20" and relation_id("P20") == "P20"
     with pytest.raises(ValueError, match="unknown relation"):
         relation_id("P99999")
+
+
+def test_a_rewording_in_another_relations_template_asks_another_fact():
+    """CounterFact gives "X was born in" as a paraphrase of X's mother tongue: another relation's wording."""
+    stieltjes = EditCase(
+        Edit("The mother tongue of Thomas Joannes Stieltjes is", "English", subject="Thomas Joannes Stieltjes"),
+        (Probe("The mother tongue of Thomas Joannes Stieltjes is", "English"),),
+        (Probe("Arend Lijphart is a native speaker of", "Dutch"),),
+    )
+    assert asks_another_fact(stieltjes, Probe("Thomas Joannes Stieltjes was born in", "English"))  # place of birth
+    assert not asks_another_fact(stieltjes, Probe("Thomas Joannes Stieltjes speaks the language", "English"))  # same family
+    assert not asks_another_fact(stieltjes, Probe("Two species live there. Thomas Joannes Stieltjes, a native", "English"))
+    question = EditCase(Edit("What is the native language of Bob?", "English", subject="Bob"), (), ())  # no relation known
+    assert not asks_another_fact(question, Probe("Bob was born in", "English"))
 
 
 def test_the_shared_counterfact_files_have_known_relations():

@@ -247,6 +247,29 @@ def test_own_edit_routed_scores_what_the_counterfactual_model_answers_with_the_r
     assert routed.own_edit_routed == {"reliability": routed.reliability.generation, "generalization": routed.generalization.generation}
 
 
+def test_a_rewording_that_asks_another_fact_is_counted_apart():
+    """CounterFact's "X was born in" as a paraphrase of X's mother tongue asks the place of birth:
+    it is left out of generalization (and the classifier's in-scope figures), and kept in
+    generalization_all. Nothing is routed, so each probe gets the base output: the born-in probe's
+    answer is that output (right), the true rewording's is not."""
+    never = system_with_bias(-8.0)
+    subject = "Thomas Joannes Stieltjes"
+    born_in, speaks = f"{subject} was born in", f"{subject} speaks the language"
+    base = never.base.generate([born_in], max_new_tokens=3)[0].text.strip()
+    case = EditCase(
+        Edit(f"The mother tongue of {subject} is", "English", subject=subject),
+        (Probe(f"The mother tongue of {subject} is", "English"), Probe(born_in, base), Probe(speaks, "English")),
+        (Probe("Arend Lijphart is a native speaker of", "Dutch"),),
+    )
+    report = evaluate(never, [case], mode="batch")
+    assert report.other_fact_rewordings == 1
+    assert report.generalization.generation == 0.0 and report.generalization_all.generation == 0.5
+    assert report.own_edit_routed["generalization"] < 1.0  # the true rewording alone: the tiny model does not answer "English"
+    assert "rewordings asking another fact" in report.table() and "generalization_all" in report.table()
+    plain = evaluate(never, [replace(case, in_scope=case.in_scope[::2])], mode="batch")
+    assert plain.other_fact_rewordings == 0 and plain.generalization_all.generation == plain.generalization.generation
+
+
 def test_own_edit_routed_is_scored_by_group():
     report = evaluate(system_with_bias(-8.0), [KNOWEDIT_LIKE], mode="batch")
     assert list(report.own_edit_routed) == ["reliability", "generalization", "generalization/Subject_Aliasing", "generalization/rephrase"]

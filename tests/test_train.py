@@ -561,6 +561,27 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
 
 
+def test_tuning_leaves_out_rewordings_that_ask_another_fact(monkeypatch):
+    """CounterFact's "X was born in" beside X's mother tongue is not the edited fact: not routing it costs no recall."""
+    from searc.editor import Editor
+    from searc.validation import tune_thresholds
+
+    subject = "Thomas Joannes Stieltjes"
+    case = EditCase(Edit(f"The mother tongue of {subject} is", "English", subject=subject),
+                    (Probe(f"The mother tongue of {subject} is", "English"), Probe(f"{subject} was born in", "English")),
+                    (Probe("Arend Lijphart is a native speaker of", "Dutch"),))
+    other = EditCase(Edit("The fact about Sweden is", "Rome", subject="Sweden"),
+                     (Probe("The fact about Sweden is", "Rome"),), (Probe("The fact about Norway is", "Oslo"),))
+    cases = [case, other]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
+    fake[probes.index(f"{subject} was born in"), 0] = 0.1  # left to the base model
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    monkeypatch.setattr("searc.validation.end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
+    tuned = tune_thresholds(make_system("llama"), cases)
+    assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
+
+
 def test_bf16_autocast_trains_close_to_float32():
     """--mixed-precision bf16 (Accelerate's autocast; here on the CPU) runs the forwards in bfloat16:
     the losses move a little, not a lot, and training still moves the adapter."""
