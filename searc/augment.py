@@ -35,6 +35,9 @@ of Bavaria" -> " Frederick II Margrave Bavaria"); a share of the cases is traine
 rewritten as a parenthesised or comma-qualified name, a number or date, or a name in another script
 (opt-in: `target_forms`; the shipped checkpoint gets the copy at decoding instead, `lm.FinishTargets`).
 
+A rewording the data gives that asks another fact (CounterFact's "X was born in" as the paraphrase
+of X's mother tongue, `relations.asks_another_fact`) is dropped: evaluation counts it apart.
+
 Constructed out-of-scope probes have no known answer (""): they train routing and declining, not
 answers. Relations listed in `held_out` are left out of every constructed probe, so that a run can
 be validated and evaluated on relations it never saw.
@@ -51,7 +54,7 @@ from typing import Sequence
 from searc.consequences import Facts, consequence_probes
 from searc.data import EditCase, Probe
 from searc.memory import Edit
-from searc.relations import RELATIONS, SCOPE_RELATIONS, case_relation_of, template_of
+from searc.relations import RELATIONS, SCOPE_RELATIONS, asks_another_fact, case_relation_of, template_of
 
 # Wikidata relations that neither CounterFact nor zsRE's training split edits as such: other facts
 # a subject has. Cloze ("The {label} of {} is") and bare ("{} {label}") wordings are built from
@@ -145,6 +148,7 @@ class Augmenter:
         self.question_group = question_groups(questions) if config.question_groups else {}
 
     def __call__(self, case: EditCase, rng: random.Random) -> EditCase:
+        case = without_other_facts(case)
         if rng.random() < self.config.target_forms:
             case = with_target(case, target_form(case.edit.target_new, rng, self.config.qualified_forms_only))
         subject = case.edit.subject
@@ -233,6 +237,14 @@ class Augmenter:
             out_of_scope=(Probe(rng.choice(relation.templates).format(stranger), ""), Probe(rng.choice(other.templates).format(subject), "")),
             scope_only=True,
         )
+
+
+def without_other_facts(case: EditCase) -> EditCase:
+    """The case without the rewordings its data gives that ask another fact of the subject
+    (`relations.asks_another_fact`: CounterFact's "X was born in" beside X's mother tongue), which
+    training would otherwise learn as in scope while other cases learn that template as another fact."""
+    kept = tuple(p for p in case.rephrases if not asks_another_fact(case, p))
+    return case if len(kept) == len(case.rephrases) else replace(case, in_scope=(case.in_scope[0], *kept))
 
 
 def target_form(target: str, rng: random.Random, qualified_only: bool = False) -> str:

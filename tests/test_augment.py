@@ -4,11 +4,14 @@ same subject out of scope, held-out relations never used."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from collections import Counter
 
 import pytest
 
-from searc.augment import AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form
+from searc.augment import (
+    AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form, without_other_facts,
+)
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
 from searc.relations import (
@@ -61,6 +64,13 @@ def test_a_rewording_in_another_relations_template_asks_another_fact():
     assert not asks_another_fact(stieltjes, Probe("Two species live there. Thomas Joannes Stieltjes, a native", "English"))
     question = EditCase(Edit("What is the native language of Bob?", "English", subject="Bob"), (), ())  # no relation known
     assert not asks_another_fact(question, Probe("Bob was born in", "English"))
+    # training does not learn it as in scope: augmentation drops it, and keeps the true rewording
+    given = replace(stieltjes, in_scope=stieltjes.in_scope + (
+        Probe("Thomas Joannes Stieltjes was born in", "English"), Probe("Thomas Joannes Stieltjes speaks the language", "English")))
+    augmented = Augmenter([given])(given, random.Random(0))
+    prompts = [p.prompt for p in augmented.in_scope]
+    assert "Thomas Joannes Stieltjes was born in" not in prompts and "Thomas Joannes Stieltjes speaks the language" in prompts
+    assert without_other_facts(stieltjes) is stieltjes
 
 
 def test_the_shared_counterfact_files_have_known_relations():
