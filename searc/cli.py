@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--memory", type=int, default=None, metavar="M",
                       help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
     tune.add_argument("--max-declined-own-routes", type=float, default=MAX_DECLINED_OWN_ROUTES, metavar="F",
-                      help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit")
+                      help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit, "
+                           "over all cases and over the held-out relations' alone")
     tune.add_argument("--validation-of", metavar="CHECKPOINT", default=None,
                       help="validate as CHECKPOINT's training did (its augmentation, seed and held-out relations, and without --val "
                            "its sources), so that two checkpoints are tuned and compared on the same cases")

@@ -38,9 +38,10 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
-# `searc tune`'s cap, the scope issue's bar: in-scope probes routed to their own edit yet declined.
-# Training's validation leaves it off: there the pair only scores a step, and the shipped recipe's
-# steps were kept without it.
+# `searc tune`'s cap, the scope issue's bar: in-scope probes routed to their own edit yet declined,
+# over all validation cases and over those of the relations held out of training (the bar is for
+# data outside the training distribution). Training's validation leaves it off: there the pair
+# only scores a step, and the shipped recipe's steps were kept without it.
 MAX_DECLINED_OWN_ROUTES = 0.02
 
 
@@ -53,10 +54,15 @@ class ThresholdPair:
     batch_recall: float
     batch_locality: float
     declined_own_routes: float
+    declined_own_routes_held_out: float  # on the held-out relations' cases alone; nan without any
 
     @property
     def score(self) -> float:
         return (self.batch_recall + self.batch_locality) / 2
+
+    def declines_at_most(self, cap: float) -> bool:
+        """Within the cap over all cases and over the held-out relations' (nan: nothing routed, within)."""
+        return not self.declined_own_routes > cap and not self.declined_own_routes_held_out > cap
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Tuning:
     batch_locality: float
     batch_recall_held_out: float  # nan without cases of held-out relations
     declined_own_routes: float
+    declined_own_routes_held_out: float  # nan without cases of held-out relations
     declined_false_routes: float
     claimed_prompts: int
     edits_in_memory: int
@@ -91,7 +98,8 @@ def tune_thresholds(
     the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
     (out-of-scope probes left to the base model: not routed, or routed and declined) is maximised
     over both grids together, among the pairs that decline at most `max_declined_own_routes` of
-    the in-scope probes routed to their own edit (all pairs if none does). The two trade against
+    the in-scope probes routed to their own edit, over all cases and over the `held_out`
+    relations' cases alone (all pairs if none does). The two trade against
     each other: a lower routing threshold reaches loose paraphrases and leans on the decline to
     turn away other facts of the subject; a higher decline threshold declines fewer in-scope probes
     and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
@@ -123,24 +131,27 @@ def tune_thresholds(
         routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
         return routed, declined, routed & ~declined
 
+    held_column = held_case[owner] & in_scope  # in-scope columns of the held-out relations' cases
+
     def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
         routed, declined, answered = outcome(threshold, decline_threshold)
         return ThresholdPair(
             threshold, decline_threshold, _mean((answered & own_route)[in_scope]), _mean(~answered[local]) if local.any() else 1.0,
-            _mean(declined[routed & own_route]),
+            _mean(declined[routed & own_route]), _mean(declined[routed & own_route & held_column]),
         )
 
     def preference(p: ThresholdPair) -> tuple[float, ...]:  # ties: nearest the untuned defaults, then higher
         return (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD), p.threshold, p.decline_threshold)
 
     grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
-    allowed = [p for p in grid if not p.declined_own_routes > max_declined_own_routes] or list(grid)  # nan: nothing routed, allowed
+    allowed = [p for p in grid if p.declines_at_most(max_declined_own_routes)] or list(grid)
     best = max(allowed, key=preference)
     routed, declined, answered = outcome(best.threshold, best.decline_threshold)
     return Tuning(
         best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
-        batch_recall_held_out=_mean((answered & own_route)[in_scope & held_case[owner]]),  # owner: in-scope columns' case
-        declined_own_routes=best.declined_own_routes, declined_false_routes=_mean(declined[routed & local]),
+        batch_recall_held_out=_mean((answered & own_route)[held_column]),  # owner: in-scope columns' case
+        declined_own_routes=best.declined_own_routes, declined_own_routes_held_out=best.declined_own_routes_held_out,
+        declined_false_routes=_mean(declined[routed & local]),
         claimed_prompts=int(claimed.sum()), edits_in_memory=len(edits), grid=grid,
     )
 

@@ -539,6 +539,40 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     assert max(p.score for p in capped.grid) == pytest.approx((free.batch_recall + free.batch_locality) / 2)
 
 
+def test_tuning_keeps_the_decline_cap_on_the_held_out_relations_too(monkeypatch):
+    """One in-scope probe of a held-out relation (place of death) ends more surely than the
+    out-of-scope ones: 1 of 62 own routes is under the 2% cap, but 1 of the held-out relation's 2 is
+    not, so the decline threshold rises above it."""
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import MAX_DECLINED_OWN_ROUTES, tune_thresholds
+
+    tongues = [
+        EditCase(Edit(f"The mother tongue of Person {i} is", "French", subject=f"Person {i}"),
+                 (Probe(f"The mother tongue of Person {i} is", "French"), Probe(f"Person {i} is a native speaker of", "French")),
+                 (Probe(f"The mother tongue of Stranger {i} is", "Dutch"),))
+        for i in range(30)
+    ]
+    death = EditCase(Edit("Sedat Alp died in", "Rome", subject="Sedat Alp"),
+                     (Probe("Sedat Alp died in", "Rome"), Probe("Sedat Alp passed away in", "Rome")),
+                     (Probe("Maso da San Friano died in", "Florence"),))
+    cases = [*tongues, death]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
+    fake[~labels.any(0), 0] = 0.97  # every out-of-scope probe routed to the first edit
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    ends = lambda system, prompts, edits: [0.75 if p in out_of_scope else 0.8 if p == "Sedat Alp passed away in" else 0.1 for p in prompts]
+    monkeypatch.setattr(searc.validation, "end_probabilities", ends)
+    plain = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)  # nothing held out
+    assert plain.decline_threshold <= 0.75 and plain.declined_own_routes == pytest.approx(1 / 62)
+    assert math.isnan(plain.declined_own_routes_held_out)
+    held = tune_thresholds(make_system("llama"), cases, held_out=("P20",), max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)
+    assert held.decline_threshold > 0.8 and held.declined_own_routes_held_out == 0.0
+    free = tune_thresholds(make_system("llama"), cases, held_out=("P20",))  # training's validation: no cap
+    assert free.decline_threshold == plain.decline_threshold and free.declined_own_routes_held_out == 0.5
+
+
 def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     """A locality prompt asking for another stored edit's old fact is that edit's own: routing it is right."""
     from searc.editor import Editor
