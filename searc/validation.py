@@ -105,7 +105,8 @@ def tune_thresholds(
     and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
     claims (`evaluate.claims`; its own case's edit included) asks that edit's own fact and is left
     out of locality, and a rewording that asks another fact of the subject
-    (`relations.asks_another_fact`) is left out of recall (and of locality). `batch_recall_held_out` is the batch recall on the cases of the `held_out`
+    (`relations.asks_another_fact`) is left out of recall (and of locality). `batch_recall_held_out`
+    is the batch recall on the cases of the `held_out`
     relations alone (relations training never saw). `stored`: more cases whose edits the memory
     holds beside the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused
     with); as there, the memory keeps one edit per fact and a probed re-edit is set aside."""
