@@ -105,9 +105,9 @@ def tune_thresholds(
     and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
     claims (`evaluate.claims`; its own case's edit included) asks that edit's own fact and is left
     out of locality, and a rewording that asks another fact of the subject
-    (`relations.asks_another_fact`) is left out of recall (and of locality). `batch_recall_held_out`
-    is the batch recall on the cases of the `held_out`
-    relations alone (relations training never saw). `stored`: more cases whose edits the memory
+    (`relations.asks_another_fact`) is left out of recall (and of locality).
+    `batch_recall_held_out` is the batch recall on the cases of the `held_out` relations alone
+    (relations training never saw). `stored`: more cases whose edits the memory
     holds beside the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused
     with); as there, the memory keeps one edit per fact and a probed re-edit is set aside."""
     cases, stored, _ = batch_memory(cases, stored)
@@ -132,7 +132,7 @@ def tune_thresholds(
         routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
         return routed, declined, routed & ~declined
 
-    held_column = held_case[owner] & in_scope  # in-scope columns of the held-out relations' cases
+    held_column = held_case[owner] & in_scope  # in-scope columns of the held-out relations' cases (owner: each column's case)
 
     def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
         routed, declined, answered = outcome(threshold, decline_threshold)
@@ -150,7 +150,7 @@ def tune_thresholds(
     routed, declined, answered = outcome(best.threshold, best.decline_threshold)
     return Tuning(
         best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
-        batch_recall_held_out=_mean((answered & own_route)[held_column]),  # owner: in-scope columns' case
+        batch_recall_held_out=_mean((answered & own_route)[held_column]),
         declined_own_routes=best.declined_own_routes, declined_own_routes_held_out=best.declined_own_routes_held_out,
         declined_false_routes=_mean(declined[routed & local]),
         claimed_prompts=int(claimed.sum()), edits_in_memory=len(edits), grid=grid,
@@ -186,13 +186,10 @@ def validate(system: SeracSystem, cases: Sequence[EditCase], threshold: float, h
     probes, scope_labels = scope_matrix(cases)
     scope_logits = system.classifier.matrix_logits([c.edit for c in cases], probes)
     decline_inputs = decline_examples(cases, probes, scope_labels, scope_logits, random.Random(0), drop_subject=0.0)
+    rewordings = [(c, p) for c in cases for p in c.rephrases if not asks_another_fact(c, p)]  # of the edited fact itself
     examples = {  # (inputs, targets, append_eos)
         "edit_success": ([counterfactual_input(c.edit, c.in_scope[0].prompt) for c in cases], [c.in_scope[0].answer for c in cases], False),
-        "generalization": (
-            [counterfactual_input(c.edit, p.prompt) for c in cases for p in c.rephrases if not asks_another_fact(c, p)],
-            [p.answer for c in cases for p in c.rephrases if not asks_another_fact(c, p)],
-            False,
-        ),
+        "generalization": ([counterfactual_input(c.edit, p.prompt) for c, p in rewordings], [p.answer for _, p in rewordings], False),
         "counterfactual_declines": (decline_inputs, [""] * len(decline_inputs), True),  # wrong edit in context
     }
     cf = system.counterfactual
