@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the first M validation edits in memory (one per fact), the --limit cases probed: tune for memory at scale")
     tune.add_argument("--max-declined-own-routes", type=float, default=MAX_DECLINED_OWN_ROUTES, metavar="F",
                       help="choose among the pairs that decline at most this share of in-scope probes routed to their own edit, "
-                           "over all cases and over the held-out relations' alone")
+                           "over all cases and over the held-out relations' alone (if none does: the best of all, with a warning)")
     tune.add_argument("--validation-of", metavar="CHECKPOINT", default=None,
                       help="validate as CHECKPOINT's training did (its augmentation, seed and held-out relations, and without --val "
                            "its sources), so that two checkpoints are tuned and compared on the same cases")
@@ -415,7 +415,17 @@ def run_tune(args: argparse.Namespace) -> int:
     tuned = tune_thresholds(system, cases, training.held_out_relations, stored, max_declined_own_routes=args.max_declined_own_routes)
     # validation_of: whose validation cases this tuning used (None: the checkpoint's own), written
     # every time, so that a later plain re-tune does not keep an earlier one's
-    metrics = {**system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases), "validation_of": args.validation_of}
+    if not tuned.within_cap:
+        print(
+            f"searc tune: no pair of the grid declines at most {args.max_declined_own_routes:.1%} of the in-scope probes routed "
+            f"to their own edit (over all cases and over the held-out relations'); chose the best pair of the whole grid, "
+            f"which declines {tuned.declined_own_routes:.1%} and {tuned.declined_own_routes_held_out:.1%}",
+            file=sys.stderr,
+        )
+    metrics = {
+        **system.info.metrics, **tuned.metrics(), "threshold_cases": len(cases), "validation_of": args.validation_of,
+        "within_decline_cap": tuned.within_cap,
+    }
     save_checkpoint(
         system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
     )

@@ -35,7 +35,9 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
-DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+# Fine near 1: a counterfactual model trained to end at once on out-of-scope edits puts most of
+# its end probabilities there, so an eager decline is brought within the cap only up here.
+DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 # `searc tune`'s cap, the scope issue's bar: in-scope probes routed to their own edit yet declined,
@@ -79,10 +81,11 @@ class Tuning:
     declined_false_routes: float
     claimed_prompts: int
     edits_in_memory: int
+    within_cap: bool  # False: no pair of the grid kept to the decline cap, so the best of all was chosen
     grid: tuple[ThresholdPair, ...]
 
     def metrics(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "grid"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("grid", "within_cap")}
 
 
 @torch.no_grad()
@@ -145,15 +148,15 @@ def tune_thresholds(
         return (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD), p.threshold, p.decline_threshold)
 
     grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
-    allowed = [p for p in grid if p.declines_at_most(max_declined_own_routes)] or list(grid)
-    best = max(allowed, key=preference)
+    allowed = [p for p in grid if p.declines_at_most(max_declined_own_routes)]
+    best = max(allowed or grid, key=preference)
     routed, declined, answered = outcome(best.threshold, best.decline_threshold)
     return Tuning(
         best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
         batch_recall_held_out=_mean((answered & own_route)[held_column]),
         declined_own_routes=best.declined_own_routes, declined_own_routes_held_out=best.declined_own_routes_held_out,
         declined_false_routes=_mean(declined[routed & local]),
-        claimed_prompts=int(claimed.sum()), edits_in_memory=len(edits), grid=grid,
+        claimed_prompts=int(claimed.sum()), edits_in_memory=len(edits), within_cap=bool(allowed), grid=grid,
     )
 
 

@@ -399,6 +399,26 @@ def test_searc_tune_validation_of_tunes_on_another_checkpoints_validation_cases(
     assert "no checkpoint directory" in capsys.readouterr().err
 
 
+def test_searc_tune_warns_and_records_when_no_pair_keeps_the_decline_cap(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    import searc.validation
+    from searc.cli import main
+
+    monkeypatch.setattr("searc.cli.MIN_TUNE_CASES", 3)
+    common = tiny_train_run(tmp_path, capsys, "ck")
+    models = common[common.index("--lm") :]
+    tune = searc.validation.tune_thresholds
+    monkeypatch.setattr(searc.validation, "tune_thresholds", lambda *a, **k: dataclasses.replace(tune(*a, **k), within_cap=False))
+    assert main(["tune", "--checkpoint", str(tmp_path / "ck"), "--limit", "3", *models]) == 0
+    assert "no pair of the grid declines at most 2.0%" in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "ck").config["metrics"]["within_decline_cap"] is False
+    monkeypatch.setattr(searc.validation, "tune_thresholds", tune)
+    assert main(["tune", "--checkpoint", str(tmp_path / "ck"), "--limit", "3", *models]) == 0
+    assert "no pair" not in capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "ck").config["metrics"]["within_decline_cap"] is True
+
+
 def test_training_can_continue_from_a_checkpoint(tmp_path, capsys):
     """searc train --init: the run starts from the checkpoint's classifier and adapter and records where it began."""
     from searc.cli import main
@@ -537,6 +557,34 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     assert capped.decline_threshold == 0.9 and capped.declined_own_routes == 0.0 and capped.batch_recall == 1.0
     assert len(capped.grid) == len(THRESHOLD_GRID) * len(DECLINE_GRID)  # every pair reported, the free choice the best
     assert max(p.score for p in capped.grid) == pytest.approx((free.batch_recall + free.batch_locality) / 2)
+
+
+def test_tuning_reaches_an_eager_decline_near_one_and_says_when_no_pair_keeps_the_cap(monkeypatch):
+    """A counterfactual model that ends almost surely on an in-scope probe (0.993) is brought within
+    the cap by the grid's fine top (0.995); one that ends surer than the grid reaches (0.9995) keeps
+    no pair within it, and the tuning says so instead of passing the best of all as capped."""
+    import searc.validation
+    from searc.editor import Editor
+    from searc.validation import MAX_DECLINED_OWN_ROUTES, tune_thresholds
+
+    cases = CASES[:3]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
+    fake[~labels.any(0), 0] = 0.97  # every probe routed
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    eager = cases[1].in_scope[1].prompt
+
+    def tune(end_of_eager: float):
+        ends = lambda system, prompts, edits: [0.999 if p in out_of_scope else end_of_eager if p == eager else 0.1 for p in prompts]
+        monkeypatch.setattr(searc.validation, "end_probabilities", ends)
+        return tune_thresholds(make_system("llama"), cases, max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)
+
+    near_one = tune(0.993)
+    assert near_one.within_cap and near_one.decline_threshold == 0.995 and near_one.declined_own_routes == 0.0
+    assert near_one.batch_locality == 1.0 and "within_cap" not in near_one.metrics()
+    beyond = tune(0.9995)
+    assert not beyond.within_cap and beyond.declined_own_routes == pytest.approx(1 / 6)
 
 
 def test_tuning_keeps_the_decline_cap_on_the_held_out_relations_too(monkeypatch):
