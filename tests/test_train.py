@@ -512,20 +512,27 @@ def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
     assert math.isnan(tune_thresholds(make_system("llama"), cases).batch_recall_held_out)  # none held out
 
 
+def route_every_probe(monkeypatch, cases: list[EditCase]) -> set[str]:
+    """Fake classifier scores for tuning: each in-scope probe routed to its own edit, every
+    out-of-scope probe to the first edit (0.97); returns the out-of-scope prompts."""
+    from searc.editor import Editor
+
+    _, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
+    fake[~labels.any(0), 0] = 0.97
+    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    return {p.prompt for c in cases for p in c.out_of_scope}
+
+
 @pytest.mark.parametrize("in_scope_end, out_of_scope_end, expected", [(0.45, 0.55, 0.5), (0.65, 0.75, 0.7), (0.1, 0.25, 0.2)])
 def test_the_decline_threshold_is_tuned_between_in_scope_and_out_of_scope_end_probabilities(monkeypatch, in_scope_end, out_of_scope_end, expected):
     """Every probe is routed; only a decline threshold between the two end probabilities gets both
     recall and locality, wherever they lie (ending at once need not be the likeliest token)."""
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     cases = CASES[:3]
-    probes, labels = scope_matrix(cases)
-    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
-    fake[~labels.any(0), 0] = 0.97  # every out-of-scope probe routed to the first edit
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    out_of_scope = route_every_probe(monkeypatch, cases)
     ends = lambda system, prompts, edits: [out_of_scope_end if p in out_of_scope else in_scope_end for p in prompts]
     monkeypatch.setattr(searc.validation, "end_probabilities", ends)
     tuned = tune_thresholds(make_system("llama"), cases)
@@ -537,15 +544,10 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     """One in-scope probe ends more surely than the out-of-scope ones: the best-scoring pair declines
     it (1 of 6 own routes), so within the cap the decline threshold rises above it instead."""
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     cases = CASES[:3]
-    probes, labels = scope_matrix(cases)
-    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
-    fake[~labels.any(0), 0] = 0.97  # every probe routed
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    out_of_scope = route_every_probe(monkeypatch, cases)
     from searc.validation import DECLINE_GRID, MAX_DECLINED_OWN_ROUTES, THRESHOLD_GRID
 
     sure_to_end = cases[1].in_scope[1].prompt
@@ -564,15 +566,10 @@ def test_tuning_reaches_an_eager_decline_near_one_and_says_when_no_pair_keeps_th
     the cap by the grid's fine top (0.995); one that ends surer than the grid reaches (0.9995) keeps
     no pair within it, and the tuning says so instead of passing the best of all as capped."""
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import MAX_DECLINED_OWN_ROUTES, tune_thresholds
 
     cases = CASES[:3]
-    probes, labels = scope_matrix(cases)
-    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
-    fake[~labels.any(0), 0] = 0.97  # every probe routed
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    out_of_scope = route_every_probe(monkeypatch, cases)
     eager = cases[1].in_scope[1].prompt
 
     def tune(end_of_eager: float):
@@ -592,7 +589,6 @@ def test_tuning_keeps_the_decline_cap_on_the_held_out_relations_too(monkeypatch)
     out-of-scope ones: 1 of 62 own routes is under the 2% cap, but 1 of the held-out relation's 2 is
     not, so the decline threshold rises above it."""
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import MAX_DECLINED_OWN_ROUTES, tune_thresholds
 
     tongues = [
@@ -605,11 +601,7 @@ def test_tuning_keeps_the_decline_cap_on_the_held_out_relations_too(monkeypatch)
                      (Probe("Sedat Alp died in", "Rome"), Probe("Sedat Alp passed away in", "Rome")),
                      (Probe("Maso da San Friano died in", "Florence"),))
     cases = [*tongues, death]
-    probes, labels = scope_matrix(cases)
-    fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
-    fake[~labels.any(0), 0] = 0.97  # every out-of-scope probe routed to the first edit
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
-    out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
+    out_of_scope = route_every_probe(monkeypatch, cases)
     ends = lambda system, prompts, edits: [0.75 if p in out_of_scope else 0.8 if p == "Sedat Alp passed away in" else 0.1 for p in prompts]
     monkeypatch.setattr(searc.validation, "end_probabilities", ends)
     plain = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)  # nothing held out
