@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -416,10 +417,11 @@ def run_tune(args: argparse.Namespace) -> int:
     # validation_of: whose validation cases this tuning used (None: the checkpoint's own), written
     # every time, so that a later plain re-tune does not keep an earlier one's
     if not tuned.within_cap:
+        held_out = tuned.declined_own_routes_held_out
         print(
             f"searc tune: no pair of the grid declines at most {args.max_declined_own_routes:.1%} of the in-scope probes routed "
             f"to their own edit (over all cases and over the held-out relations'); chose the best pair of the whole grid, "
-            f"which declines {tuned.declined_own_routes:.1%} and {tuned.declined_own_routes_held_out:.1%}",
+            f"which declines {tuned.declined_own_routes:.1%}" + ("" if math.isnan(held_out) else f" ({held_out:.1%} of the held-out relations')"),
             file=sys.stderr,
         )
     metrics = {
