@@ -31,7 +31,9 @@ system is right to answer it with the new target, so such a prompt is not counte
 is *claimed* (it names the other edit's subject and expects that edit's old answer). KnowEdit's
 relation-specificity probes sometimes ask the case's *own* edited fact ("The constellation of
 Butterfly Cluster is" -> the old constellation, beside the edit of that constellation): the case's
-own edit claims those the same way. The report keeps the count and the locality over all
+own edit claims those the same way, and also when the old answer is worded otherwise ("Blue Note"
+for "Blue Note Records", "Heldentenor" for "tenor"): its prompt is the property's Wikidata label
+around the subject, and the edit's question names that label. The report keeps the count and the locality over all
 out-of-scope prompts (`locality_all`) beside it. In the same way a rewording the data gives for
 an edit that is, by its CounterFact template, a wording of another relation asks another fact
 (CounterFact gives "Thomas Joannes Stieltjes was born in" as a paraphrase of "The mother tongue of
@@ -56,7 +58,7 @@ from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets, declines, threshold_or
 from searc.memory import Edit
-from searc.relations import asks_another_fact, case_relation_of, relation_of
+from searc.relations import asks_another_fact, case_relation_of, question_asks_label, relation_of, wikidata_label
 
 Mode = Literal["single", "batch"]
 KINDS = ("reliability", "generalization", "locality", "portability")
@@ -196,7 +198,10 @@ def claims(edit: Edit, out_of_scope: Probe) -> bool:
     """Whether `out_of_scope` asks for the fact that `edit` changes: it names the edit's subject and
     expects the edit's old answer (or one of its aliases), or asks the edit's relation, or one of
     its family, in a CounterFact wording ("Helsinki is a twin city of" beside the edit "Helsinki is
-    a twin city of -> Istanbul", whose old answer the data gives as another of Helsinki's twins)."""
+    a twin city of -> Istanbul", whose old answer the data gives as another of Helsinki's twins),
+    or, as a KnowEdit relation-specificity prompt, asks a property whose label the edit's question
+    names ("The record label of Ray Guns Are Not Just the Future is" -> "Blue Note" beside the edit
+    "Which was the record label for Ray Guns Are Not Just the Future?", old answer "Blue Note Records")."""
     subject = edit.subject
     if not subject or subject.casefold() not in out_of_scope.prompt.casefold():
         return False
@@ -204,7 +209,10 @@ def claims(edit: Edit, out_of_scope: Probe) -> bool:
     if old and any(a.strip().casefold() == old for a in out_of_scope.answers):
         return True
     edited, asked = relation_of(edit.prompt, subject), relation_of(out_of_scope.prompt, subject)
-    return edited is not None and asked is not None and edited.family == asked.family
+    if edited is not None and asked is not None:
+        return edited.family == asked.family
+    label = wikidata_label(out_of_scope.prompt, subject) if out_of_scope.group == "Relation_Specificity" else None
+    return label is not None and question_asks_label(edit.prompt, label)
 
 
 def _probes(case: EditCase, edit_index: int, claimants: Sequence[Edit]) -> list[_Probe]:

@@ -216,6 +216,33 @@ def case_relation_of(case: EditCase) -> Relation | None:
     return case_relation(case.edit.prompt, case.edit.subject, tuple(p.prompt for p in case.out_of_scope))
 
 
+# Words a Wikidata label shares with any question ("member *of* sports team", "designed *by*").
+_LABEL_FILLERS = frozenset({"of", "the", "a", "an", "in", "by", "for", "to", "on", "at"})
+
+
+def wikidata_label(prompt: str, subject: str) -> str | None:
+    """The property label a KnowEdit relation-specificity prompt asks: its prompts are the label
+    around the subject, "The record label of {} is" or "{} record label"; None in any other form."""
+    cloze = re.fullmatch(r"The (.+) of " + re.escape(subject) + r" is", prompt)
+    if cloze:
+        return cloze.group(1)
+    if prompt.startswith(subject + " "):
+        return prompt[len(subject):].strip()
+    return None
+
+
+def _words(text: str) -> set[str]:
+    return {word.casefold().removesuffix("s") for word in re.findall(r"\w+", text)}
+
+
+def question_asks_label(question: str, label: str) -> bool:
+    """Whether a question names every word of a relation's label, in any order and number
+    ("What type of voice does Ernst Kraus have?" asks "voice type"; "Who are the cast members of
+    Cherry Tree Lane?" asks "cast member")."""
+    label_words = _words(label) - _LABEL_FILLERS
+    return bool(label_words) and label_words <= _words(question)
+
+
 def asks_another_fact(case: EditCase, rewording: Probe) -> bool:
     """Whether a rewording the data gives for the case's edit is, by its template, a wording of a
     relation of another family: it asks another fact of the subject. CounterFact words some

@@ -178,6 +178,24 @@ def test_a_probe_asking_a_stored_edit_relation_is_claimed_whatever_old_answer_th
     assert not claims(twin, Probe("The twin city of Oslo is", "Helsinki"))  # the subject only as an answer
 
 
+def test_a_knowedit_probe_asking_the_edited_property_by_its_label_is_claimed_whatever_its_old_answer():
+    from searc.evaluate import claims
+
+    label = Edit("Which was the record label for Ray Guns Are Not Just the Future?", "Roc Nation",
+                 subject="Ray Guns Are Not Just the Future", target_true="Blue Note Records")
+    specificity = "Relation_Specificity"
+    assert claims(label, Probe("The record label of Ray Guns Are Not Just the Future is", "Blue Note", group=specificity))
+    assert claims(label, Probe("Ray Guns Are Not Just the Future record label", "Blue Note", group=specificity))
+    assert not claims(label, Probe("The genre of Ray Guns Are Not Just the Future is", "jazz", group=specificity))
+    assert not claims(label, Probe("The record label of Ray Guns Are Not Just the Future is", "Blue Note"))  # not KnowEdit's form
+    voice = Edit("What type of voice does Ernst Kraus have?", "baritone", subject="Ernst Kraus", target_true="tenor")
+    assert claims(voice, Probe("The voice type of Ernst Kraus is", "Heldentenor", group=specificity))  # any order
+    father = Edit("Who was \u00c9vrard Chauveau's father?", "Michel Chauveau", subject="\u00c9vrard Chauveau", target_true="Fran\u00e7ois")
+    assert not claims(father, Probe("The family name of \u00c9vrard Chauveau is", "Chauveau", group=specificity))  # "name" unasked
+    part = Edit("What constellation does NGC 634 belong to?", "Triangulum", subject="NGC 634", target_true="Cassiopeia")
+    assert not claims(part, Probe("NGC 634 part of", "Milky Way", group=specificity))
+
+
 def test_failing_probes_are_kept_with_why():
     report = evaluate(system_with_bias(-8.0), CASES, mode="batch")  # never routed: every edit missed
     kinds = [(f.kind, f.prompt) for f in report.failures]
