@@ -26,7 +26,8 @@ out of scope (the classifier's negatives and the counterfactual model's decline 
   prompt rarely bring;
 beside the case (opt-in: `scope_cases`)
 - a scope-only case of the same subject in a relation neither dataset edits (`scope_case`): the
-  same fact in other words, for the classifier alone, on relations CounterFact does not have.
+  same fact in other words, for the classifier alone, on relations CounterFact does not have (with
+  `scope_answers`, for the counterfactual model's answers and declines too).
 
 and targets of every form (`target_form`): CounterFact's targets are single plain words and zsRE's
 rarely carry punctuation, so a counterfactual model trained on them alone drops what it never
@@ -106,6 +107,7 @@ class AugmentConfig:
     target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
     qualified_forms_only: bool = False  # with target_forms: only forms that keep the target and qualify it
     scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
+    scope_answers: bool = False  # with scope_cases: those cases carry a target and train the counterfactual model too
     near_subjects: int = 0  # wordings of the edit with a near-duplicate subject, out of scope (`Augmenter.near_subjects_of`)
     question_groups: bool = False  # never draw a rewording of a question's own relation as another fact (`question_groups`)
 
@@ -131,6 +133,7 @@ class Augmenter:
         self.relations = [r for r in RELATIONS if r.id not in self.held_out]
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
         self.subjects = sorted({c.edit.subject for c in cases if c.edit.subject})
+        self.targets = sorted({c.edit.target_new for c in cases if c.edit.target_new})
         self.scope_relations = [(r, _stems(content_words(" ".join((r.label, *r.templates))))) for r in SCOPE_RELATIONS]
         case_relations = [case_relation_of(c) for c in cases]
         self.subjects_by_word: dict[str, list[str]] = {}
@@ -218,7 +221,12 @@ class Augmenter:
         has 27 trained relations; these add 34 more, so that "the same fact in other words" is learnt
         as such and carries to relations training never saw. A relation whose words the case's own
         prompt uses (or a word of the same stem: "designing", "designed") is skipped: a zsRE question
-        may ask it, and then it is the edited fact."""
+        may ask it, and then it is the edited fact.
+
+        With `scope_answers` the case gets a target, another case's of the run (a counterfactual edit
+        may say anything), and trains the counterfactual model as any case does: to answer it to the
+        relation's other wordings, and to decline the other relation of the subject with this edit in
+        context, so that its decline, too, learns the fact on relations CounterFact does not have."""
         subject = case.edit.subject
         if not self.config.scope_cases or rng.random() >= self.config.scope_cases:
             return None
@@ -231,11 +239,12 @@ class Augmenter:
         relation, other = rng.sample(relations, 2)
         edit_wording, *wordings = rng.sample(relation.templates, len(relation.templates))
         stranger = rng.choice([s for s in rng.sample(self.subjects, 2) if s != subject])
+        target = rng.choice(self.targets) if self.config.scope_answers and self.targets else ""
         return EditCase(
-            edit=Edit(edit_wording.format(subject), "", subject=subject),
-            in_scope=tuple(Probe(t.format(subject), "") for t in (edit_wording, *wordings)),
+            edit=Edit(edit_wording.format(subject), target, subject=subject),
+            in_scope=tuple(Probe(t.format(subject), target) for t in (edit_wording, *wordings)),
             out_of_scope=(Probe(rng.choice(relation.templates).format(stranger), ""), Probe(rng.choice(other.templates).format(subject), "")),
-            scope_only=True,
+            scope_only=not target,
         )
 
 

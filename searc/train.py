@@ -80,6 +80,10 @@ class TrainConfig:
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
     scope_cases: float = 0.0
+    # with scope_cases: each scope case carries another case's target and also trains the
+    # counterfactual model (answer its relation's other wordings, decline another relation of the
+    # subject; Augmenter.scope_case)
+    scope_answers: bool = False
     # with augment: out-of-scope wordings of each edit with a near-duplicate subject of the run in
     # place of its own, per case drawn ("Aaron Brooks" for "Ahmad Brooks"; Augmenter.near_subjects_of).
     # Off by default: runs with 1 in the second stage or in both (README) separated near duplicates at scale no better
@@ -130,6 +134,7 @@ class TrainConfig:
         """What `searc.augment` adds to each case drawn."""
         return AugmentConfig(
             target_forms=self.target_forms, qualified_forms_only=self.qualified_forms_only, scope_cases=self.scope_cases,
+            scope_answers=self.scope_answers,
             near_subjects=self.near_subjects, question_groups=self.question_groups,
         )
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from collections import Counter
 
 import pytest
+import torch
 
 from searc.augment import (
     AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form, without_other_facts,
@@ -203,6 +204,28 @@ def test_scope_cases_teach_other_relations_and_train_no_answer():
     # off by default, and then not even a random draw is taken (the shipped recipe's batches stay as they were)
     rng = random.Random(0)
     assert Augmenter([DARRIEUX, ZSRE], SAME_TARGET).scope_case(DARRIEUX, rng) is None and rng.random() == random.Random(0).random()
+
+
+def test_scope_answers_give_scope_cases_a_target_that_trains_the_counterfactual_model():
+    from searc.batches import counterfactual_examples, decline_examples, scope_matrix
+
+    cases = [DARRIEUX, ZSRE, *QUESTIONS]
+    augmenter = Augmenter(cases, AugmentConfig(scope_cases=1.0, scope_answers=True))
+    plain = Augmenter(cases, AugmentConfig(scope_cases=1.0))
+    for seed in range(20):
+        case = augmenter.scope_case(DARRIEUX, random.Random(seed))
+        # another case's target, answered by every in-scope wording; out of scope as without answers
+        assert not case.scope_only and case.edit.target_new in {c.edit.target_new for c in cases}
+        assert {p.answer for p in case.in_scope} == {case.edit.target_new} and {p.answer for p in case.out_of_scope} == {""}
+        without = plain.scope_case(DARRIEUX, random.Random(seed))
+        assert [p.prompt for p in case.in_scope] == [p.prompt for p in without.in_scope]
+    # such a case trains answers and may be the edit a decline reads
+    case = augmenter.scope_case(DARRIEUX, random.Random(0))
+    inputs, targets = counterfactual_examples([case], random.Random(0), drop_subject=0.0)
+    assert targets and set(targets) == {case.edit.target_new} and all(case.edit.prompt in i for i in inputs)
+    probes, labels = scope_matrix([case])
+    logits = torch.zeros(labels.shape)
+    assert decline_examples([case], probes, labels, logits, random.Random(0), drop_subject=0.0)
 
 
 def test_near_subjects_put_the_edits_wordings_to_other_names_that_share_a_word():
