@@ -82,7 +82,8 @@ class TrainConfig:
     scope_cases: float = 0.0
     # with scope_cases: each scope case carries another case's target and also trains the
     # counterfactual model (answer its relation's other wordings, decline another relation of the
-    # subject; Augmenter.scope_case)
+    # subject; Augmenter.scope_case). Off by default: a third stage with it (README, "Scope answers
+    # for the decline") reached more held-out relations but declined fewer of KnowEdit's other facts
     scope_answers: bool = False
     # with augment: out-of-scope wordings of each edit with a near-duplicate subject of the run in
     # place of its own, per case drawn ("Aaron Brooks" for "Ahmad Brooks"; Augmenter.near_subjects_of).
