@@ -94,6 +94,40 @@ OTHER_SCRIPTS = (
     "京都", "北京大学", "大阪", "Новосибирск", "Київ", "Санкт-Петербург", "Αθήνα", "Ελληνικά", "القاهرة", "العربية",
     "서울", "한국어", "मुंबई", "हिन्दी", "ירושלים", "עברית", "กรุงเทพ", "Tbilisi (თბილისი)", "Ереван", "Þingvellir",
 )
+# Answers of the right kind for each of `relations.SCOPE_RELATIONS` (with `scope_answers`): a
+# scope case's target is one of its relation's, so that training never pairs a relation with an
+# answer of another kind ("The spouse of X is" -> a country) and the decline keeps that cue.
+PEOPLE = (
+    "Maria Lindqvist", "John Harrington", "Akira Tanaka", "Elena Petrova", "Pierre Laurent", "Amina Diallo", "Carlos Mendes",
+    "Sofia Rossi", "Henrik Olsen", "Li Wei", "Margaret Ellis", "Omar Haddad", "Ingrid Berg", "Rafael Ortega", "Yuki Sato",
+)
+_UNIVERSITIES = ("University of Oxford", "Harvard University", "Sorbonne", "University of Tokyo", "ETH Zurich", "Yale University")
+_YEARS = ("1887", "1912", "1954", "1969", "1978", "1991", "2003", "2011")
+_NUMBERS = ("1,200", "45,000", "3.2 million", "870", "12,500", "260,000")
+SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
+    **{pid: PEOPLE for pid in ("P26", "P22", "P25", "P3373", "P40", "P1066", "P6", "P112", "P169", "P84", "P50", "P57", "P86")},
+    "P569": ("4 March 1921", "17 July 1956", "2 November 1889", "30 January 1974", "12 May 1963"),
+    "P69": _UNIVERSITIES,
+    "P166": ("Nobel Prize in Physics", "Pulitzer Prize", "Academy Award for Best Actor", "Grammy Award", "Victoria Cross"),
+    "P102": ("Labour Party", "Republican Party", "Christian Democratic Union", "Communist Party", "Liberal Party"),
+    "P54": ("FC Barcelona", "Manchester United", "Ajax", "Boca Juniors", "Bayern Munich", "Los Angeles Lakers"),
+    "P21": ("female", "male"),
+    "P172": ("Basque people", "Tamil people", "Han Chinese", "Yoruba people", "Irish people"),
+    "P241": ("Royal Navy", "United States Army", "Luftwaffe", "French Foreign Legion", "Royal Air Force"),
+    "P607": ("World War I", "Crimean War", "Korean War", "Napoleonic Wars", "Vietnam War"),
+    "P412": ("soprano", "tenor", "baritone", "mezzo-soprano", "bass", "contralto"),
+    "P135": ("Impressionism", "Cubism", "Romanticism", "Surrealism", "Baroque", "Futurism"),
+    "P2048": ("182 centimetres", "324 metres", "1.65 metres", "97 metres", "2.01 metres"),
+    "P2044": ("1,240 metres", "35 metres", "2,962 metres", "610 metres", "4,808 metres"),
+    "P1082": _NUMBERS,
+    "P38": ("euro", "Japanese yen", "Swiss franc", "Indian rupee", "pound sterling", "Brazilian real"),
+    "P571": _YEARS,
+    "P1128": _NUMBERS,
+    "P186": ("steel", "granite", "oak wood", "reinforced concrete", "bronze", "marble"),
+    "P123": ("Penguin Books", "Gallimard", "HarperCollins", "Electronic Arts", "Nintendo", "Oxford University Press"),
+    "P577": _YEARS,
+    "P400": ("PlayStation 4", "Microsoft Windows", "Nintendo Switch", "Android", "Xbox 360", "macOS"),
+}
 STOPWORDS = frozenset("the a an of is was in on by to what which who whom when where how does did do are and for it its they this that".split())
 
 
@@ -133,7 +167,6 @@ class Augmenter:
         self.relations = [r for r in RELATIONS if r.id not in self.held_out]
         self.label_words = [(label, content_words(label)) for label in GENERIC_LABELS]
         self.subjects = sorted({c.edit.subject for c in cases if c.edit.subject})
-        self.targets = sorted({c.edit.target_new for c in cases if c.edit.target_new})
         self.scope_relations = [(r, _stems(content_words(" ".join((r.label, *r.templates))))) for r in SCOPE_RELATIONS]
         case_relations = [case_relation_of(c) for c in cases]
         self.subjects_by_word: dict[str, list[str]] = {}
@@ -223,10 +256,10 @@ class Augmenter:
         prompt uses (or a word of the same stem: "designing", "designed") is skipped: a zsRE question
         may ask it, and then it is the edited fact.
 
-        With `scope_answers` the case gets a target, another case's of the run (a counterfactual edit
-        may say anything), and trains the counterfactual model as any case does: to answer it to the
-        relation's other wordings, and to decline the other relation of the subject with this edit in
-        context, so that its decline, too, learns the fact on relations CounterFact does not have."""
+        With `scope_answers` the case gets a target of its relation's kind (`SCOPE_TARGETS`) and trains
+        the counterfactual model as any case does: to answer it to the relation's other wordings, and
+        to decline the other relation of the subject with this edit in context, so that its decline,
+        too, learns the fact on relations CounterFact does not have."""
         subject = case.edit.subject
         if not self.config.scope_cases or rng.random() >= self.config.scope_cases:
             return None
@@ -239,7 +272,7 @@ class Augmenter:
         relation, other = rng.sample(relations, 2)
         edit_wording, *wordings = rng.sample(relation.templates, len(relation.templates))
         stranger = rng.choice([s for s in rng.sample(self.subjects, 2) if s != subject])
-        target = rng.choice(self.targets) if self.config.scope_answers and self.targets else ""
+        target = rng.choice(SCOPE_TARGETS[relation.id]) if self.config.scope_answers else ""
         return EditCase(
             edit=Edit(edit_wording.format(subject), target, subject=subject),
             in_scope=tuple(Probe(t.format(subject), target) for t in (edit_wording, *wordings)),

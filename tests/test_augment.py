@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from searc.augment import (
-    AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form, without_other_facts,
+    SCOPE_TARGETS, AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form,
+    without_other_facts,
 )
+from searc.batches import counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase, Probe, load_cases
 from searc.memory import Edit
 from searc.relations import (
@@ -207,15 +209,15 @@ def test_scope_cases_teach_other_relations_and_train_no_answer():
 
 
 def test_scope_answers_give_scope_cases_a_target_that_trains_the_counterfactual_model():
-    from searc.batches import counterfactual_examples, decline_examples, scope_matrix
-
     cases = [DARRIEUX, ZSRE, *QUESTIONS]
     augmenter = Augmenter(cases, AugmentConfig(scope_cases=1.0, scope_answers=True))
     plain = Augmenter(cases, AugmentConfig(scope_cases=1.0))
+    assert set(SCOPE_TARGETS) == {r.id for r in SCOPE_RELATIONS}  # every scope relation has answers of its kind
     for seed in range(20):
         case = augmenter.scope_case(DARRIEUX, random.Random(seed))
-        # another case's target, answered by every in-scope wording; out of scope as without answers
-        assert not case.scope_only and case.edit.target_new in {c.edit.target_new for c in cases}
+        relation = next(r for r in SCOPE_RELATIONS if case.edit.prompt in {t.format("Danielle Darrieux") for t in r.templates})
+        # an answer of its relation's kind, given to every in-scope wording; out of scope as without answers
+        assert not case.scope_only and case.edit.target_new in SCOPE_TARGETS[relation.id]
         assert {p.answer for p in case.in_scope} == {case.edit.target_new} and {p.answer for p in case.out_of_scope} == {""}
         without = plain.scope_case(DARRIEUX, random.Random(seed))
         assert [p.prompt for p in case.in_scope] == [p.prompt for p in without.in_scope]
