@@ -97,7 +97,7 @@ OTHER_SCRIPTS = (
 # Answers of the right kind for each of `relations.SCOPE_RELATIONS` (with `scope_answers`): a
 # scope case's target is one of its relation's, so that training never pairs a relation with an
 # answer of another kind ("The spouse of X is" -> a country) and the decline keeps that cue.
-PEOPLE = (
+_PEOPLE = (
     "Maria Lindqvist", "John Harrington", "Akira Tanaka", "Elena Petrova", "Pierre Laurent", "Amina Diallo", "Carlos Mendes",
     "Sofia Rossi", "Henrik Olsen", "Li Wei", "Margaret Ellis", "Omar Haddad", "Ingrid Berg", "Rafael Ortega", "Yuki Sato",
 )
@@ -105,7 +105,7 @@ _UNIVERSITIES = ("University of Oxford", "Harvard University", "Sorbonne", "Univ
 _YEARS = ("1887", "1912", "1954", "1969", "1978", "1991", "2003", "2011")
 _NUMBERS = ("1,200", "45,000", "3.2 million", "870", "12,500", "260,000")
 SCOPE_TARGETS: dict[str, tuple[str, ...]] = {
-    **{pid: PEOPLE for pid in ("P26", "P22", "P25", "P3373", "P40", "P1066", "P6", "P112", "P169", "P84", "P50", "P57", "P86")},
+    **{pid: _PEOPLE for pid in ("P26", "P22", "P25", "P3373", "P40", "P1066", "P6", "P112", "P169", "P84", "P50", "P57", "P86")},
     "P569": ("4 March 1921", "17 July 1956", "2 November 1889", "30 January 1974", "12 May 1963"),
     "P69": _UNIVERSITIES,
     "P166": ("Nobel Prize in Physics", "Pulitzer Prize", "Academy Award for Best Actor", "Grammy Award", "Victoria Cross"),
