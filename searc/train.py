@@ -80,10 +80,11 @@ class TrainConfig:
     # with augment: the chance that each case drawn brings a scope-only case of its subject, in one
     # of `searc.relations.SCOPE_RELATIONS` (the classifier's BCE only; see Augmenter.scope_case)
     scope_cases: float = 0.0
-    # with scope_cases: each scope case carries another case's target and also trains the
-    # counterfactual model (answer its relation's other wordings, decline another relation of the
-    # subject; Augmenter.scope_case). Off by default: a third stage with it (README, "Scope answers
-    # for the decline") reached more held-out relations but declined fewer of KnowEdit's other facts
+    # with scope_cases: each scope case carries a target of its relation's kind (augment.SCOPE_TARGETS)
+    # and also trains the counterfactual model (answer its relation's other wordings, decline another
+    # relation of the subject; Augmenter.scope_case). Off by default: third stages with it (README,
+    # "Scope answers for the decline") reached more held-out relations but declined fewer of
+    # KnowEdit's other facts
     scope_answers: bool = False
     # with augment: out-of-scope wordings of each edit with a near-duplicate subject of the run in
     # place of its own, per case drawn ("Aaron Brooks" for "Ahmad Brooks"; Augmenter.near_subjects_of).
