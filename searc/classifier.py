@@ -13,6 +13,15 @@ Both SERAC variants, initialised from a sentence encoder (all-MiniLM-L6-v2 by de
 
 `scores(inputs, memory)` returns an [n_inputs, n_edits] matrix of probabilities in [0, 1].
 
+Both read names loosely: MiniLM embeds "Aaron Brooks plays in the position of" and "Ahmad Brooks
+plays in the position of" almost alike, and with thousands of edits stored such near-duplicate
+subjects are what locality loses. So routing also checks the edit's subject by its words
+(`searc.names`: the share of the subject's words the probe writes, accents and case aside) and
+lowers the logit by `name_weight` times the share missing. An edit stored without a subject is not
+checked. The weight is no trained parameter: `searc tune` chooses it with the two thresholds, on
+validation with the edits in memory (0 leaves the model's score as it is; checkpoints tuned before
+it existed read 0).
+
 An edit is matched by its prompt alone (`scope_text`): the new target says nothing about which
 inputs the edit covers, and on CounterFact train pairs the prompt separates paraphrases from
 hard negatives better than "prompt target" does.
@@ -48,6 +57,7 @@ class ClassifierConfig:
     bias: float = ZERO_SHOT_BIAS
     trainable_layers: int = 2  # top encoder layers fine-tuned (the rest stay as shipped, and out of checkpoints)
     top_k: int = 32  # cross: edits cross-encoded per probe, retrieved by embedding; 0 = every edit
+    name_weight: float = 0.0  # routing: logit lowered by this times the share of the edit's subject words a probe lacks (`searc.names`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +66,11 @@ class ClassifierConfig:
 def scope_text(edit: Edit) -> str:
     """What the classifier compares inputs against."""
     return edit.prompt
+
+
+def name_checked(logits: torch.Tensor, match: torch.Tensor, name_weight: float) -> torch.Tensor:
+    """Routing logits: the classifier's, lowered by `name_weight` times the share of the subject missing."""
+    return logits - name_weight * (1 - match) if name_weight else logits
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -108,12 +123,19 @@ class ScopeClassifier(nn.Module):
         self.key_version = uuid.uuid4().hex
 
     def scores(self, inputs: Sequence[str], memory: EditMemory) -> torch.Tensor:
-        """[n_inputs, n_edits] probabilities that each input is in scope of each edit."""
+        """[n_inputs, n_edits] probabilities that each input is in scope of each edit, names checked."""
         if not inputs or not len(memory):
             return torch.zeros(len(inputs), len(memory))
+        logits = self.memory_logits(inputs, memory)
+        if self.config.name_weight:
+            logits = name_checked(logits, memory.names().match(inputs), self.config.name_weight)
+        return torch.sigmoid(logits)
+
+    def memory_logits(self, inputs: Sequence[str], memory: EditMemory) -> torch.Tensor:
+        """[n_inputs, n_edits] the classifier's own logits against the stored edits (names unchecked)."""
         keys = memory.ensure_keys(self)
         with torch.inference_mode():
-            return torch.sigmoid(self.logits(list(inputs), keys)).float().cpu()
+            return self.logits(list(inputs), keys).float().cpu()
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
         """Logits of aligned (edit_i, input_i) pairs, differentiable."""

@@ -85,29 +85,44 @@ def write_json(out: Path | None, document: object) -> None:
 
 
 def answer_options(p: argparse.ArgumentParser) -> None:
-    """How probes are answered: the two thresholds and the counterfactual model's decoding."""
+    """How probes are answered: the two thresholds, the classifier's name check and the counterfactual model's decoding."""
     p.add_argument("--threshold", default=None, help="routing threshold in [0, 1] (default: the checkpoint's, else 0.5)")
     p.add_argument("--decline-threshold", default=None,
                    help="the counterfactual model declines when its probability of ending at once reaches this (default: the checkpoint's, else 0.5)")
+    p.add_argument("--name-weight", default=None,
+                   help="routing logit lowered by this times the share of an edit's subject words a probe lacks; 0 = no name check "
+                        "(default: the checkpoint's, tuned with its thresholds)")
     p.add_argument("--free-decoding", action="store_true",
                    help="let the counterfactual model end or reword a target it has begun (default: it finishes the edit's target verbatim)")
 
 
-def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | None]:
-    """(routing, decline) thresholds as given, None where not: checked before any model loads."""
+def parsed_thresholds(args: argparse.Namespace) -> tuple[float | None, float | None, float | None]:
+    """(routing threshold, decline threshold, name weight) as given, None where not: checked before any model loads."""
     routing = parse_threshold(args.threshold) if args.threshold is not None else None
     decline = parse_threshold(args.decline_threshold, "--decline-threshold") if args.decline_threshold is not None else None
-    return routing, decline
+    return routing, decline, parse_name_weight(args.name_weight) if args.name_weight is not None else None
 
 
-def apply_answer_options(system, args: argparse.Namespace, thresholds: tuple[float | None, float | None]) -> None:
-    """Thresholds given on the command line replace the loaded checkpoint's; --free-decoding applies."""
+def parse_name_weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--name-weight expects a number of 0 or more, got {text!r}") from None
+    if not 0.0 <= value < math.inf:
+        raise UsageError(f"--name-weight expects a number of 0 or more, got {text!r}")
+    return value
+
+
+def apply_answer_options(system, args: argparse.Namespace, thresholds: tuple[float | None, float | None, float | None]) -> None:
+    """Thresholds and name weight given on the command line replace the loaded checkpoint's; --free-decoding applies."""
     system.finish_targets = not args.free_decoding
-    routing, decline = thresholds
+    routing, decline, name_weight = thresholds
     if routing is not None:
         system.threshold = routing
     if decline is not None:
         system.decline_threshold = decline
+    if name_weight is not None:
+        system.classifier.config.name_weight = name_weight
 
 
 def read_data(files: Sequence[tuple[str, int | None]], skip_bad_records: bool) -> list[list[EditCase]]:
@@ -206,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     skip_bad_records_option(evaluate)
     model_options(evaluate)
 
-    tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds together on validation cases (all edits in memory)")
+    tune = sub.add_parser("tune", help="re-tune a checkpoint's routing and decline thresholds and its classifier's name weight together on validation cases (all edits in memory)")
     tune.add_argument("--checkpoint", required=True, help="the checkpoint directory to re-tune (rewritten in place)")
     tune.add_argument("--val", nargs="+", metavar="PATH",
                       help="validation cases, one or more files or slices (PATH[START:STOP]), taken in turn (never an edit.json "
@@ -429,7 +444,8 @@ def run_tune(args: argparse.Namespace) -> int:
         "within_decline_cap": tuned.within_cap,
     }
     save_checkpoint(
-        system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, training=system.info.training, metrics=metrics
+        system, args.checkpoint, tuned.threshold, decline_threshold=tuned.decline_threshold, name_weight=tuned.name_weight,
+        training=system.info.training, metrics=metrics,
     )
     print(json.dumps(tuned.metrics()))
     write_json(args.json, {"chosen": tuned.metrics(), "grid": [{**asdict(pair), "score": pair.score} for pair in tuned.grid]})

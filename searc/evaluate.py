@@ -129,6 +129,7 @@ class EvalReport:
     edits_in_memory: int
     threshold: float  # routing
     decline_threshold: float  # the counterfactual model's
+    name_weight: float  # the classifier's name check (`searc.names`); 0: none
     finish_targets: bool  # a begun target was finished verbatim (lm.FinishTargets); False: decoded freely
     classifier: dict[str, float]
     unedited: dict[str, float]  # the base model alone, generation scoring
@@ -158,7 +159,8 @@ class EvalReport:
         width = max(len(r[0]) for r in rows)
         lines = [f"{r[0]:<{width}}  {r[1]:>14}  {r[2]:>10}" for r in rows]
         set_aside = f" ({self.set_aside_cases} re-editing an earlier case's fact set aside)" if self.set_aside_cases else ""
-        settings = f"threshold {self.threshold:.2f}, decline threshold {self.decline_threshold:.2f}" + ("" if self.finish_targets else ", decoding freely")
+        settings = (f"threshold {self.threshold:.2f}, decline threshold {self.decline_threshold:.2f}, name weight {self.name_weight:g}"
+                    + ("" if self.finish_targets else ", decoding freely"))
         return "\n".join(lines + [f"{self.n_cases} cases{set_aside}, {self.mode} mode, {self.edits_in_memory} edits in memory, {settings}, {self.seconds:.0f} s"])
 
 
@@ -464,6 +466,7 @@ def evaluate(
         edits_in_memory=max(len(editor.memory) for editor, _ in sessions),
         threshold=threshold,
         decline_threshold=decline_threshold,
+        name_weight=system.classifier.config.name_weight,
         finish_targets=finish_targets,
         classifier=classifier,
         unedited=unedited,

@@ -14,6 +14,8 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
+from searc.names import NameIndex
+
 MAX_TEXT_CHARS = 1000  # longer prompts/targets are refused: far past the encoder's 256-token window
 MAX_EDITS = 100_000  # per memory: dense scoring stays under 300 ms a probe here (see `searc bench`)
 
@@ -134,6 +136,7 @@ class EditMemory:
     key_version: str | None = None
     max_edits: int = MAX_EDITS
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+    _names: NameIndex | None = field(default=None, repr=False)  # built on first use, extended by `add`, dropped by removals
 
     def __len__(self) -> int:
         return len(self.edits)
@@ -191,6 +194,8 @@ class EditMemory:
             stored.append(Edit(edit.prompt, edit.target_new, edit.subject, edit.target_true, edit_id))
         self.keys.append(keys)
         self.edits.extend(stored)
+        if self._names is not None:
+            self._names.extend(edit.subject for edit in stored)
         return stored
 
     def remove(self, edit_id: str) -> Edit:
@@ -199,6 +204,7 @@ class EditMemory:
                 del self.edits[index]
                 if self.keys is not None:
                     self.keys.delete(index)
+                self._names = None
                 return edit
         raise KeyError(f"no edit with id {edit_id!r}")
 
@@ -206,6 +212,13 @@ class EditMemory:
         self.edits.clear()
         self.keys = None
         self.key_version = None
+        self._names = None
+
+    def names(self) -> NameIndex:
+        """The stored edits' subjects indexed by word, in memory order (`searc.names`)."""
+        if self._names is None:
+            self._names = NameIndex(edit.subject for edit in self.edits)
+        return self._names
 
     def ensure_keys(self, classifier: KeyedClassifier) -> KeyStore:
         """The key store for `classifier`, re-keying every edit once if it was keyed by another."""

@@ -111,17 +111,19 @@ def replace_classifier(system: SeracSystem, config: ClassifierConfig) -> None:
 
 def checkpoint_of(
     system: SeracSystem, threshold: float | None = None, training: dict | None = None, metrics: dict | None = None,
-    decline_threshold: float | None = None,
+    decline_threshold: float | None = None, name_weight: float | None = None,
 ) -> Checkpoint:
-    """The system's trained parts and settings; both thresholds default to the system's own."""
+    """The system's trained parts and settings; both thresholds and the classifier's name weight
+    (tuned with them) default to the system's own."""
     classifier = system.classifier
+    tuned = {} if name_weight is None else {"name_weight": name_weight}
     return Checkpoint(
         config={
             "lm": system.info.lm,
             "encoder": system.info.encoder,
             "counterfactual_lm": system.info.counterfactual_lm,
             "lm_fingerprint": model_fingerprint(system.counterfactual.model.get_base_model()),
-            "classifier": classifier.config.to_dict() | _live_scale_bias(classifier),
+            "classifier": classifier.config.to_dict() | _live_scale_bias(classifier) | tuned,
             "lora": system.info.lora,
             "prompt_format": PROMPT_FORMAT,
             "threshold": system.threshold if threshold is None else threshold,

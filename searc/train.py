@@ -355,7 +355,8 @@ def _train_loop(
                 best_score, stale = metrics["score"], 0
                 if out is not None and main:
                     best_path = str(save_checkpoint(
-                        system, out, metrics["threshold"], decline_threshold=metrics["decline_threshold"], training=record | {"step": step}, metrics=metrics
+                        system, out, metrics["threshold"], decline_threshold=metrics["decline_threshold"], name_weight=metrics["name_weight"],
+                        training=record | {"step": step}, metrics=metrics,
                     ))
             else:
                 stale += 1

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from searc.batches import classifier_pairs, decline_examples, scope_layout, scope_matrix
+from searc.classifier import name_checked
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase
 from searc.editor import DEFAULT_DECLINE_THRESHOLD, Editor, SeracSystem, declines, end_probabilities
@@ -38,6 +39,9 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 # Fine near 1: a counterfactual model trained to end at once on out-of-scope edits puts most of
 # its end probabilities there, so an eager decline is brought within the cap only up here.
 DECLINE_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+# Logit lowered per share of an edit's subject missing from a probe (`classifier.name_checked`): 0
+# is the classifier alone; at 8 a probe that names one of a subject's two words loses 4.
+NAME_WEIGHT_GRID = (0.0, 2.0, 4.0, 8.0, 16.0)
 
 
 # `searc tune`'s cap, the scope issue's bar: in-scope probes routed to their own edit yet declined,
@@ -49,7 +53,7 @@ MAX_DECLINED_OWN_ROUTES = 0.02
 
 @dataclass(frozen=True)
 class ThresholdPair:
-    """What one (routing, decline) threshold pair scores on the validation memory."""
+    """What one (routing, decline) threshold pair scores on the validation memory, at one name weight."""
 
     threshold: float
     decline_threshold: float
@@ -57,6 +61,7 @@ class ThresholdPair:
     batch_locality: float
     declined_own_routes: float
     declined_own_routes_held_out: float  # on the held-out relations' cases alone; nan without any
+    name_weight: float = 0.0  # the classifier's name check (`searc.names`) the scores were read with
 
     @property
     def score(self) -> float:
@@ -73,6 +78,7 @@ class Tuning:
 
     threshold: float
     decline_threshold: float
+    name_weight: float
     batch_recall: float
     batch_locality: float
     batch_recall_held_out: float  # nan without cases of held-out relations
@@ -96,63 +102,74 @@ def tune_thresholds(
     stored: Sequence[EditCase] = (),
     max_declined_own_routes: float = 1.0,
 ) -> Tuning:
-    """The routing threshold and the decline threshold that best separate in-scope from
-    out-of-scope probes with *all* the cases' edits in memory at once (as in batch evaluation):
-    the mean of batch recall (answered from the probe's own edit, not declined) and batch locality
-    (out-of-scope probes left to the base model: not routed, or routed and declined) is maximised
-    over both grids together, among the pairs that decline at most `max_declined_own_routes` of
-    the in-scope probes routed to their own edit, over all cases and over the `held_out`
-    relations' cases alone (all pairs if none does). The two trade against
+    """The routing threshold, the decline threshold and the classifier's name weight that best
+    separate in-scope from out-of-scope probes with *all* the cases' edits in memory at once (as in
+    batch evaluation): the mean of batch recall (answered from the probe's own edit, not declined)
+    and batch locality (out-of-scope probes left to the base model: not routed, or routed and
+    declined) is maximised over the three grids together, among the settings that decline at most
+    `max_declined_own_routes` of the in-scope probes routed to their own edit, over all cases and
+    over the `held_out` relations' cases alone (all settings if none does). They trade against
     each other: a lower routing threshold reaches loose paraphrases and leans on the decline to
     turn away other facts of the subject; a higher decline threshold declines fewer in-scope probes
-    and more false routes get answered. As in evaluation, an out-of-scope prompt that a stored edit
-    claims (`evaluate.claims`; its own case's edit included) asks that edit's own fact and is left
-    out of locality, and a rewording that asks another fact of the subject
-    (`relations.asks_another_fact`) is left out of recall (and of locality).
-    `batch_recall_held_out` is the batch recall on the cases of the `held_out` relations alone
-    (relations training never saw). `stored`: more cases whose edits the memory
-    holds beside the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused
-    with); as there, the memory keeps one edit per fact and a probed re-edit is set aside."""
+    and more false routes get answered; the name weight turns away edits of a subject named almost
+    alike (`searc.names`) and costs probes that name the subject otherwise. Ties go to
+    the smaller name weight, then to the thresholds nearest the untuned defaults. As in
+    evaluation, an out-of-scope prompt that a stored edit claims (`evaluate.claims`; its own case's
+    edit included) asks that edit's own fact and is left out of locality, and a rewording that asks
+    another fact of the subject (`relations.asks_another_fact`) is left out of recall (and of
+    locality). `batch_recall_held_out` is the batch recall on the cases of the `held_out` relations
+    alone (relations training never saw). `stored`: more cases whose edits the memory holds beside
+    the probed cases' own, as `evaluate`'s (memory at scale: more edits to be confused with); as
+    there, the memory keeps one edit per fact and a probed re-edit is set aside."""
     cases, stored, _ = batch_memory(cases, stored)
     editor = Editor(system)
     edits = editor.add_edits([case.edit for case in (*cases, *stored)])
     probes, labels = scope_matrix(cases)  # [n_cases, n_probes]: the probed cases' edits come first in memory
-    scores = editor.scores(probes)  # [n_probes, n_edits]
-    best_scores, best_edit = scores.max(dim=1)
-    ends = torch.tensor(end_probabilities(system, probes, [editor.memory.edits[i] for i in best_edit.tolist()]))
+    logits = system.classifier.memory_logits(probes, editor.memory)  # [n_probes, n_edits]
+    match = editor.memory.names().match(probes)
     owner = labels.argmax(0)
     layout = scope_layout(cases)
     other_fact = torch.tensor([own and asks_another_fact(cases[index], probe) for index, probe, own in layout], dtype=torch.bool)
     in_scope = labels.any(0) & ~other_fact
-    own_route = in_scope & (best_edit == owner)  # right edit if routed
     others = claimants(cases, edits)
     claimed = torch.tensor([not own and any(claims(e, probe) for e in others[index]) for index, probe, own in layout])
     local = ~labels.any(0) & ~claimed
     held_case = torch.tensor([getattr(case_relation_of(case), "id", None) in held_out for case in cases], dtype=torch.bool)
-
-    def outcome(threshold: float, decline_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per probe at this pair: (routed, declined, answered by the counterfactual model)."""
-        routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
-        return routed, declined, routed & ~declined
-
     held_column = held_case[owner] & in_scope  # in-scope columns of the held-out relations' cases (owner: each column's case)
+    end_at: dict[tuple[int, int], float] = {}  # (probe, edit): the counterfactual model's end probability, read once
 
-    def pair(threshold: float, decline_threshold: float) -> ThresholdPair:
-        routed, declined, answered = outcome(threshold, decline_threshold)
+    def routes(name_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per probe at this name weight: its best score, its best edit, and the end probability with that edit."""
+        best_scores, best_edit = torch.sigmoid(name_checked(logits, match, name_weight)).max(dim=1)
+        new = [(i, e) for i, e in enumerate(best_edit.tolist()) if (i, e) not in end_at]
+        end_at.update(zip(new, end_probabilities(system, [probes[i] for i, _ in new], [edits[e] for _, e in new])))
+        return best_scores, best_edit, torch.tensor([end_at[(i, e)] for i, e in enumerate(best_edit.tolist())])
+
+    routed_by = {w: routes(w) for w in NAME_WEIGHT_GRID}
+
+    def outcome(threshold: float, decline_threshold: float, name_weight: float) -> tuple[torch.Tensor, ...]:
+        """Per probe at this setting: (routed, declined, answered by the counterfactual model, in scope and its own edit the best)."""
+        best_scores, best_edit, ends = routed_by[name_weight]
+        routed, declined = best_scores >= threshold, declines(ends, decline_threshold)
+        return routed, declined, routed & ~declined, in_scope & (best_edit == owner)
+
+    def setting(threshold: float, decline_threshold: float, name_weight: float) -> ThresholdPair:
+        routed, declined, answered, own_route = outcome(threshold, decline_threshold, name_weight)
         return ThresholdPair(
             threshold, decline_threshold, _mean((answered & own_route)[in_scope]), _mean(~answered[local]) if local.any() else 1.0,
-            _mean(declined[routed & own_route]), _mean(declined[routed & own_route & held_column]),
+            _mean(declined[routed & own_route]), _mean(declined[routed & own_route & held_column]), name_weight,
         )
 
-    def preference(p: ThresholdPair) -> tuple[float, ...]:  # ties: nearest the untuned defaults, then higher
-        return (p.score, -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD), p.threshold, p.decline_threshold)
+    def preference(p: ThresholdPair) -> tuple[float, ...]:  # ties: the smaller name weight, the thresholds nearest the untuned defaults, then higher
+        closeness = -abs(p.threshold - 0.5) - abs(p.decline_threshold - DEFAULT_DECLINE_THRESHOLD)
+        return (p.score, -p.name_weight, closeness, p.threshold, p.decline_threshold)
 
-    grid = tuple(pair(t, d) for t in THRESHOLD_GRID for d in DECLINE_GRID)
+    grid = tuple(setting(t, d, w) for w in NAME_WEIGHT_GRID for t in THRESHOLD_GRID for d in DECLINE_GRID)
     allowed = [p for p in grid if p.declines_at_most(max_declined_own_routes)]
     best = max(allowed or grid, key=preference)
-    routed, declined, answered = outcome(best.threshold, best.decline_threshold)
+    routed, declined, answered, own_route = outcome(best.threshold, best.decline_threshold, best.name_weight)
     return Tuning(
-        best.threshold, best.decline_threshold, best.batch_recall, best.batch_locality,
+        best.threshold, best.decline_threshold, best.name_weight, best.batch_recall, best.batch_locality,
         batch_recall_held_out=_mean((answered & own_route)[held_column]),
         declined_own_routes=best.declined_own_routes, declined_own_routes_held_out=best.declined_own_routes_held_out,
         declined_false_routes=_mean(declined[routed & local]),

@@ -77,6 +77,21 @@ def test_dense_score_is_sigmoid_of_scaled_cosine():
     assert float(classifier.scores(PROBES[:1], memory)[0, 0]) == pytest.approx(float(expected), abs=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["dense", "cross"])
+def test_the_name_weight_lowers_the_logit_by_the_share_of_the_subject_a_probe_lacks(variant):
+    classifier = make_system(variant=variant).classifier
+    classifier.config.top_k = 0  # cross: every edit scored
+    memory = EditMemory()
+    memory.add([Edit("Which position does Ahmad Brooks play?", "quarterback", subject="Ahmad Brooks"), *EDITS], classifier)
+    probes = ["Aaron Brooks plays in the position of", "Ahmad Brooks plays in the position of", *PROBES]
+    unchecked = classifier.scores(probes, memory)
+    classifier.config.name_weight = 4.0
+    checked = classifier.scores(probes, memory)
+    shift = torch.logit(checked[:, 0].double()) - torch.logit(unchecked[:, 0].double())
+    assert shift.tolist() == pytest.approx([-2.0, 0.0] + [-4.0] * len(PROBES), abs=1e-3)  # half named, named whole, not named
+    assert torch.equal(checked[:, 1:], unchecked[:, 1:])  # edits stored without a subject are not checked
+
+
 def test_only_top_layers_and_head_are_trainable():
     classifier = make_system(variant="cross").classifier
     names = [n for n, _ in classifier.named_parameters() if classifier.is_trainable(n)]

@@ -17,6 +17,8 @@ from searc.cli import main, parse_edit
         (["probe", "--edit", "a|b", "--probe", "x", "--threshold", "high"], "--threshold"),
         (["probe", "--edit", "a|b", "--probe", "x", "--decline-threshold", "2"], "--decline-threshold expects a number in [0, 1]"),
         (["eval", "--data", "x.json", "--decline-threshold", "often"], "--decline-threshold expects a number in [0, 1]"),
+        (["eval", "--data", "x.json", "--name-weight", "-1"], "--name-weight expects a number of 0 or more"),
+        (["probe", "--edit", "a|b", "--probe", "x", "--name-weight", "inf"], "--name-weight expects a number of 0 or more"),
         (["probe", "--edit", "a|b"], "at least one --probe"),
         (["probe", "--bogus"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),

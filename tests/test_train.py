@@ -206,22 +206,57 @@ def test_a_training_record_gives_back_its_config_and_a_legacy_record_means_off()
     assert augmented == config.validation_cases(cases) and augmented != list(cases)  # drawn once, with the run's seed
 
 
+def fake_classifier_scores(monkeypatch, fake: torch.Tensor, names_match: bool = True) -> None:
+    """Tuning reads `fake` ([n_probes, n_edits] probabilities) as the classifier's scores; with
+    `names_match` every probe names every subject, so the name weight changes nothing."""
+    from searc.classifier import DenseScopeClassifier
+    from searc.names import NameIndex
+
+    monkeypatch.setattr(DenseScopeClassifier, "memory_logits", lambda self, inputs, memory: torch.logit(fake[:, : len(memory)]))
+    if names_match:
+        monkeypatch.setattr(NameIndex, "match", lambda self, inputs: torch.ones(len(inputs), len(self)))
+
+
 @pytest.mark.parametrize("negative_score, expected", [(0.3, 0.5), (0.6, 0.65), (0.95, 0.5)])
 def test_tuned_threshold_separates_batch_scores(monkeypatch, negative_score, expected):
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))  # [n_probes, n_edits]
     fake[~labels.any(0), 0] = negative_score  # out-of-scope probes look like edit 0
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     tuned = tune_thresholds(make_system("llama"), cases)
-    assert tuned.threshold == expected
+    assert tuned.threshold == expected and tuned.name_weight == 0.0  # ties: no name check
     if negative_score < 0.9:
         assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
     else:  # negatives score above positives: no threshold separates them
         assert tuned.batch_recall + tuned.batch_locality == pytest.approx(1.0)
+
+
+def test_tuning_checks_names_where_a_near_duplicate_subject_scores_above_the_edits_own_probes(monkeypatch):
+    """"Aaron Brooks ..." scores higher against the edit of "Ahmad Brooks" than that edit's own
+    rewording does: no threshold separates them, the name weight does."""
+    from searc.validation import NAME_WEIGHT_GRID, tune_thresholds
+
+    target = "quarterback"
+    cases = [
+        EditCase(
+            Edit("Which position does Ahmad Brooks play?", target, subject="Ahmad Brooks"),
+            (Probe("Which position does Ahmad Brooks play?", target), Probe("Ahmad Brooks plays in the position of", target)),
+            (Probe("Aaron Brooks plays in the position of", ""),),
+        ),
+        *CASES[:2],
+    ]
+    probes, labels = scope_matrix(cases)
+    fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
+    fake[probes.index("Aaron Brooks plays in the position of"), 0] = 0.95
+    fake_classifier_scores(monkeypatch, fake, names_match=False)
+    tuned = tune_thresholds(make_system("llama"), cases)
+    assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
+    # half the subject named: the logit falls by half the weight, below the own probes' 0.9 from 4 on
+    assert tuned.name_weight == min(w for w in NAME_WEIGHT_GRID if torch.sigmoid(torch.logit(torch.tensor(0.95)) - w / 2) < 0.9)
+    assert {p.name_weight for p in tuned.grid} == set(NAME_WEIGHT_GRID)
 
 
 def test_batches_hold_the_seed_case_nearest_neighbours():
@@ -344,7 +379,7 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     import json
 
     from searc.cli import main
-    from searc.validation import DECLINE_GRID, THRESHOLD_GRID
+    from searc.validation import DECLINE_GRID, NAME_WEIGHT_GRID, THRESHOLD_GRID
     from tests.conftest import require_shared_data
 
     monkeypatch.setattr("searc.cli.MIN_TUNE_CASES", 3)  # tiny models tune on a few cases
@@ -356,9 +391,10 @@ def test_searc_tune_retunes_a_checkpoint_with_more_edits_in_memory(tmp_path, cap
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = json.loads(grid.read_text())
     assert written["chosen"] == printed and printed["edits_in_memory"] == 9
-    assert len(written["grid"]) == len(THRESHOLD_GRID) * len(DECLINE_GRID)
+    assert len(written["grid"]) == len(THRESHOLD_GRID) * len(DECLINE_GRID) * len(NAME_WEIGHT_GRID)
     config = read_checkpoint(tmp_path / "ck").config
     assert (config["threshold"], config["decline_threshold"]) == (printed["threshold"], printed["decline_threshold"])
+    assert config["classifier"]["name_weight"] == printed["name_weight"]  # what routing reads when the checkpoint loads
     assert config["metrics"]["edits_in_memory"] == 9
     without_memory = [arg for arg in argv if arg not in ("--memory", "9")]
     assert main(without_memory) == 0, capsys.readouterr().err  # the --limit cases alone, however many sources hold more
@@ -461,14 +497,13 @@ def test_tuning_at_scale_holds_more_edits_in_memory_that_can_take_probes(monkeyp
     """Stored edits are scored against the probed cases' probes: one that draws an out-of-scope
     probe raises the threshold, and a re-edit of a probed case's fact is not stored."""
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     cases, stored = CASES[:3], [CASES[3], CASES[0]]  # CASES[0] again: a re-edit, left out of memory
     probes, labels = scope_matrix(cases)
     fake = torch.cat([torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1)), torch.full((len(probes), 1), 0.1)], dim=1)
     fake[~labels.any(0), 3] = 0.7  # the stored edit draws every out-of-scope probe
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake[:, : len(self.memory)])
+    fake_classifier_scores(monkeypatch, fake)
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     alone = tune_thresholds(make_system("llama"), cases)
     assert alone.threshold == 0.5 and alone.edits_in_memory == 3
@@ -479,14 +514,13 @@ def test_tuning_at_scale_holds_more_edits_in_memory_that_can_take_probes(monkeyp
 
 def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     cases = CASES[:3]
     probes, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[~labels.any(0), 0] = 0.95  # out-of-scope probes outscore every in-scope one ...
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     out_of_scope = {p.prompt for c in cases for p in c.out_of_scope}
     # ... but the counterfactual model declines them all
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [float(p in out_of_scope) for p in prompts])
@@ -497,7 +531,6 @@ def test_tuning_counts_a_declined_route_as_left_to_the_base_model(monkeypatch):
 
 def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
     import searc.validation
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     died = EditCase(Edit("Ada Lovelace died in", "Rome", subject="Ada Lovelace"),
@@ -507,7 +540,7 @@ def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[~labels.any(0), 0] = 0.5  # out-of-scope probes: locality needs a threshold above 0.5 ...
     fake[len(probes) - 1, 3] = 0.3  # ... which the held-out case's paraphrase does not reach
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     monkeypatch.setattr(searc.validation, "end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     tuned = tune_thresholds(make_system("llama"), cases, held_out=("P20",))
     assert tuned.threshold > 0.5 and tuned.batch_recall_held_out == 0.5 and tuned.batch_recall == pytest.approx(7 / 8)
@@ -517,12 +550,11 @@ def test_tuning_reports_the_recall_on_held_out_relations_apart(monkeypatch):
 def route_every_probe(monkeypatch, cases: list[EditCase]) -> set[str]:
     """Fake classifier scores for tuning: each in-scope probe routed to its own edit, every
     out-of-scope probe to the first edit (0.97); returns the out-of-scope prompts."""
-    from searc.editor import Editor
 
     _, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.97), torch.tensor(0.01))
     fake[~labels.any(0), 0] = 0.97
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     return {p.prompt for c in cases for p in c.out_of_scope}
 
 
@@ -546,7 +578,7 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     """One in-scope probe ends more surely than the out-of-scope ones: the best-scoring pair declines
     it (1 of 6 own routes), so within the cap the decline threshold rises above it instead."""
     import searc.validation
-    from searc.validation import DECLINE_GRID, MAX_DECLINED_OWN_ROUTES, THRESHOLD_GRID, tune_thresholds
+    from searc.validation import DECLINE_GRID, MAX_DECLINED_OWN_ROUTES, NAME_WEIGHT_GRID, THRESHOLD_GRID, tune_thresholds
 
     cases = CASES[:3]
     out_of_scope = route_every_probe(monkeypatch, cases)
@@ -558,7 +590,7 @@ def test_tuning_keeps_to_pairs_that_rarely_decline_in_scope_probes(monkeypatch):
     assert free.decline_threshold == 0.5 and free.declined_own_routes == pytest.approx(1 / 6) and free.batch_locality == 1.0
     capped = tune_thresholds(make_system("llama"), cases, max_declined_own_routes=MAX_DECLINED_OWN_ROUTES)  # searc tune's: 2%
     assert capped.decline_threshold == 0.9 and capped.declined_own_routes == 0.0 and capped.batch_recall == 1.0
-    assert len(capped.grid) == len(THRESHOLD_GRID) * len(DECLINE_GRID)  # every pair reported, the free choice the best
+    assert len(capped.grid) == len(THRESHOLD_GRID) * len(DECLINE_GRID) * len(NAME_WEIGHT_GRID)  # every setting reported, the free choice the best
     assert max(p.score for p in capped.grid) == pytest.approx((free.batch_recall + free.batch_locality) / 2)
 
 
@@ -616,7 +648,6 @@ def test_tuning_keeps_the_decline_cap_on_the_held_out_relations_too(monkeypatch)
 
 def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     """A locality prompt asking for another stored edit's old fact is that edit's own: routing it is right."""
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     subject_case = EditCase(Edit("Toko Yasuda plays the", "guitar", subject="Toko Yasuda", target_true="piano"),
@@ -629,7 +660,7 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
     probes, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[probes.index("Toko Yasuda is known to play the"), 0] = 0.95  # routed to the edit it asks about
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     monkeypatch.setattr("searc.validation.end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     tuned = tune_thresholds(make_system("llama"), cases)
     assert tuned.claimed_prompts == 1
@@ -638,7 +669,6 @@ def test_tuning_leaves_out_prompts_another_edit_claims(monkeypatch):
 
 def test_tuning_leaves_out_rewordings_that_ask_another_fact(monkeypatch):
     """CounterFact's "X was born in" beside X's mother tongue is not the edited fact: not routing it costs no recall."""
-    from searc.editor import Editor
     from searc.validation import tune_thresholds
 
     subject = "Thomas Joannes Stieltjes"
@@ -651,7 +681,7 @@ def test_tuning_leaves_out_rewordings_that_ask_another_fact(monkeypatch):
     probes, labels = scope_matrix(cases)
     fake = torch.where(labels.T.bool(), torch.tensor(0.9), torch.tensor(0.1))
     fake[probes.index(f"{subject} was born in"), 0] = 0.1  # left to the base model
-    monkeypatch.setattr(Editor, "scores", lambda self, prompts: fake)
+    fake_classifier_scores(monkeypatch, fake)
     monkeypatch.setattr("searc.validation.end_probabilities", lambda system, prompts, edits: [0.0] * len(prompts))
     tuned = tune_thresholds(make_system("llama"), cases)
     assert tuned.batch_recall == 1.0 and tuned.batch_locality == 1.0
