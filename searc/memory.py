@@ -14,7 +14,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from searc.names import NameIndex
+from searc.names import NameIndex, checked_subject
 
 MAX_TEXT_CHARS = 1000  # longer prompts/targets are refused: far past the encoder's 256-token window
 MAX_EDITS = 100_000  # per memory: dense scoring stays under 300 ms a probe here (see `searc bench`)
@@ -195,7 +195,7 @@ class EditMemory:
         self.keys.append(keys)
         self.edits.extend(stored)
         if self._names is not None:
-            self._names.extend(edit.subject for edit in stored)
+            self._names.extend(checked_subject(edit.subject, edit.prompt) for edit in stored)
         return stored
 
     def remove(self, edit_id: str) -> Edit:
@@ -215,9 +215,10 @@ class EditMemory:
         self._names = None
 
     def names(self) -> NameIndex:
-        """The stored edits' subjects indexed by word, in memory order (`searc.names`)."""
+        """The stored edits' subjects indexed by word, in memory order (`searc.names`); a subject its
+        edit's prompt does not name is not checked."""
         if self._names is None:
-            self._names = NameIndex(edit.subject for edit in self.edits)
+            self._names = NameIndex(checked_subject(edit.subject, edit.prompt) for edit in self.edits)
         return self._names
 
     def ensure_keys(self, classifier: KeyedClassifier) -> KeyStore:

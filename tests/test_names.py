@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from searc.memory import Edit, EditMemory
 from searc.names import NameIndex
 from tests.conftest import make_system
@@ -38,3 +40,19 @@ def test_the_memory_keeps_its_name_index_in_step_with_adds_removals_and_clears()
     assert memory.names().match(PROBES[:1]).tolist() == [[0.0, 0.0, 1.0, 1.0]]  # "Ahmad Brooks" is gone
     memory.clear()
     assert len(memory.names()) == 0
+    memory.add([Edit("By which company, D&RGW 463 has been manufactured?", "Baldwin", subject="Rio Grande 463")], classifier)
+    assert memory.names().match(["Who made D&RGW 463?"]).tolist() == [[1.0]]  # a subject its own prompt does not name is not checked
+
+
+def test_a_name_spelt_another_way_is_named_but_not_another_name_or_number():
+    from searc.names import spelt_alike
+
+    index = NameIndex(["Nebaioth", "4 Sagittarii", "Ahmad Brooks", "Louisiana Highway 91"])
+    probes = ["Who's Nebajoths Dad?", "The star 4 Sagittarius is part of what constellation?", "Aaron Brooks plays", "Louisiana Highway 14 ends in"]
+    assert index.match(probes).tolist() == [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.5, 0.0],
+        [0.0, 0.0, 0.0, pytest.approx(2 / 3)],  # "14" is not "91"
+    ]
+    assert spelt_alike("georg", "george") and not spelt_alike("aaron", "ahmad") and not spelt_alike("brooks", "crooks")
