@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -89,10 +89,12 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
 
 
 class PrecomputedKeys:
-    """Stands in for the classifier when filling a memory: keys looked up from texts encoded once."""
+    """Stands in for the classifier when filling a memory: keys looked up from texts encoded once;
+    `subjects` gives each text's subject, so that routing's name check reads real names."""
 
-    def __init__(self, classifier: ScopeClassifier, texts: Sequence[str]) -> None:
+    def __init__(self, classifier: ScopeClassifier, texts: Sequence[str], subjects: Mapping[str, str] | None = None) -> None:
         self.classifier = classifier
+        self.subjects = subjects or {}
         self.key_version = classifier.key_version
         self.row = {text: i for i, text in enumerate(texts)}
         edits = [Edit(text, "x") for text in texts]
@@ -110,7 +112,10 @@ class PrecomputedKeys:
 
 def filled_memory(keys: PrecomputedKeys, texts: Sequence[str], n: int) -> EditMemory:
     """A memory of `n` distinct edits keyed from `keys` (copies of a text get a " #k" suffix)."""
-    edits = [Edit(texts[i % len(texts)] + (f" #{i // len(texts)}" if i >= len(texts) else ""), "x") for i in range(n)]
+    edits = [
+        Edit(texts[i % len(texts)] + (f" #{i // len(texts)}" if i >= len(texts) else ""), "x", subject=keys.subjects.get(texts[i % len(texts)]))
+        for i in range(n)
+    ]
     memory = EditMemory()
     memory.add(edits, keys)  # type: ignore[arg-type]
     return memory
@@ -319,6 +324,7 @@ def run_bench(
     train_cases = load_cases(data_dir / "counterfact" / "train.json")
     val_cases = load_cases(data_dir / "counterfact" / "val.json")
     texts = list(dict.fromkeys(p.prompt for c in val_cases + train_cases for p in c.in_scope))[: sizes.texts]
+    subjects = {p.prompt: c.edit.subject for c in val_cases + train_cases for p in c.in_scope if c.edit.subject}
     probes = [p.prompt for c in val_cases for p in c.rephrases]
     if processes:
         progress("cold start")
@@ -326,7 +332,7 @@ def run_bench(
     system = load()
     progress("encoding")
     encode_started = time.perf_counter()
-    dense_keys = PrecomputedKeys(system.classifier, texts)
+    dense_keys = PrecomputedKeys(system.classifier, texts, subjects)
     report.add("encode edit prompts (keys)", len(texts) / (time.perf_counter() - encode_started), unit="edits/s",
                note=f"{len(texts):,} distinct CounterFact train/val prompts")
     progress("dense scoring")
@@ -340,7 +346,7 @@ def run_bench(
         cross, note = load(checkpoint=cross_checkpoint), f"trained cross-encoder {Path(cross_checkpoint).name}"
     else:
         cross, note = load(checkpoint=None, classifier=ClassifierConfig(variant="cross")), "untrained cross-encoder"
-    cross_keys = PrecomputedKeys(cross.classifier, texts)
+    cross_keys = PrecomputedKeys(cross.classifier, texts, subjects)
     scoring_rows(report, cross_keys, texts, probes, sizes.scoring, max(3, sizes.repeats // 2))
     recall_edits = list({c.edit.prompt.casefold(): c.edit.prompt for c in val_cases[: sizes.recall_edits]}.values())  # one edit per prompt
     stored = set(recall_edits)
