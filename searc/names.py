@@ -51,7 +51,7 @@ def checked_subject(subject: str | None, prompt: str) -> str | None:
     D&RGW 463 has been manufactured?"), and a name the edit itself does not use says nothing of a probe."""
     if not subject:
         return None
-    return subject if NameIndex([subject]).match([prompt])[0, 0] == 1 else None
+    return subject if NameIndex([subject]).named(name_words(prompt)) == name_words(subject) else None
 
 
 class NameIndex:
