@@ -11,7 +11,8 @@ Both SERAC variants, initialised from a sentence encoder (all-MiniLM-L6-v2 by de
   only the `top_k` edits nearest to the probe (the same encoder reading each text alone, as the
   dense variant does) are cross-encoded; the others score 0. `top_k = 0` cross-encodes them all.
 
-`scores(inputs, memory)` returns an [n_inputs, n_edits] matrix of probabilities in [0, 1].
+`scores(inputs, memory)` returns an [n_inputs, n_edits] matrix of probabilities in [0, 1];
+`scope_scores` returns it beside the classifier's own, before the name check below.
 
 Both read names loosely: MiniLM embeds "Aaron Brooks plays in the position of" and "Ahmad Brooks
 plays in the position of" almost alike, and with thousands of edits stored such near-duplicate
@@ -61,6 +62,14 @@ class ClassifierConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ScopeScores:
+    """A batch of inputs scored against the memory: [n_inputs, n_edits] probabilities each."""
+
+    classifier: torch.Tensor  # the classifier's own
+    routing: torch.Tensor  # with subjects checked by name (`name_checked`): what routing reads
 
 
 def scope_text(edit: Edit) -> str:
@@ -124,12 +133,16 @@ class ScopeClassifier(nn.Module):
 
     def scores(self, inputs: Sequence[str], memory: EditMemory) -> torch.Tensor:
         """[n_inputs, n_edits] probabilities that each input is in scope of each edit, names checked."""
+        return self.scope_scores(inputs, memory).routing
+
+    def scope_scores(self, inputs: Sequence[str], memory: EditMemory) -> ScopeScores:
+        """The classifier's probabilities and routing's (names checked), [n_inputs, n_edits] each."""
         if not inputs or not len(memory):
-            return torch.zeros(len(inputs), len(memory))
+            empty = torch.zeros(len(inputs), len(memory))
+            return ScopeScores(empty, empty)
         logits = self.memory_logits(inputs, memory)
-        if self.config.name_weight:
-            logits = name_checked(logits, memory.names().match(inputs), self.config.name_weight)
-        return torch.sigmoid(logits)
+        routing = name_checked(logits, memory.names().match(inputs), self.config.name_weight) if self.config.name_weight else logits
+        return ScopeScores(torch.sigmoid(logits), torch.sigmoid(routing))
 
     def memory_logits(self, inputs: Sequence[str], memory: EditMemory) -> torch.Tensor:
         """[n_inputs, n_edits] the classifier's own logits against the stored edits (names unchecked)."""

@@ -21,7 +21,7 @@ from searc.checkpoint import CheckpointError, read_checkpoint
 from searc.classifier import ClassifierConfig
 from searc.data import DataError, EditCase, interleave, load_cases, refuse_evaluation_files
 from searc.evaluate import KINDS
-from searc.memory import Edit, EditMemory, validate_text
+from searc.memory import Edit, EditMemory, typed_edit, validate_text
 from searc.models import ModelNotFound
 from searc.train import TrainConfig
 from searc.validation import MAX_DECLINED_OWN_ROUTES
@@ -49,11 +49,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_edit(text: str) -> Edit:
+def parse_edit(text: str, subject: str | None = None) -> Edit:
     prompt, sep, target = text.rpartition("|")
     if not sep or not prompt.strip() or not target.strip():
         raise UsageError(f"--edit expects PROMPT|TARGET, got {text!r}")
-    return Edit(prompt.strip(), target.strip())
+    with bad_input():
+        return typed_edit(prompt.strip(), target.strip(), subject)
+
+
+def parse_edits(edits: list[str], subjects: list[str]) -> list[Edit]:
+    """--edit PROMPT|TARGET, each with the --subject given in the same place ("" for none), if any."""
+    if subjects and len(subjects) != len(edits):
+        raise UsageError(f"give one --subject per --edit, in order (\"\" for an edit without one): "
+                         f"{len(edits)} edits, {len(subjects)} subjects")
+    return [parse_edit(edit, subject) for edit, subject in zip(edits, subjects or [None] * len(edits))]
 
 
 def parse_threshold(text: str, option: str = "--threshold") -> float:
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="store edits, then answer probes with routing details")
     probe.add_argument("--edit", action="append", default=[], metavar="PROMPT|TARGET", help="an edit to store (repeatable)")
+    probe.add_argument("--subject", action="append", default=[], metavar="SUBJECT",
+                       help="the subject of each --edit, in order, as its prompt writes it (\"\" for none): routing checks "
+                            "that a probe names it (see --name-weight)")
     probe.add_argument("--probe", action="append", default=[], metavar="PROMPT", help="a probe prompt (repeatable)")
     answer_options(probe)
     probe.add_argument("--soft", action="store_true", help="SERAC's soft mixture instead of hard routing")
@@ -259,7 +271,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from searc.system import load_system
 
     thresholds = parsed_thresholds(args)
-    edits = [parse_edit(e) for e in args.edit]
+    edits = parse_edits(args.edit, args.subject)
     if not args.probe:
         raise UsageError("give at least one --probe")
     with bad_input():  # everything a user typed is checked before minutes go into loading models
@@ -277,7 +289,7 @@ def run_probe(args: argparse.Namespace) -> int:
         return 0
     print(f"checkpoint: {system.info.checkpoint or 'none (untrained editor)'}")
     for edit in editor.edits:
-        print(f"edit {edit.id}: {edit.prompt} -> {edit.target_new}")
+        print(f"edit {edit.id}: {edit.prompt} -> {edit.target_new}" + (f" (subject: {edit.subject})" if edit.subject else ""))
     for result in results:
         scores = ", ".join(f"{k}={v:.3f}" for k, v in result.scores.items()) or "(no edits)"
         print(f"\nprobe: {result.prompt}")
@@ -289,6 +301,8 @@ def run_probe(args: argparse.Namespace) -> int:
         print(f"  base:           {result.base_output!r}")
         print(f"  counterfactual: {result.counterfactual_output!r}")
         print(f"  output:         {result.output!r}")
+        if result.name_check_note:
+            print(f"  name check:     {result.name_check_note}")
     return 0
 
 

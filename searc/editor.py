@@ -30,6 +30,7 @@ from searc.classifier import ScopeClassifier
 from searc.counterfactual import counterfactual_input
 from searc.lm import FinishTargets, Generation, LanguageModel, TargetScore
 from searc.memory import Edit, EditMemory, validate_text
+from searc.names import unnamed_words
 
 Routing = Literal["hard", "soft"]
 MAX_PROBES = 64  # per call: a probe batch is generated in one go
@@ -66,14 +67,38 @@ class SeracSystem:
     finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets): an editor's default
 
 
+@dataclass(frozen=True)
+class NameCheck:
+    """What the name check did to the edit the classifier itself scored highest for a probe: its
+    subject has words the probe does not name, so routing read a lower score."""
+
+    edit: Edit
+    classifier_score: float  # the classifier's own
+    score: float  # routing's, names checked
+    missing: list[str]  # the subject's words, as written, that the probe does not name
+
+    def to_json(self) -> dict:
+        return {"edit": self.edit.id, "classifier_score": self.classifier_score, "score": self.score, "missing": self.missing}
+
+    def note(self, threshold: float) -> str | None:
+        """In words, where it matters: where the classifier alone would have routed the probe."""
+        if self.classifier_score < threshold:
+            return None
+        words = ", ".join(f"\"{word}\"" for word in self.missing)
+        return (f"The classifier alone scored edit {self.edit.id} (\"{self.edit.statement()}\") {self.classifier_score:.3f}, "
+                f"but the probe does not name {words} of its subject \"{self.edit.subject}\", so the name check "
+                f"lowered that score to {self.score:.3f}.")
+
+
 @dataclass
 class Route:
     """The classifier's verdict for one probe."""
 
-    scores: dict[str, float]  # edit id -> probability, in memory order
+    scores: dict[str, float]  # edit id -> probability (names checked), in memory order
     best_edit: Edit | None
     score: float  # best score, 0 with an empty memory
     routed: bool
+    name_check: NameCheck | None = None  # where the check lowered the classifier's own best edit
 
 
 @dataclass
@@ -91,6 +116,7 @@ class ProbeResult:
     threshold: float
     decline_probability: float | None = None  # the counterfactual model's p(end at once), with counterfactual_output
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD
+    name_check: NameCheck | None = None  # where the name check lowered the classifier's own best edit
 
     @property
     def counterfactual_declines(self) -> bool:
@@ -116,6 +142,7 @@ class ProbeResult:
             "decline_probability": self.decline_probability,
             "decline_threshold": self.decline_threshold,
             "output": self.output,
+            "name_check": self.name_check.to_json() if self.name_check else None,
         }
 
     def with_thresholds(self, threshold: float, decline_threshold: float) -> "ProbeResult":
@@ -128,8 +155,17 @@ class ProbeResult:
         moved.output = self.counterfactual_output if moved.routed and not moved.counterfactual_declines else self.base_output
         return moved
 
+    @property
+    def name_check_note(self) -> str | None:
+        """What the name check changed, in words, where the classifier alone would have routed the probe."""
+        return self.name_check.note(self.threshold) if self.name_check else None
+
     def explanation(self) -> str:
         """Why this probe was routed or not, in words."""
+        note = self.name_check_note
+        return f"{self._routing_explanation()} {note}" if note else self._routing_explanation()
+
+    def _routing_explanation(self) -> str:
         if self.best_edit is None:
             return "The memory is empty, so the base model answered."
         nearest = f"The nearest edit is {self.best_edit.id} (\"{self.best_edit.statement()}\") with score {self.score:.3f}"
@@ -214,29 +250,27 @@ class Editor:
         return list(self.memory.edits)
 
     # ------------------------------------------------------------------ routing
-    def scores(self, prompts: Sequence[str]) -> torch.Tensor:
-        """[n_prompts, n_edits] scope probabilities."""
-        return self.system.classifier.scores(list(prompts), self.memory)
-
-    def _best(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[Edit | None], list[float]]:
-        scores = self.scores(prompts)
-        if not len(self.memory):
-            return scores, [None] * len(prompts), [0.0] * len(prompts)
-        best_scores, best_index = scores.max(dim=1)
-        return scores, [self.memory.edits[i] for i in best_index.tolist()], best_scores.tolist()
-
     def route(self, prompts: Sequence[str]) -> list[Route]:
-        """Classifier scores against every edit, the best edit, and the routing decision."""
-        scores, best_edits, best_scores = self._best(prompts)
-        return [
-            Route(
-                scores={e.id: float(v) for e, v in zip(self.memory.edits, row)},
-                best_edit=edit,
-                score=float(score),
-                routed=edit is not None and score >= self.threshold,
-            )
-            for row, edit, score in zip(scores.tolist(), best_edits, best_scores)
-        ]
+        """Classifier scores against every edit, the best edit, the routing decision, and what the
+        name check did to the edit the classifier itself scored highest."""
+        scored = self.system.classifier.scope_scores(list(prompts), self.memory)
+        if not len(self.memory):
+            return [Route(scores={}, best_edit=None, score=0.0, routed=False) for _ in prompts]
+        edits = self.memory.edits
+        best_scores, best_index = scored.routing.max(dim=1)
+        own_best = scored.classifier.argmax(dim=1).tolist()
+        routes = []
+        for row, (prompt, own) in enumerate(zip(prompts, own_best)):
+            own_score, checked = float(scored.classifier[row, own]), float(scored.routing[row, own])
+            lowered = checked < own_score
+            routes.append(Route(
+                scores={e.id: float(v) for e, v in zip(edits, scored.routing[row].tolist())},
+                best_edit=edits[int(best_index[row])],
+                score=float(best_scores[row]),
+                routed=float(best_scores[row]) >= self.threshold,
+                name_check=NameCheck(edits[own], own_score, checked, unnamed_words(edits[own].subject, prompt)) if lowered else None,
+            ))
+        return routes
 
     def probe(self, prompts: Sequence[str], counterfactual_for_all: bool = False) -> list[ProbeResult]:
         """Score, route and answer each prompt; see the module docstring."""
@@ -371,6 +405,7 @@ def answer(
             threshold=threshold,
             decline_probability=generation.end_probability if generation else None,
             decline_threshold=decline_threshold,
+            name_check=route.name_check,
         )
         if routing == "soft" and route.best_edit is not None:
             result.output = soft_generate(system, prompt, route.best_edit, route.score, finish=finish_targets and route.routed)

@@ -38,6 +38,16 @@ class Edit:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def typed_edit(prompt: str, target_new: str, subject: str | None = None) -> Edit:
+    """An edit a person typed (workbench or command line). Its subject, if given, must occur in
+    its prompt: the counterfactual model reads it as the fact's subject and routing checks probes
+    for its words, so a typo would change what every probe is told."""
+    subject = (subject or "").strip() or None
+    if subject and subject.casefold() not in (prompt or "").casefold():
+        raise ValueError(f"the subject {subject!r} does not occur in the prompt; copy it from the prompt or leave it empty")
+    return Edit(prompt, target_new, subject)
+
+
 def validate_text(name: str, value: object, *, allow_empty: bool = False) -> str:
     """A clean text field, or a ValueError that says which field and why."""
     if not isinstance(value, str):

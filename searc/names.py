@@ -99,3 +99,10 @@ class NameIndex:
             if _spellable(word):
                 found.update(other for other in self.by_prefix.get(word[:3], ()) if other not in found and spelt_alike(word, other))
         return found
+
+
+def unnamed_words(subject: str, text: str) -> list[str]:
+    """The words of `subject`, as written, that `text` does not name (the words the name check
+    found missing, for the workbench to show)."""
+    named = NameIndex([subject]).named(name_words(text))
+    return [word for word in subject.split() if name_words(word) and not name_words(word) <= named]

@@ -19,7 +19,7 @@ from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
 from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
-from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, validate_text
+from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, typed_edit, validate_text
 from searc.system import SystemPool
 from searc.train import TrainConfig, TrainEvent, prepare_training, train
 
@@ -94,12 +94,8 @@ class Session:
 
     # -------------------------------------------------------------- memory
     def add_edit(self, prompt: str, target_new: str, subject: str | None = None) -> Edit:
-        """A typed edit. Its subject, if given, must occur in its prompt: the counterfactual model
-        reads it as the fact's subject, so a typo would change what every routed probe is told."""
-        subject = (subject or "").strip() or None
-        if subject and subject.casefold() not in (prompt or "").casefold():
-            raise ValueError(f"the subject {subject!r} does not occur in the prompt; copy it from the prompt or leave it empty")
-        return self.editor.add_edit(prompt, target_new, subject)
+        """A typed edit (`memory.typed_edit`: a subject must occur in its prompt)."""
+        return self.editor.add_edits([typed_edit(prompt, target_new, subject)])[0]
 
     def replace_memory(self, edits: Sequence[Edit]) -> None:
         """A memory of exactly `edits` (all validated before anything is cleared); no results yet."""

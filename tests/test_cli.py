@@ -58,6 +58,8 @@ from searc.cli import main, parse_edit
         (["probe", "--edit", "Rome|rome", "--probe", "x"], "equals the prompt"),
         (["probe", "--edit", "The sky is|red", "--edit", "the sky is|blue", "--probe", "x"], "already stored"),
         (["probe", "--edit", "a|b", "--probe", "   "], "probe is empty"),
+        (["probe", "--edit", "The sky is|red", "--edit", "Grass is|blue", "--subject", "sky", "--probe", "x"], "one --subject per --edit"),
+        (["probe", "--edit", "The sky is|red", "--subject", "the sea", "--probe", "x"], "does not occur in the prompt"),
         (["probe", "--edit", "a|b", "--probe", "y" * 100_000], "the limit is 1000"),
         (["bench", "--data-dir", "/nowhere"], "no CounterFact data"),
         (["eval", "--data", "x.json", "--memory", "10"], "--mode batch"),

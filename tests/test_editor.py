@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from searc.classifier import ScopeScores
 from searc.counterfactual import counterfactual_input
 from searc.editor import Editor, soft_generate
 from searc.lm import LanguageModel
@@ -93,7 +94,7 @@ def test_best_edit_is_the_argmax_and_threshold_reroutes_without_models(monkeypat
     editor = Editor(system)
     editor.add_edits([Edit(*EIFFEL), Edit("The capital of Japan is", "Kyoto"), Edit("Toko Yasuda plays the", "piano")])
     fixed = torch.tensor([[0.2, 0.7, 0.4], [0.1, 0.3, 0.2]])
-    monkeypatch.setattr(editor, "scores", lambda prompts: fixed[: len(prompts)])
+    monkeypatch.setattr(system.classifier, "scope_scores", lambda prompts, memory: ScopeScores(fixed[: len(prompts)], fixed[: len(prompts)]))
     results = editor.probe(PROBES, counterfactual_for_all=True)
     assert [r.best_edit.id for r in results] == ["e2", "e2"]
     assert [r.routed for r in results] == [True, False]
@@ -356,3 +357,31 @@ def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatc
     assert system.finish_targets and calls == [None, ["Rome"], None, None]  # base, counterfactual; base, counterfactual decoding freely
     system.finish_targets = False  # the system's setting is a new editor's default
     assert not Editor(system).finish_targets and Editor(system, finish_targets=True).finish_targets
+
+
+def test_the_name_check_says_what_it_lowered_and_why():
+    """A probe that names an edit's subject only in part: routing reads the lowered score, and the
+    result says which words of the subject the probe lacks, where the classifier alone would have
+    routed it."""
+    editor = Editor(make_system(), threshold=0.6)
+    set_dense_bias(editor, 4.0)  # the classifier alone scores every pair sigmoid(4) = 0.982
+    edit = editor.add_edit("Ahmad Brooks plays in the position of", "quarterback", subject="Ahmad Brooks")
+    editor.system.classifier.config.name_weight = 0.0
+    [unchecked] = editor.probe(["Aaron Brooks plays in the position of"])
+    assert unchecked.routed and unchecked.name_check is None and "name check" not in unchecked.explanation()
+
+    editor.system.classifier.config.name_weight = 8.0
+    near, named = editor.probe(["Aaron Brooks plays in the position of", "Ahmad Brooks is a"])
+    assert named.name_check is None and named.routed
+    check = near.name_check
+    assert check.edit == edit and check.missing == ["Ahmad"]
+    assert check.classifier_score == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item())
+    assert check.score == pytest.approx(torch.sigmoid(torch.tensor(0.0)).item()) == near.score  # half the subject missing: 4 - 8 / 2
+    assert not near.routed and near.output == near.base_output
+    assert 'does not name "Ahmad" of its subject "Ahmad Brooks"' in near.explanation()
+    assert near.to_json()["name_check"] == {"edit": edit.id, "classifier_score": check.classifier_score, "score": check.score,
+                                            "missing": ["Ahmad"]}
+
+    set_dense_bias(editor, -4.0)  # the classifier alone would not route: the lowering is kept, but not told
+    [far] = editor.probe(["Aaron Brooks plays in the position of"])
+    assert far.name_check is not None and far.name_check_note is None and "name check" not in far.explanation()

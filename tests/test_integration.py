@@ -115,21 +115,30 @@ def test_untrained_editor_routes_with_the_calibrated_encoder():
 
 
 def test_cli_probe_json():
+    """Edits with their subjects (--subject): a probe about a subject named almost alike is not
+    routed, and the JSON says which of the subject's words the probe lacks."""
     command = [
         sys.executable, "-m", "searc.cli", "probe", "--json",
-        "--edit", "|".join(EIFFEL), "--probe", EIFFEL[0], "--probe", JAPAN,
+        "--edit", "|".join(EIFFEL), "--subject", "Eiffel Tower",
+        "--edit", "Ahmad Brooks plays in the position of|goaltender", "--subject", "Ahmad Brooks",
+        "--probe", EIFFEL[0], "--probe", JAPAN, "--probe", "Aaron Brooks plays in the position of",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     results = json.loads(completed.stdout)
     assert [set(r) for r in results] == [
         {"prompt", "scores", "best_edit", "score", "threshold", "routed", "declined", "base_output", "counterfactual_output",
-         "decline_probability", "decline_threshold", "output"}
-    ] * 2
+         "decline_probability", "decline_threshold", "output", "name_check"}
+    ] * 3
     shipped = read_checkpoint(default_checkpoint()).config  # the shipped checkpoint's tuned thresholds apply by default
     assert {(r["threshold"], r["decline_threshold"]) for r in results} == {(shipped["threshold"], shipped["decline_threshold"])}
-    assert results[0]["routed"] and results[0]["output"].strip().startswith("Rome")
-    assert not results[1]["routed"] and results[1]["output"] == results[1]["base_output"]
+    eiffel, japan, near = results
+    assert eiffel["routed"] and eiffel["output"].strip().startswith("Rome") and eiffel["name_check"] is None
+    assert eiffel["best_edit"]["subject"] == "Eiffel Tower"
+    assert not japan["routed"] and japan["output"] == japan["base_output"]
+    check = near["name_check"]  # the classifier alone routes it to Ahmad Brooks; the name check does not
+    assert check["edit"] == "e2" and check["missing"] == ["Ahmad"] and check["classifier_score"] >= shipped["threshold"]
+    assert not near["routed"] and near["output"] == near["base_output"] and "goaltender" not in near["output"]
 
 
 def test_corrupted_model_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
