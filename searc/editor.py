@@ -21,6 +21,8 @@ session: its own memory, thresholds, routing mode and decoding.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
@@ -54,6 +56,40 @@ class SystemInfo:
     training: dict = field(default_factory=dict)  # the checkpoint's training record
 
 
+class BaseAnswers:
+    """The base model's greedy answers, kept per prompt. The base model is never changed (training
+    and checkpoints touch the adapter and the classifier only), so a prompt's answer is generated
+    once: a workbench re-probe after an edit runs only the counterfactual model. The most recent
+    `size` prompts are kept; a different base model or budget starts afresh."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._kept: OrderedDict[str, str] = OrderedDict()
+        self._for: tuple[int, int] | None = None  # (id of the base model, token budget) the answers are of
+        self._lock = threading.Lock()
+
+    def __call__(self, base: LanguageModel, prompts: Sequence[str]) -> list[str]:
+        with self._lock:
+            if self._for != (id(base.model), base.max_new_tokens):
+                self._kept.clear()
+                self._for = (id(base.model), base.max_new_tokens)
+            answers = {p: self._kept[p] for p in prompts if p in self._kept}
+        missing = [p for p in dict.fromkeys(prompts) if p not in answers]
+        if missing:
+            answers.update(zip(missing, (g.text for g in base.generate(missing))))
+        with self._lock:
+            for prompt in dict.fromkeys(prompts):
+                self._kept[prompt] = answers[prompt]
+                self._kept.move_to_end(prompt)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return [answers[p] for p in prompts]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
 @dataclass
 class SeracSystem:
     """The shared, read-only parts: base model, counterfactual model, scope classifier."""
@@ -65,6 +101,11 @@ class SeracSystem:
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
     finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets): an editor's default
+    base_answers: BaseAnswers = field(default_factory=BaseAnswers, repr=False, compare=False)
+
+    def base_outputs(self, prompts: Sequence[str]) -> list[str]:
+        """The base model's greedy answers (kept per prompt, `BaseAnswers`)."""
+        return self.base_answers(self.base, prompts)
 
 
 @dataclass(frozen=True)
@@ -378,7 +419,7 @@ def answer(
     The routes may come from different editors (evaluation batches many one-edit sessions)."""
     if not prompts:
         return []
-    base_outputs = [g.text for g in system.base.generate(list(prompts))]
+    base_outputs = system.base_outputs(prompts)
     wanted = [
         i for i, r in enumerate(routes) if r.best_edit is not None and (r.routed or counterfactual_for_all or routing == "soft")
     ]

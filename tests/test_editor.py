@@ -354,7 +354,7 @@ def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatc
     editor.probe([PROBES[0]])
     editor.finish_targets = False  # this session decodes freely; the shared system keeps its setting
     editor.probe([PROBES[0]])
-    assert system.finish_targets and calls == [None, ["Rome"], None, None]  # base, counterfactual; base, counterfactual decoding freely
+    assert system.finish_targets and calls == [None, ["Rome"], None]  # base, counterfactual; counterfactual decoding freely (base answer kept)
     system.finish_targets = False  # the system's setting is a new editor's default
     assert not Editor(system).finish_targets and Editor(system, finish_targets=True).finish_targets
 
@@ -385,3 +385,24 @@ def test_the_name_check_says_what_it_lowered_and_why():
     set_dense_bias(editor, -4.0)  # the classifier alone would not route: the lowering is kept, but not told
     [far] = editor.probe(["Aaron Brooks plays in the position of"])
     assert far.name_check is not None and far.name_check_note is None and "name check" not in far.explanation()
+
+
+def test_the_base_models_answers_are_generated_once_per_prompt(monkeypatch):
+    """The base model never changes, so a re-probe after an edit reuses its answers: only prompts
+    not asked before are generated, the answers are the same, and a new budget starts afresh."""
+    system = make_system()
+    editor = Editor(system)
+    first = [r.base_output for r in editor.probe(PROBES)]
+    generated = []
+    original = system.base.generate
+    monkeypatch.setattr(system.base, "generate", lambda prompts, *a, **k: generated.append(list(prompts)) or original(prompts, *a, **k))
+    editor.add_edit(*EIFFEL)
+    again = editor.probe([*PROBES, "The Louvre is in"])
+    assert [r.base_output for r in again[:2]] == first and generated == [["The Louvre is in"]]
+    assert again[2].base_output == original(["The Louvre is in"])[0].text
+    system.base_answers.size = 2  # the oldest prompt is dropped first
+    editor.probe([PROBES[1]])
+    assert PROBES[0] not in system.base_answers._kept and generated[-1] == ["The Louvre is in"]
+    system.base.max_new_tokens = 4
+    editor.probe([PROBES[1]])
+    assert generated[-1] == [PROBES[1]]
