@@ -55,7 +55,7 @@ from typing import Sequence
 from searc.consequences import Facts, consequence_probes
 from searc.data import EditCase, Probe
 from searc.memory import Edit
-from searc.relations import RELATIONS, SCOPE_RELATIONS, asks_another_fact, case_relation_of, template_of
+from searc.relations import RELATIONS, SCOPE_RELATIONS, Relation, asks_another_fact, case_relation_of, template_of
 
 # Wikidata relations that neither CounterFact nor zsRE's training split edits as such: other facts
 # a subject has. Cloze ("The {label} of {} is") and bare ("{} {label}") wordings are built from
@@ -201,16 +201,7 @@ class Augmenter:
                 in_scope.append(f"The {relation.label} of {subject} is")
             found = consequence_probes(case, relation, self.facts)
             consequences = rng.sample(found, min(self.config.consequences, len(found)))
-            others = [r for r in self.relations if r.family != relation.family]
-            out_of_scope += [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(self.config.other_relations, len(others)))]
-        else:  # a question (zsRE) or an unknown template: other questions of the run, with this subject
-            template = template_of(case.edit.prompt, subject) or ""
-            own, group = content_words(template), self.question_group.get(template)
-            questions = [
-                t for t, words in self.question_templates
-                if _overlap(words, own) < 0.34 and (group is None or self.question_group.get(t) != group)
-            ]
-            out_of_scope += [t.format(subject) for t in rng.sample(questions, min(self.config.other_relations, len(questions)))]
+        out_of_scope += self.other_facts(case, relation, rng)
         own_words = content_words(case.edit.prompt)
         labels = [label for label, words in self.label_words if not words & own_words]
         for _ in range(self.config.generic):
@@ -233,6 +224,22 @@ class Augmenter:
             in_scope=case.in_scope + tuple(Probe(p, target) for p in in_scope) + tuple(consequences),
             out_of_scope=case.out_of_scope + tuple(Probe(p, "") for p in out_of_scope),
         )
+
+    def other_facts(self, case: EditCase, relation: Relation | None, rng: random.Random) -> list[str]:
+        """`config.other_relations` prompts about other facts of the case's subject: templates of
+        relations of other families (a place's country is no other fact of its city), or for a
+        question (zsRE) or an unknown template, other questions of the run with this subject."""
+        subject, n = case.edit.subject, self.config.other_relations
+        if relation is not None:
+            others = [r for r in self.relations if r.family != relation.family]
+            return [rng.choice(r.templates).format(subject) for r in rng.sample(others, min(n, len(others)))]
+        template = template_of(case.edit.prompt, subject) or ""
+        own, group = content_words(template), self.question_group.get(template)
+        questions = [
+            t for t, words in self.question_templates
+            if _overlap(words, own) < 0.34 and (group is None or self.question_group.get(t) != group)
+        ]
+        return [t.format(subject) for t in rng.sample(questions, min(n, len(questions)))]
 
     def near_subjects_of(self, subject: str, relation: str | None, keep: int = 5) -> list[str]:
         """Other subjects of the run that share a word with `subject`, at most `keep`, the most alike
@@ -363,6 +370,23 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
             known.add(prompt.casefold())
             fresh.append(prompt)
     return fresh
+
+
+def with_other_facts(cases: Sequence[EditCase], per_case: int, seed: int = 0) -> list[EditCase]:
+    """Test cases with `per_case` out-of-scope probes each about other facts of the edited subject
+    (`Augmenter.other_facts`, every relation's templates, group "other_fact"), drawn once with a
+    fixed seed: evaluation's measure of scope by fact, where the data gives only other subjects."""
+    augmenter, rng = Augmenter(cases, AugmentConfig(other_relations=per_case)), random.Random(seed)
+    extended = []
+    for case in cases:
+        subject = case.edit.subject
+        if not subject or subject not in case.edit.prompt:
+            extended.append(case)
+            continue
+        known = {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
+        prompts = _new(augmenter.other_facts(case, case_relation_of(case), rng), known)
+        extended.append(replace(case, out_of_scope=case.out_of_scope + tuple(Probe(p, "", group="other_fact") for p in prompts)))
+    return extended
 
 
 def augmented_validation(

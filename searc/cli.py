@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--relation", action="append", default=[], metavar="RELATION",
                           help="probe only CounterFact cases of this relation (Wikidata id or label; repeatable)")
     answer_options(evaluate)
+    evaluate.add_argument("--other-facts", type=int, default=0, metavar="N",
+                          help="also score N probes a case about other facts of its subject (other relations' templates, "
+                               "or other questions of the file, with the subject): locality, group 'other_fact'")
     evaluate.add_argument("--consequences", action="store_true",
                           help="also score consequence probes (portability, group 'consequence') made from the unedited "
                                "model's knowledge of each new object: 'X is located in the country of' after X's city is edited")
@@ -361,7 +364,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from searc.augment import split_by_relation
+    from searc.augment import split_by_relation, with_other_facts
     from searc.consequences import with_consequences
     from searc.evaluate import evaluate
     from searc.relations import relation_id
@@ -371,6 +374,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
         raise UsageError("--memory takes a positive number and --mode batch")
+    if args.other_facts < 0:
+        raise UsageError("--other-facts must be 0 or more")
     thresholds = parsed_thresholds(args)
     with bad_input():
         relations = [relation_id(name) for name in args.relation]
@@ -383,6 +388,8 @@ def run_eval(args: argparse.Namespace) -> int:
     cases = cases[: args.limit]
     if not cases:
         raise UsageError(f"no cases of {', '.join(relations)} in {args.data}")
+    if args.other_facts:
+        cases = with_other_facts(cases, args.other_facts)
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_answer_options(system, args, thresholds)
     if args.consequences:

@@ -12,7 +12,7 @@ import torch
 
 from searc.augment import (
     SCOPE_TARGETS, AugmentConfig, Augmenter, augmented_validation, question_groups, split_by_relation, target_form,
-    without_other_facts,
+    with_other_facts, without_other_facts,
 )
 from searc.batches import counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase, Probe, load_cases
@@ -99,6 +99,24 @@ def test_counterfact_case_gets_other_wordings_in_scope_and_other_facts_out_of_sc
             assert relation is None or relation.family != "language"
         prompts = [p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)]
         assert len(prompts) == len(set(prompts))
+
+
+def test_evaluation_adds_other_facts_of_each_subject_apart_and_nothing_else():
+    """`eval --other-facts N`: N out-of-scope probes a case in group other_fact, of every relation
+    (held-out ones too) but the edit's family, the same on every call; questions get other
+    questions; a case whose prompt does not name its subject is left as it is."""
+    unnamed = EditCase(Edit("Who wrote it?", "Marlowe", subject="Hamlet"), (Probe("Who wrote it?", "Marlowe"),), ())
+    cases = [DARRIEUX, ZSRE, *QUESTIONS, unnamed]
+    extended = with_other_facts(cases, 2)
+    assert extended == with_other_facts(cases, 2) and extended[-1] == unnamed
+    for case, before in zip(extended, cases):
+        assert case.in_scope == before.in_scope and case.out_of_scope[: len(before.out_of_scope)] == before.out_of_scope
+    added = extended[0].out_of_scope[1:]
+    assert len(added) == 2 and all(p.group == "other_fact" and p.answer == "" and "Danielle Darrieux" in p.prompt for p in added)
+    assert all(relation_of(p.prompt, "Danielle Darrieux").family != "language" for p in added)
+    assert {p.prompt for p in extended[1].out_of_scope[1:]} <= {"Which river flows through UniFirst?", "Who founded UniFirst?"}
+    held = {relation_of(p.prompt, "Danielle Darrieux").id for seed in range(40) for p in with_other_facts([DARRIEUX], 2, seed)[0].out_of_scope[1:]}
+    assert "P20" in held  # relations held out of training are asked too
 
 
 def test_held_out_relations_never_appear_in_built_probes():
