@@ -374,9 +374,11 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
 
 def with_other_facts(cases: Sequence[EditCase], per_case: int, seed: int = 0) -> list[EditCase]:
     """Test cases with `per_case` out-of-scope probes each about other facts of the edited subject
-    (`Augmenter.other_facts`, every relation's templates, group "other_fact"), drawn once with a
-    fixed seed: evaluation's measure of scope by fact, where the data gives only other subjects."""
-    augmenter, rng = Augmenter(cases, AugmentConfig(other_relations=per_case)), random.Random(seed)
+    (`Augmenter.other_facts`, every relation's templates, group "other_fact"; for questions, other
+    questions of the cases, none that the cases word as one relation, `question_groups`), drawn once
+    with a fixed seed: evaluation's measure of scope by fact, where the data gives only other subjects."""
+    augmenter = Augmenter(cases, AugmentConfig(other_relations=per_case, question_groups=True))
+    rng = random.Random(seed)
     extended = []
     for case in cases:
         subject = case.edit.subject
