@@ -372,11 +372,20 @@ def _new(prompts: list[str], known: set[str]) -> list[str]:
     return fresh
 
 
+def check_other_facts(per_case: object) -> int:
+    """A count of other facts a case (`with_other_facts`), or a ValueError that says what is wrong."""
+    if isinstance(per_case, bool) or not isinstance(per_case, int) or per_case < 0:
+        raise ValueError(f"other facts a case must be a whole number, 0 or more, got {per_case!r}")
+    return per_case
+
+
 def with_other_facts(cases: Sequence[EditCase], per_case: int, seed: int = 0) -> list[EditCase]:
     """Test cases with `per_case` out-of-scope probes each about other facts of the edited subject
     (`Augmenter.other_facts`, every relation's templates, group "other_fact"; for questions, other
     questions of the cases, none that the cases word as one relation, `question_groups`), drawn once
     with a fixed seed: evaluation's measure of scope by fact, where the data gives only other subjects."""
+    if not check_other_facts(per_case):
+        return list(cases)
     augmenter = Augmenter(cases, AugmentConfig(other_relations=per_case, question_groups=True))
     rng = random.Random(seed)
     extended = []

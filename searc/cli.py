@@ -364,7 +364,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from searc.augment import split_by_relation, with_other_facts
+    from searc.augment import check_other_facts, split_by_relation, with_other_facts
     from searc.consequences import with_consequences
     from searc.evaluate import evaluate
     from searc.relations import relation_id
@@ -374,11 +374,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     if args.memory is not None and (args.memory < 1 or args.mode != "batch"):
         raise UsageError("--memory takes a positive number and --mode batch")
-    if args.other_facts < 0:
-        raise UsageError("--other-facts must be 0 or more")
     thresholds = parsed_thresholds(args)
     with bad_input():
         relations = [relation_id(name) for name in args.relation]
+        check_other_facts(args.other_facts)
     [cases] = read_data([(args.data, None)], args.skip_bad_records)
     if args.memory is not None and len(cases) < args.memory:
         raise UsageError(f"--memory {args.memory}: {args.data} holds only {len(cases)} cases")
@@ -388,7 +387,7 @@ def run_eval(args: argparse.Namespace) -> int:
     cases = cases[: args.limit]
     if not cases:
         raise UsageError(f"no cases of {', '.join(relations)} in {args.data}")
-    if args.other_facts:
+    with bad_input():
         cases = with_other_facts(cases, args.other_facts)
     system = load_system(args.lm, args.encoder, args.checkpoint)
     apply_answer_options(system, args, thresholds)

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 
+from searc.augment import with_other_facts
 from searc.classifier import ClassifierConfig
 from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
@@ -257,10 +258,13 @@ class Session:
             yield event, curves
 
     def evaluate(
-        self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None
+        self, pool: SystemPool, cases: Sequence[EditCase], mode: str, progress: Callable[[str, int, int], None] | None = None,
+        other_facts: int = 0,
     ) -> Evaluation:
         """Evaluate this session's editor, and the zero-shot (untrained) editor beside it, at this
-        session's thresholds and decoding."""
+        session's thresholds and decoding; `other_facts` probes a case about other facts of its
+        subject are added (`augment.with_other_facts`)."""
+        cases = with_other_facts(cases, other_facts)
         systems = {"this editor": self.system}
         zero_shot = pool.get(None)
         if zero_shot is not self.system:  # an untrained session is itself the zero-shot editor

@@ -241,11 +241,14 @@ def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAcc
         return (*changed(session, probes_text, threshold, decline_threshold, message), message)
 
     @user_errors
-    def run_evaluation(state, data_path, upload, limit, mode, progress=gr.Progress()):
+    def run_evaluation(state, data_path, upload, limit, mode, other_facts=0, progress=gr.Progress()):
         session = _session(state, system)
         count = number(limit, "Cases", int)
+        per_case = number(other_facts, "Other facts a case", int)
         cases = access.cases(data_path, upload, limit=min(count, DEMO_EVAL_CASES) if access.demo_mode else count)
-        evaluation = session.evaluate(pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name))
+        evaluation = session.evaluate(
+            pool, cases, mode, progress=lambda name, done, total: progress(done / total, desc=name), other_facts=per_case
+        )
         return session, evaluation_bars(evaluation.rows), evaluation.table(), evaluation.report.table(), session.failures_table()
 
     @user_errors
@@ -372,6 +375,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                     eval_upload = gr.File(label="…or upload", type="filepath", scale=2)
                     eval_limit = gr.Number(label="Cases", value=10, precision=0, scale=1)
                     eval_mode = gr.Radio(["single", "batch"], value="single", label="Edits in memory", scale=1)
+                    eval_other_facts = gr.Number(label="Other facts a case", value=0, precision=0, minimum=0, scale=1)
                     eval_button = gr.Button("Evaluate", variant="primary", scale=1)
                     eval_stop = gr.Button("Stop", scale=1)
                 eval_chart = gr.Plot(label="Comparison", elem_id="eval_chart")
@@ -414,7 +418,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
         )
         stop_button.click(stop_training, [state], [train_status], api_name=False)
         evaluation = eval_button.click(
-            run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode], [state, eval_chart, eval_table, eval_report, failures],
+            run_evaluation, [state, eval_path, eval_upload, eval_limit, eval_mode, eval_other_facts], [state, eval_chart, eval_table, eval_report, failures],
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
         eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)

@@ -65,7 +65,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--memory", "10"], "--mode batch"),
         (["eval", "--data", "x.json", "--memory", "0", "--mode", "batch"], "--memory"),
         (["eval", "--data", "x.json", "--relation", "P99999"], "unknown relation"),
-        (["eval", "--data", "x.json", "--other-facts", "-1"], "--other-facts must be 0 or more"),
+        (["eval", "--data", "x.json", "--other-facts", "-1"], "other facts a case must be a whole number, 0 or more"),
         (["train", "--data", "x.json", "--val", "y.json", "--consequence-steps", "continent"], "consequence steps must be some of"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--memory", "0"], "--memory must be at least 1"),
         (["tune", "--val", "y.json", "--checkpoint", "ck", "--limit", "0"], "--limit and --memory"),

@@ -203,6 +203,13 @@ def test_training_and_evaluation_run_from_the_session_without_a_browser(system, 
     evaluation = session.evaluate(pool, cases[:2], "batch", progress=lambda name, done, total: seen.append(name))
     assert list(evaluation.rows) == ["unedited model", "zero-shot editor", "this editor"]
     assert evaluation.report.n_cases == 2 and {"this editor", "zero-shot editor"} <= set(seen)
+    with pytest.raises(ValueError, match="other facts a case"):
+        session.evaluate(pool, cases[:2], "batch", other_facts=-1)
+    assert session.evaluation is evaluation, "bad input keeps the last evaluation"
+    speakers = [EditCase(Edit(f"The mother tongue of Person {i} is", "English", subject=f"Person {i}"),
+                         (Probe(f"The mother tongue of Person {i} is", "English"),), ()) for i in range(2)]
+    report = session.evaluate(pool, speakers, "batch", other_facts=2).report
+    assert report.group_sizes == {"locality/other_fact": 4}  # two other facts of each speaker, as locality apart
 
 
 def test_token_view_scope_view_and_claims_of_a_probe(system):

@@ -139,6 +139,12 @@ def test_an_evaluation_of_no_cases_is_a_clear_error(url, cases, message):
         client.predict("cases.json", None, cases, "single", api_name="/evaluate")
 
 
+def test_a_negative_count_of_other_facts_is_a_clear_error(url):
+    client = Client(url, verbose=False)  # the field's own minimum refuses it (the session refuses it too, test_session)
+    with pytest.raises(Exception, match="less than minimum value 0"):
+        client.predict("cases.json", None, 2, "single", -1, api_name="/evaluate")
+
+
 def test_an_emptied_training_field_is_a_clear_error(url):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="fill in LoRA learning rate"):
