@@ -49,9 +49,7 @@ def checked_subject(subject: str | None, prompt: str) -> str | None:
     """The edit's subject if its own prompt names it whole, else None (not checked): a data set's
     edit may give a subject its prompt writes otherwise ("Rio Grande 463" beside "By which company,
     D&RGW 463 has been manufactured?"), and a name the edit itself does not use says nothing of a probe."""
-    if not subject:
-        return None
-    return subject if NameIndex([subject]).named(name_words(prompt)) == name_words(subject) else None
+    return subject if subject and not unnamed_words(subject, prompt) else None
 
 
 class NameIndex:
