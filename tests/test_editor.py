@@ -47,6 +47,26 @@ def test_empty_memory_answers_exactly_as_the_unedited_model(arch):
         assert result.counterfactual_output is None
 
 
+def test_base_view_switches_the_adapter_off_only_while_it_runs():
+    """The base view turns the shared adapter's layers off and back on itself: nested base calls
+    keep it off until the outermost ends, and the counterfactual view then reads it again."""
+    system = make_system("llama")
+    perturb_adapter(system)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with system.counterfactual.active() as model:
+        adapted = model(input_ids=ids).logits
+    with system.base.active() as model:
+        with system.base.active():
+            pass
+        inner_exit = model(input_ids=ids).logits
+    tokenizer = make_lm_tokenizer()
+    unedited = make_lm("llama", len(tokenizer))(input_ids=ids).logits
+    with system.counterfactual.active() as model:
+        after = model(input_ids=ids).logits
+    assert torch.allclose(inner_exit, unedited, atol=1e-5), "the adapter came back on when a nested base call ended"
+    assert torch.equal(after, adapted) and not torch.allclose(adapted, unedited, atol=1e-3)
+
+
 def test_in_scope_probe_is_answered_by_the_counterfactual_model(arch):
     system = make_system(arch)
     perturb_adapter(system)
