@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import Sequence
 
-from searc.consequences import Facts, consequence_probes
+from searc.consequences import FORMS, Facts, consequence_probes
 from searc.data import EditCase, Probe
 from searc.memory import Edit
 from searc.relations import RELATIONS, SCOPE_RELATIONS, Relation, asks_another_fact, case_relation_of, template_of
@@ -138,6 +138,7 @@ class AugmentConfig:
     other_relations: int = 2  # templates of other relations with the subject, out of scope
     generic: int = 1  # generic other facts of the subject, out of scope
     consequences: int = 1  # consequence probes of the edit, in scope (where `facts` has its new object)
+    consequence_forms: tuple[str, ...] = FORMS  # how those probes ask (`searc.consequences.FORMS`)
     target_forms: float = 0.0  # chance that a case is trained with its target in another form (`target_form`)
     qualified_forms_only: bool = False  # with target_forms: only forms that keep the target and qualify it
     scope_cases: float = 0.0  # chance that a case brings a scope-only case of its subject (`Augmenter.scope_case`)
@@ -199,7 +200,7 @@ class Augmenter:
             in_scope += [t.format(subject) for t in rng.sample(wordings, min(self.config.wordings, len(wordings)))]
             if rng.random() < self.config.cloze_positive:
                 in_scope.append(f"The {relation.label} of {subject} is")
-            found = consequence_probes(case, relation, self.facts)
+            found = consequence_probes(case, relation, self.facts, self.config.consequence_forms)
             consequences = rng.sample(found, min(self.config.consequences, len(found)))
         out_of_scope += self.other_facts(case, relation, rng)
         own_words = content_words(case.edit.prompt)

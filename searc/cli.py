@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "consequence_steps":
             train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar="STEP",
                                help=f"with --consequences, the follow-on facts composed with each edit (default: all, {' '.join(default)})")
+        elif name == "consequence_forms":
+            train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar="FORM",
+                               help=f"with --consequences, how their probes ask (default: all, {' '.join(default)})")
         else:
             train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     train.add_argument("--lm", default="bundled")

@@ -56,6 +56,10 @@ SPOKEN_IN = Step(
 SPORT = Step("sport", "sport", ("The position of {} is played in the sport of", "A {} is a player in the sport of"), BY_ID["P641"].templates[:2])
 FOUNDER = Step("founder", "founder", ("The founder of {} is", "{} was founded by"))
 STEP_NAMES = tuple(s.name for s in (COUNTRY, CAPITAL, LANGUAGE, HEADQUARTERS_COUNTRY, SPOKEN_IN, SPORT, FOUNDER))
+# How a consequence probe asks: "The country of the location of {s} is" (cloze), "What is the
+# country of the location of {s}? It is" (question), "{s} is located in the country of" (natural,
+# where the step has such a wording)
+FORMS = ("cloze", "question", "natural")
 
 # Steps per edited relation. A located thing's country reads naturally of the thing itself ("BMW
 # is located in the country of"); a person's birthplace does not make the person a place. A relation
@@ -106,9 +110,17 @@ def case_steps(case: EditCase, relation: Relation | None, names: Sequence[str] =
 
 
 def check_step_names(names: Sequence[str]) -> tuple[str, ...]:
-    unknown = [n for n in names if n not in STEP_NAMES]
+    return _some_of("consequence steps", names, STEP_NAMES)
+
+
+def check_forms(forms: Sequence[str]) -> tuple[str, ...]:
+    return _some_of("consequence forms", forms, FORMS)
+
+
+def _some_of(what: str, names: Sequence[str], choices: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise ValueError(f"consequence steps must be some of {', '.join(STEP_NAMES)}, got {', '.join(unknown) or 'none'}")
+        raise ValueError(f"{what} must be some of {', '.join(choices)}, got {', '.join(unknown) or 'none'}")
     return tuple(names)
 
 
@@ -132,8 +144,8 @@ def known_facts(lm: LanguageModel, asks: Iterable[tuple[str, Step]], batch: int 
     return {(obj, label): a for (obj, label), a in facts.items() if not (label == COUNTRY.label and obj.casefold() in countries)}
 
 
-def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts) -> list[Probe]:
-    """Every consequence probe of a case that `facts` allows, the step's answer as its target."""
+def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts, forms: Sequence[str] = FORMS) -> list[Probe]:
+    """Every consequence probe of a case that `facts` allows, in the `forms` asked, the step's answer as its target."""
     subject, obj = case.edit.subject, case.edit.target_new
     probes = []
     for step in case_steps(case, relation):
@@ -141,9 +153,9 @@ def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts) 
         if not answer:
             continue
         wordings = (
-            f"The {step.label} of the {relation.label} of {subject} is",
-            f"What is the {step.label} of the {relation.label} of {subject}? It is",
-            *(template.format(subject) for template in step.natural),
+            *([f"The {step.label} of the {relation.label} of {subject} is"] if "cloze" in forms else []),
+            *([f"What is the {step.label} of the {relation.label} of {subject}? It is"] if "question" in forms else []),
+            *(template.format(subject) for template in step.natural if "natural" in forms),
         )
         second_steps = tuple(Probe(template.format(obj), answer) for template in step.ask)
         probes += [Probe(w, answer, group=CONSEQUENCE, second_steps=second_steps) for w in wordings]

@@ -35,7 +35,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 import torch
 
 from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation
-from searc.consequences import STEP_NAMES, check_step_names, facts_for
+from searc.consequences import FORMS, STEP_NAMES, check_forms, check_step_names, facts_for
 from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
 from searc.data import EditCase
 from searc.editor import SeracSystem
@@ -67,6 +67,7 @@ class TrainConfig:
     # and lost recall on the edits' own paraphrases
     consequences: bool = False
     consequence_steps: tuple[str, ...] = STEP_NAMES  # with consequences: the follow-on facts composed (searc.consequences)
+    consequence_forms: tuple[str, ...] = FORMS  # with consequences: how their probes ask (cloze, question, natural)
     # with augment: the share of cases trained (and validated) with the target in a form the
     # training files lack (searc.augment.target_form). Off by default: runs with it (0.2 in both
     # stages; 0.3 in a third stage that trains the counterfactual model alone) copied every form,
@@ -118,6 +119,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         self.held_out_relations = tuple(relation_id(name) for name in self.held_out_relations)
         self.consequence_steps = check_step_names(self.consequence_steps)
+        self.consequence_forms = check_forms(self.consequence_forms)
         for name, zero in (("cf_examples_per_case", "0 (all)"), ("declines_per_case", "0 (all)"), ("near_subjects", "0")):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be {zero} or more, got {getattr(self, name)!r}")
@@ -136,7 +138,7 @@ class TrainConfig:
         """What `searc.augment` adds to each case drawn."""
         return AugmentConfig(
             target_forms=self.target_forms, qualified_forms_only=self.qualified_forms_only, scope_cases=self.scope_cases,
-            scope_answers=self.scope_answers,
+            scope_answers=self.scope_answers, consequence_forms=self.consequence_forms,
             near_subjects=self.near_subjects, question_groups=self.question_groups,
         )
 

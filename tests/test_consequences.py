@@ -6,12 +6,13 @@ import random
 
 import pytest
 
-from searc.augment import Augmenter
-from searc.consequences import CAPITAL, COUNTRY, LANGUAGE, agree, answer_of, consequence_probes, facts_for, known_facts, with_consequences
+from searc.augment import AugmentConfig, Augmenter
+from searc.consequences import CAPITAL, COUNTRY, FORMS, LANGUAGE, agree, answer_of, consequence_probes, facts_for, known_facts, with_consequences
 from searc.data import EditCase, Probe
 from searc.lm import Generation
 from searc.memory import Edit
 from searc.relations import case_relation_of
+from searc.train import TrainConfig
 
 LOUVRE = EditCase(
     Edit("The location of the Louvre is", "Rome", subject="the Louvre", target_true="Paris"),
@@ -66,6 +67,21 @@ def test_consequence_probes_compose_the_edit_with_the_step():
     assert {s.prompt: s.answer for p in probes for s in p.second_steps} == {
         "Rome is located in the country of": "Italy", "Rome is a city in the country of": "Italy"}
     assert consequence_probes(LOUVRE, relation, {}) == []
+
+
+def test_consequence_probes_ask_only_in_the_forms_given():
+    relation = case_relation_of(LOUVRE)
+    facts = {("Rome", "country"): "Italy"}
+    by_form = {form: [p.prompt for p in consequence_probes(LOUVRE, relation, facts, (form,))] for form in FORMS}
+    assert by_form == {"cloze": ["The country of the location of the Louvre is"],
+                       "question": ["What is the country of the location of the Louvre? It is"],
+                       "natural": ["the Louvre is located in the country of"]}
+    augmenter = Augmenter([LOUVRE], AugmentConfig(consequence_forms=("natural",)), facts=facts)
+    for seed in range(5):
+        consequences = [p.prompt for p in augmenter(LOUVRE, random.Random(seed)).in_scope if p.group == "consequence"]
+        assert consequences == by_form["natural"]
+    with pytest.raises(ValueError, match="consequence forms must be some of cloze, question, natural, got prose"):
+        TrainConfig(consequences=True, consequence_forms=("natural", "prose"))
 
 
 def test_the_augmenter_adds_a_consequence_in_scope_with_its_own_answer():
