@@ -136,9 +136,9 @@ class LanguageModel:
 
         The base view switches the adapter layers off itself rather than through peft's
         `disable_adapter()`, which walks every module twice and reads the whole model's adapter
-        status on each call (31 ms a switch on and off here, against 6 ms); the layers are found
-        once per model. Only layers that were on are switched back, so a nested call leaves the
-        adapter as the outer one set it."""
+        status on each call (33 ms a switch off and on here, against 9 ms; README "Performance");
+        the layers are found once per model. Only layers that were on are switched back, so a
+        nested call leaves the adapter as the outer one set it."""
         with self.lock:
             switched = [] if self.adapter_enabled else [layer for layer in adapter_layers(self.model) if not layer.disable_adapters]
             for layer in switched:
