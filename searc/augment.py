@@ -188,12 +188,10 @@ class Augmenter:
         case = without_other_facts(case)
         if rng.random() < self.config.target_forms:
             case = with_target(case, target_form(case.edit.target_new, rng, self.config.qualified_forms_only))
-        subject = case.edit.subject
-        if not subject or subject not in case.edit.prompt:
+        if not names_its_subject(case):
             return case
-        relation = case_relation_of(case)
-        target = case.edit.target_new
-        known = {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
+        subject, relation, target = case.edit.subject, case_relation_of(case), case.edit.target_new
+        known = known_prompts(case)
         in_scope, out_of_scope, consequences = [], [], []
         if relation is not None:
             wordings = [t for t in relation.templates if t.format(subject).casefold() not in known]
@@ -271,7 +269,7 @@ class Augmenter:
         subject = case.edit.subject
         if not self.config.scope_cases or rng.random() >= self.config.scope_cases:
             return None
-        if not subject or subject not in case.edit.prompt or len(self.subjects) < 2:
+        if not names_its_subject(case) or len(self.subjects) < 2:
             return None
         own = _stems(content_words(case.edit.prompt.replace(subject, " ")))
         relations = [r for r, words in self.scope_relations if not words & own]
@@ -363,6 +361,17 @@ def _overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
+def names_its_subject(case: EditCase) -> bool:
+    """Whether the case's edit prompt names its subject: every probe built here puts the subject
+    into another wording, so a case without one gets none."""
+    return bool(case.edit.subject) and case.edit.subject in case.edit.prompt
+
+
+def known_prompts(case: EditCase) -> set[str]:
+    """The case's probes, casefolded: a probe built here is never one of them (`_new`)."""
+    return {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
+
+
 def _new(prompts: list[str], known: set[str]) -> list[str]:
     """Prompts not already known, each once, in order."""
     fresh = []
@@ -391,12 +400,10 @@ def with_other_facts(cases: Sequence[EditCase], per_case: int, seed: int = 0) ->
     rng = random.Random(seed)
     extended = []
     for case in cases:
-        subject = case.edit.subject
-        if not subject or subject not in case.edit.prompt:
+        if not names_its_subject(case):
             extended.append(case)
             continue
-        known = {p.prompt.casefold() for p in (*case.in_scope, *case.out_of_scope)}
-        prompts = _new(augmenter.other_facts(case, case_relation_of(case), rng), known)
+        prompts = _new(augmenter.other_facts(case, case_relation_of(case), rng), known_prompts(case))
         extended.append(replace(case, out_of_scope=case.out_of_scope + tuple(Probe(p, "", group="other_fact") for p in prompts)))
     return extended
 
