@@ -29,6 +29,11 @@ from searc.validation import MAX_DECLINED_OWN_ROUTES
 # `searc tune` rewrites a checkpoint in place: from fewer cases its thresholds follow noise (one
 # case wrote 0.5/0.5, every pair of the grid scoring alike)
 MIN_TUNE_CASES = 50
+# TrainConfig fields that take several of a fixed set of names: (metavar, what they choose)
+CHOICE_LISTS = {
+    "consequence_steps": ("STEP", "the follow-on facts composed with each edit"),
+    "consequence_forms": ("FORM", "how their probes ask"),
+}
 
 
 class UsageError(Exception):
@@ -207,12 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "held_out_relations":
             train.add_argument(f"--{name.replace('_', '-')}", nargs="*", default=default, metavar="RELATION",
                                help=f"default: {' '.join(default)}; give none to hold out nothing")
-        elif name == "consequence_steps":
-            train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar="STEP",
-                               help=f"with --consequences, the follow-on facts composed with each edit (default: all, {' '.join(default)})")
-        elif name == "consequence_forms":
-            train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar="FORM",
-                               help=f"with --consequences, how their probes ask (default: all, {' '.join(default)})")
+        elif name in CHOICE_LISTS:
+            metavar, what = CHOICE_LISTS[name]
+            train.add_argument(f"--{name.replace('_', '-')}", nargs="+", default=default, metavar=metavar,
+                               help=f"with --consequences, {what} (default: all, {' '.join(default)})")
         else:
             train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     train.add_argument("--lm", default="bundled")

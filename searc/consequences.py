@@ -152,11 +152,12 @@ def consequence_probes(case: EditCase, relation: Relation | None, facts: Facts, 
         answer = facts.get((obj, step.label))
         if not answer:
             continue
-        wordings = (
-            *([f"The {step.label} of the {relation.label} of {subject} is"] if "cloze" in forms else []),
-            *([f"What is the {step.label} of the {relation.label} of {subject}? It is"] if "question" in forms else []),
-            *(template.format(subject) for template in step.natural if "natural" in forms),
-        )
+        by_form = {
+            "cloze": [f"The {step.label} of the {relation.label} of {subject} is"],
+            "question": [f"What is the {step.label} of the {relation.label} of {subject}? It is"],
+            "natural": [template.format(subject) for template in step.natural],
+        }
+        wordings = [wording for form in FORMS if form in forms for wording in by_form[form]]
         second_steps = tuple(Probe(template.format(obj), answer) for template in step.ask)
         probes += [Probe(w, answer, group=CONSEQUENCE, second_steps=second_steps) for w in wordings]
     return probes
