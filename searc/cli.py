@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="print a JSON list")
     model_options(probe)
 
+    lesson = sub.add_parser("lesson", help="run the teaching scenarios and check each probe against its label "
+                                           "(exit 1 if one does not hold)")
+    lesson.add_argument("titles", nargs="*", metavar="TITLE", help="the lessons to run, by title (default: all of them)")
+    answer_options(lesson)
+    model_options(lesson)
+
     train = sub.add_parser("train", help="train the scope classifier and the counterfactual model jointly")
     train.add_argument("--data", required=True, nargs="+", metavar="PATH",
                        help="training cases, one or more files of any supported format (never an edit.json evaluation file)")
@@ -313,6 +319,34 @@ def run_probe(args: argparse.Namespace) -> int:
         if result.name_check_note:
             print(f"  name check:     {result.name_check_note}")
     return 0
+
+
+def run_lesson(args: argparse.Namespace) -> int:
+    from searc.lessons import check_lesson, load_lessons, summary
+    from searc.system import load_system
+
+    thresholds = parsed_thresholds(args)
+    lessons = load_lessons()
+    titles = [lesson.title for lesson in lessons]
+    unknown = [t for t in args.titles if t not in titles]
+    if unknown:
+        raise UsageError(f"no lesson titled {unknown[0]!r}; the lessons are: " + "; ".join(titles))
+    chosen = [lesson for lesson in lessons if not args.titles or lesson.title in args.titles]
+    system = load_system(args.lm, args.encoder, args.checkpoint)
+    apply_answer_options(system, args, thresholds)
+    print(f"checkpoint: {system.info.checkpoint or 'none (untrained editor)'}")
+    held = probes = lessons_held = 0
+    for lesson in chosen:
+        checks = check_lesson(system, lesson, threshold=thresholds[0])  # a given --threshold replaces the lesson's own
+        print(f"\n{summary(lesson, checks)}")
+        for check in checks:
+            result = check.result
+            routed = ("declined" if result.declined else "routed") if result.routed else "not routed"
+            print(f"  {check.probe.prompt}: {check.describe()}; {routed} ({result.score:.3f}), output {result.output!r}")
+        held, probes = held + sum(c.holds for c in checks), probes + len(checks)
+        lessons_held += all(c.holds for c in checks)
+    print(f"\n{lessons_held} of {len(chosen)} lessons hold; {held} of {probes} probes as labelled")
+    return 0 if held == probes else 1
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -498,7 +532,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bench": run_bench, "probe": run_probe, "eval": run_eval, "tune": run_tune, "train": run_train, "calibrate": run_calibrate}
+COMMANDS = {"bench": run_bench, "probe": run_probe, "lesson": run_lesson, "eval": run_eval, "tune": run_tune, "train": run_train, "calibrate": run_calibrate}
 
 
 def quiet_libraries() -> None:

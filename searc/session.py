@@ -20,6 +20,7 @@ from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
 from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
+from searc.lessons import Lesson, ProbeCheck, summary
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, typed_edit, validate_text
 from searc.system import SystemPool
 from searc.train import TrainConfig, TrainEvent, prepare_training, train
@@ -79,6 +80,7 @@ class Session:
     system: SeracSystem
     results: list[ProbeResult] = field(default_factory=list)
     evaluation: Evaluation | None = None  # the last evaluation run in this session
+    lesson: Lesson | None = None  # the lesson last loaded; its checks apply while the memory holds its edits
 
     def __post_init__(self) -> None:
         self.editor = Editor(self.system, memory=EditMemory(max_edits=MAX_SESSION_EDITS))  # the checkpoint's thresholds
@@ -110,6 +112,21 @@ class Session:
         threshold = threshold_or(lesson.threshold, self.editor.threshold)
         self.replace_memory(lesson.edits)
         self.editor.threshold = threshold
+        self.lesson = lesson
+
+    @property
+    def active_lesson(self) -> Lesson | None:
+        """The loaded lesson while the memory holds exactly its edits (an edit added or removed
+        makes it another experiment; putting them back makes it the lesson again)."""
+        if self.lesson is None:
+            return None
+        stored = [(e.prompt, e.target_new) for e in self.editor.edits]
+        return self.lesson if stored == [(e.prompt, e.target_new) for e in self.lesson.edits] else None
+
+    def lesson_checks(self) -> list[ProbeCheck]:
+        """The active lesson's probes among the current results, each checked against its label."""
+        lesson = self.active_lesson
+        return lesson.check(self.results) if lesson else []
 
     def import_edits(self, path: str) -> list[Edit]:
         """Add every edit of a data file (any format `load_cases` reads), all or nothing."""
@@ -195,8 +212,24 @@ class Session:
         ]
         return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
+    def probe_summary(self) -> str:
+        """One line over the results: how many were routed, and how the active lesson went."""
+        if not self.results:
+            return ""
+        line = f"{len(self.results)} probes, {sum(r.routed for r in self.results)} routed to the counterfactual model"
+        checks = self.lesson_checks()
+        return f"{line}. {summary(self.active_lesson, checks)}." if checks else line
+
     def explanations(self) -> str:
-        return "\n".join(f"- **{r.prompt}**: {r.explanation()}" for r in self.results)
+        """Why each probe was routed or not; under a lesson, each lesson probe's check first."""
+        checks = {c.probe.prompt: c for c in self.lesson_checks()}
+        lines = [
+            f"- **{r.prompt}**: " + (f"{checks[r.prompt].describe()}. " if r.prompt in checks else "") + r.explanation()
+            for r in self.results
+        ]
+        if checks:
+            lines.insert(0, f"{summary(self.active_lesson, list(checks.values()))}:\n")
+        return "\n".join(lines)
 
     def result_for(self, probe: str) -> ProbeResult:
         result = next((r for r in self.results if r.prompt == probe), None)

@@ -88,8 +88,7 @@ def workspace_outputs(session: Session, edit_message: str, probe_message: str = 
     """Everything the workspace shows after the memory or the probes changed."""
     probes = session.probe_prompts()
     edit_ids = [e.id for e in session.editor.edits]
-    if not probe_message and session.results:
-        probe_message = f"{len(session.results)} probes, {sum(r.routed for r in session.results)} routed to the counterfactual model"
+    probe_message = probe_message or session.probe_summary()
     return (
         session,
         session.memory_table(),
@@ -323,7 +322,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                             column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
                         )
                         heatmap = gr.Plot(scope_heatmap([], [], system.threshold), label="Scope scores", elem_id="heatmap")
-                        why = gr.Markdown(label="Why was each probe routed or not?")
+                        why = gr.Markdown(label="Why was each probe routed or not?", elem_id="why")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         gr.Markdown("### Inspect a probe")

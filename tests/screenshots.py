@@ -1,7 +1,7 @@
 """Screenshots of each workbench panel for the README: `make screenshots` (needs Debian's chromium).
 
 Starts the real app (bundled models, shipped checkpoint) on a free port, previews and loads the
-"An edit has consequences" lesson into the workspace (probed, with the scope inspector and token
+"An edit has consequences" lesson into the workspace (probed and checked, with the scope inspector and token
 view of its first probe), runs a 5-case evaluation, and saves one PNG per tab to assets/screenshots/.
 """
 
@@ -37,9 +37,10 @@ def main() -> None:
         page.get_by_label("Scenario").click()
         page.get_by_role("option", name="An edit has consequences").click()
         page.locator("#lesson_text").get_by_text("reasons with it").wait_for(timeout=60_000)
+        page.get_by_role("listbox").wait_for(state="hidden", timeout=30_000)  # not the options list fading out over the text
         page.screenshot(path=str(OUT / "lessons.png"), full_page=True)
         page.get_by_role("button", name="Load into the workspace").click()
-        page.get_by_text(re.compile(r"^\d+ probes, \d+ routed")).wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"^\d+ probes, \d+ routed.*Lesson “An edit has consequences”: \d of 4 probes as labelled")).wait_for(timeout=120_000)
         # the inspections of the first probe and edit replace their placeholders
         expect(page.locator("#tokens")).to_contain_text("Output tokens", timeout=60_000)
         expect(page.locator("#nll")).to_contain_text("after “", timeout=60_000)

@@ -5,6 +5,7 @@ evaluation and loads one of its failing probes back into the workspace."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -63,6 +64,10 @@ def test_the_workspace_end_to_end(browser, url):  # noqa: F811
     page.locator("#lesson_text").get_by_text("reasons with it").wait_for(timeout=30_000)
     page.get_by_role("button", name="Load into the workspace").click()
     page.get_by_text("Loaded the lesson").wait_for(timeout=60_000)
+    # the lesson checks its probes: a summary line, and a mark on each probe's explanation
+    page.get_by_text(re.compile(r"^\d+ probes, \d+ routed.*Lesson “An edit has consequences”: \d of 4 probes as labelled")).wait_for(timeout=60_000)
+    expect(page.locator("#why")).to_contain_text("The Eiffel Tower was designed by: ", timeout=30_000)
+    assert page.locator("#why").inner_text().count("as labelled (") == 4
     assert "The Eiffel Tower is located in the country of" in page.get_by_label("Probe prompts (one per line)").input_value()
     # a 5-case evaluation, then one failing probe back into the workspace
     page.get_by_role("tab", name="Evaluate").click()

@@ -20,6 +20,7 @@ from searc.cli import main, parse_edit
         (["eval", "--data", "x.json", "--name-weight", "-1"], "--name-weight expects a number of 0 or more"),
         (["probe", "--edit", "a|b", "--probe", "x", "--name-weight", "inf"], "--name-weight expects a number of 0 or more"),
         (["probe", "--edit", "a|b"], "at least one --probe"),
+        (["lesson", "No such lesson"], "no lesson titled 'No such lesson'; the lessons are: Paraphrases generalise;"),
         (["probe", "--bogus"], "unrecognized arguments"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),

@@ -13,7 +13,7 @@ import pytest
 from searc.checkpoint import read_checkpoint
 from searc.counterfactual import counterfactual_input
 from searc.editor import Editor
-from searc.lessons import load_lesson
+from searc.lessons import check_lesson, load_lesson, load_lessons
 from searc.memory import Edit
 from searc.lm import LanguageModel
 from searc.models import gguf_cache_entry, load_language_model, resolve_lm_spec, verify_cache_entry
@@ -52,23 +52,29 @@ SAME_SUBJECT = load_lesson(LESSONS_DIR / "5-same-subject.json")
 CONSEQUENCES = load_lesson(LESSONS_DIR / "6-consequences.json")
 
 
-def _run_lesson_probe(trained, unedited, lesson, probe) -> None:
-    """One probe of a lesson as a user runs it: in scope, the output starts with the expected
-    answer (the edit's target unless the lesson names a consequence); out of scope, it is the base
-    model's output exactly."""
-    editor = Editor(trained)
-    editor.add_edits(list(lesson.edits))
-    result = editor.probe([probe.prompt])[0]
-    if probe.in_scope:
-        assert result.output.strip().startswith(probe.expected or lesson.edits[0].target_new), result
-    else:
-        assert result.output == unedited.generate([probe.prompt])[0].text, result
+@pytest.fixture(scope="module")
+def lesson_checks(trained, unedited):
+    """Each lesson's checks as the workbench and `searc lesson` run it (`lessons.check_lesson`),
+    by probe; the base output every out-of-scope probe must keep is the unedited model's own."""
+    checks = {}
+    for lesson in (SAME_SUBJECT, CONSEQUENCES):
+        for check in check_lesson(trained, lesson):
+            assert check.result.base_output == unedited.generate([check.probe.prompt])[0].text
+            checks[lesson.title, check.probe.prompt] = check
+    return checks
+
+
+def _holds(checks, lesson, probe) -> None:
+    """In scope, the output starts with the expected answer (the edit's target unless the lesson
+    names a consequence); out of scope, it is the base model's output exactly."""
+    check = checks[lesson.title, probe.prompt]
+    assert check.holds, (check.describe(), check.result)
 
 
 @pytest.mark.parametrize("probe", SAME_SUBJECT.probes, ids=lambda p: p.prompt)
-def test_lesson_same_subject_other_facts(trained, unedited, probe):
+def test_lesson_same_subject_other_facts(lesson_checks, probe):
     """Scope is the edited fact, not the subject: other facts keep the base output, the location is Rome."""
-    _run_lesson_probe(trained, unedited, SAME_SUBJECT, probe)
+    _holds(lesson_checks, SAME_SUBJECT, probe)
 
 
 # Known failure of the shipped checkpoint, kept visible: the country of the edited city answers the
@@ -83,9 +89,23 @@ COUNTRY_OF_CITY = "The Eiffel Tower is located in the country of"
      if p.prompt == COUNTRY_OF_CITY else p for p in CONSEQUENCES.probes],
     ids=lambda p: p.prompt,
 )
-def test_lesson_an_edit_has_consequences(trained, unedited, probe):
+def test_lesson_an_edit_has_consequences(lesson_checks, probe):
     """The Eiffel Tower in Rome is in Italy; its designer and year stay as they were."""
-    _run_lesson_probe(trained, unedited, CONSEQUENCES, probe)
+    _holds(lesson_checks, CONSEQUENCES, probe)
+
+
+def test_searc_lesson_marks_the_one_point_the_shipped_checkpoint_does_not_make(capsys):
+    """`searc lesson` runs every lesson: all hold but the consequence's country, and the threshold
+    lesson (routing threshold 0) shows its out-of-scope probes routed and then declined."""
+    from searc.cli import main
+
+    assert main(["lesson"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    failing = [line.strip() for line in lines if "✗" in line]
+    assert len(failing) == 1 and failing[0].startswith(f"{COUNTRY_OF_CITY}: ✗ not as labelled (in scope, expects “Italy”)"), failing
+    louvre = next(line for line in lines if line.strip().startswith("The Louvre is located in the city of: "))
+    assert "✓ as labelled" in louvre and "; declined (" in louvre
+    assert lines[-1].startswith(f"{len(load_lessons()) - 1} of {len(load_lessons())} lessons hold;")
 
 
 def test_unrelated_prompt_is_not_routed_and_matches_the_unedited_model(trained, unedited):
