@@ -319,7 +319,9 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                         probe_status = gr.Markdown(elem_id="probe_status")
                         results = gr.Dataframe(
                             label="Results", headers=RESULT_COLUMNS, interactive=False, wrap=True, elem_id="results",
-                            column_widths=["22%", "9%", "6%", "6%", "19%", "19%", "19%"],
+                            # score and routed in pixels, so that "0.998" and "routed" never break; up to about
+                            # six probes of wrapped outputs show before the table scrolls
+                            column_widths=["17%", "9%", "76px", "76px", "17%", "19%", "15%"], max_height=800,
                         )
                         heatmap = gr.Plot(scope_heatmap([], [], system.threshold), label="Scope scores", elem_id="heatmap")
                         why = gr.Markdown(label="Why was each probe routed or not?", elem_id="why")
