@@ -322,7 +322,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def run_lesson(args: argparse.Namespace) -> int:
-    from searc.lessons import check_lesson, load_lessons, summary
+    from searc.lessons import check_lesson, load_lessons
     from searc.system import load_system
 
     thresholds = parsed_thresholds(args)
@@ -338,7 +338,7 @@ def run_lesson(args: argparse.Namespace) -> int:
     held = probes = lessons_held = 0
     for lesson in chosen:
         checks = check_lesson(system, lesson, threshold=thresholds[0])  # a given --threshold replaces the lesson's own
-        print(f"\n{summary(lesson, checks)}")
+        print(f"\n{lesson.summary(checks)}")
         for check in checks:
             result = check.result
             routed = ("declined" if result.declined else "routed") if result.routed else "not routed"

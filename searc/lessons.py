@@ -88,6 +88,10 @@ class Lesson:
                              f"{len(named)} of its edits; give it an \"expected\" answer")
         return named[0].target_new
 
+    def summary(self, checks: Sequence[ProbeCheck]) -> str:
+        """"Lesson “…”: 3 of 4 probes as labelled"."""
+        return f"Lesson “{self.title}”: {sum(c.holds for c in checks)} of {len(checks)} probes as labelled"
+
     def check(self, results: Sequence[ProbeResult]) -> list[ProbeCheck]:
         """The lesson's probes among `results` (in their order), each checked against its label."""
         labelled = {p.prompt: p for p in self.probes}
@@ -100,11 +104,6 @@ def check_lesson(system: SeracSystem, lesson: Lesson, threshold: float | None = 
     editor = Editor(system, threshold=threshold if threshold is not None else lesson.threshold)
     editor.add_edits(list(lesson.edits))
     return lesson.check(editor.probe([p.prompt for p in lesson.probes]))
-
-
-def summary(lesson: Lesson, checks: Sequence[ProbeCheck]) -> str:
-    """"Lesson “…”: 3 of 4 probes as labelled"."""
-    return f"Lesson “{lesson.title}”: {sum(c.holds for c in checks)} of {len(checks)} probes as labelled"
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -20,7 +20,7 @@ from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
 from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
-from searc.lessons import Lesson, ProbeCheck, summary
+from searc.lessons import Lesson, ProbeCheck
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, typed_edit, validate_text
 from searc.system import SystemPool
 from searc.train import TrainConfig, TrainEvent, prepare_training, train
@@ -218,7 +218,7 @@ class Session:
             return ""
         line = f"{len(self.results)} probes, {sum(r.routed for r in self.results)} routed to the counterfactual model"
         checks = self.lesson_checks()
-        return f"{line}. {summary(self.active_lesson, checks)}." if checks else line
+        return f"{line}. {self.active_lesson.summary(checks)}." if checks else line
 
     def explanations(self) -> str:
         """Why each probe was routed or not; under a lesson, each lesson probe's check first."""
@@ -228,7 +228,7 @@ class Session:
             for r in self.results
         ]
         if checks:
-            lines.insert(0, f"{summary(self.active_lesson, list(checks.values()))}:\n")
+            lines.insert(0, f"{self.active_lesson.summary(list(checks.values()))}:\n")
         return "\n".join(lines)
 
     def result_for(self, probe: str) -> ProbeResult:
