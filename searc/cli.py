@@ -341,7 +341,7 @@ def run_lesson(args: argparse.Namespace) -> int:
         print(f"\n{lesson.summary(checks)}")
         for check in checks:
             result = check.result
-            routed = ("declined" if result.declined else "routed") if result.routed else "not routed"
+            routed = ("routed, declined" if result.declined else "routed") if result.routed else "not routed"
             print(f"  {check.probe.prompt}: {check.describe()}; {routed} ({result.score:.3f}), output {result.output!r}")
         held, probes = held + sum(c.holds for c in checks), probes + len(checks)
         lessons_held += all(c.holds for c in checks)

@@ -4,8 +4,8 @@ the one point each scenario makes.
 A lesson is also a check of the system it runs on (`Lesson.check`): an in-scope probe must begin
 with its answer (the edit's target, or a consequence the lesson names: "Italy"), an out-of-scope
 probe must keep the base model's output exactly. The workbench marks each probe with it, `searc
-lesson` prints it (`check_lesson`), and the integration tests assert it, so a point a checkpoint does not make is
-shown as such instead of being told as if it held.
+lesson` prints it (`check_lesson`) and the integration tests assert it, so a point that a
+checkpoint does not make shows as such instead of being told as if it held.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_searc_lesson_marks_the_one_point_the_shipped_checkpoint_does_not_make(c
     failing = [line.strip() for line in lines if "✗" in line]
     assert len(failing) == 1 and failing[0].startswith(f"{COUNTRY_OF_CITY}: ✗ not as labelled (in scope, expects “Italy”)"), failing
     louvre = next(line for line in lines if line.strip().startswith("The Louvre is located in the city of: "))
-    assert "✓ as labelled" in louvre and "; declined (" in louvre
+    assert "✓ as labelled" in louvre and "; routed, declined (" in louvre
     assert lines[-1].startswith(f"{len(load_lessons()) - 1} of {len(load_lessons())} lessons hold;")
 
 
