@@ -33,15 +33,17 @@ test-fast: setup
 bench: setup
 	$(PY) -m searc.cli bench --json runs/bench.json $(BENCH_ARGS)
 
-# The README's quality table ("How well it works"): the five batch evaluations, one after another
-# (about 40 minutes on 2 cores), each report as text and JSON in $(QUALITY_OUT); EVAL_ARGS go to
-# each (EVAL_ARGS=--free-decoding: the counterfactual model decoding freely, as before this release).
+# The README's quality table ("How well it works"): the lessons' checks (`searc lesson`, 20 s), then
+# the five batch evaluations, one after another (about 40 minutes on 2 cores), each report as text
+# and JSON in $(QUALITY_OUT); EVAL_ARGS go to each evaluation (EVAL_ARGS=--free-decoding: the
+# counterfactual model decoding freely, as before this release).
 CHECKPOINT ?= default
 QUALITY_OUT ?= runs/quality
 EVAL_ARGS ?=
 SEARC_EVAL = $(PY) -m searc.cli eval --checkpoint $(CHECKPOINT) --mode batch $(EVAL_ARGS)
 quality: setup
 	mkdir -p $(QUALITY_OUT)
+	$(PY) -m searc.cli lesson --checkpoint $(CHECKPOINT) | tee $(QUALITY_OUT)/lessons.txt
 	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --limit 500 --json $(QUALITY_OUT)/counterfact-500.json | tee $(QUALITY_OUT)/counterfact-500.txt
 	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --memory 10000 --limit 300 --json $(QUALITY_OUT)/counterfact-10000.json | tee $(QUALITY_OUT)/counterfact-10000.txt
 	$(SEARC_EVAL) --data ../shared/data/counterfact/edit.json --relation P20 --relation P101 --relation P449 --relation P138 --limit 200 \
