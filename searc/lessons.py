@@ -51,9 +51,9 @@ class ProbeCheck:
         asked = f"in scope, expects “{self.answer}”" if self.answer is not None else "out of scope, keeps the base output"
         if self.holds:
             return f"{mark} as labelled ({asked})"
-        got = self.result.output.strip() or "(nothing)"
-        return f"{mark} not as labelled ({asked}): got “{_short(got)}”" + (
-            f", the base model “{_short(self.result.base_output.strip())}”" if self.answer is None else ""
+        got = _short(self.result.output) or "(nothing)"
+        return f"{mark} not as labelled ({asked}): got “{got}”" + (
+            f", the base model “{_short(self.result.base_output)}”" if self.answer is None else ""
         )
 
 
@@ -107,6 +107,8 @@ def check_lesson(system: SeracSystem, lesson: Lesson, threshold: float | None = 
 
 
 def _short(text: str, limit: int = 60) -> str:
+    """An output on one line (its line breaks as spaces), cut at `limit` characters."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

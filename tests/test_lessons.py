@@ -64,6 +64,8 @@ def test_a_check_holds_when_in_scope_begins_with_the_answer_and_out_of_scope_kee
     assert kept.holds and kept.describe() == "✓ as labelled (out of scope, keeps the base output)"
     parroted = ProbeCheck(out_of_scope, None, result(out_of_scope.prompt, " Rome", " Gustave Eiffel"))
     assert not parroted.holds and parroted.describe().endswith("got “Rome”, the base model “Gustave Eiffel”")
+    # an output of several lines is shown on one
+    assert ProbeCheck(in_scope, "Rome", result(in_scope.prompt, " the city of Rome.\n\nIt", " Paris")).describe().endswith("got “the city of Rome. It”")
     # the base output must stand exactly, not just begin the same way
     assert not ProbeCheck(out_of_scope, None, result(out_of_scope.prompt, " Gustave", " Gustave Eiffel")).holds
 
