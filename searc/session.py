@@ -118,7 +118,7 @@ class Session:
     def active_lesson(self) -> Lesson | None:
         """The loaded lesson while the memory holds exactly its edits (an edit added or removed
         makes it another experiment; putting them back makes it the lesson again)."""
-        if self.lesson is None:
+        if self.lesson is None or len(self.editor.memory) != len(self.lesson.edits):  # no pass over a large memory
             return None
         stored = [(e.prompt, e.target_new) for e in self.editor.edits]
         return self.lesson if stored == [(e.prompt, e.target_new) for e in self.lesson.edits] else None
@@ -217,18 +217,19 @@ class Session:
         if not self.results:
             return ""
         line = f"{len(self.results)} probes, {sum(r.routed for r in self.results)} routed to the counterfactual model"
-        checks = self.lesson_checks()
-        return f"{line}. {self.active_lesson.summary(checks)}." if checks else line
+        checks = self.lesson_checks()  # some only while the lesson is active
+        return f"{line}. {self.lesson.summary(checks)}." if checks else line
 
     def explanations(self) -> str:
         """Why each probe was routed or not; under a lesson, each lesson probe's check first."""
-        checks = {c.probe.prompt: c for c in self.lesson_checks()}
+        checks = self.lesson_checks()
+        by_prompt = {c.probe.prompt: c for c in checks}
         lines = [
-            f"- **{r.prompt}**: " + (f"{checks[r.prompt].describe()}. " if r.prompt in checks else "") + r.explanation()
+            f"- **{r.prompt}**: " + (f"{by_prompt[r.prompt].describe()}. " if r.prompt in by_prompt else "") + r.explanation()
             for r in self.results
         ]
-        if checks:
-            lines.insert(0, f"{self.active_lesson.summary(list(checks.values()))}:\n")
+        if checks:  # the same count as the probe line's
+            lines.insert(0, f"{self.lesson.summary(checks)}:\n")
         return "\n".join(lines)
 
     def result_for(self, probe: str) -> ProbeResult:
