@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searc import scheduler
 from searc.memory import Edit, EditMemory, EmbeddingKeys, ListKeys, PairKeys
 from searc.models import seeded_init
 
@@ -123,6 +124,13 @@ class ScopeClassifier(nn.Module):
         hidden = self.encoder(**batch).last_hidden_state
         return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
+    def probe_embeddings(self, inputs: Sequence[str]) -> torch.Tensor:
+        """Unit-norm embeddings of probes for routing (inference), encoded in one pass with other
+        sessions' probes by the process's scheduler (`searc.scheduler`)."""
+        rows = [EmbeddingRow(text, len(self.tokenizer(text, truncation=True, max_length=self.config.max_length)["input_ids"]))
+                for text in inputs]
+        return torch.stack(scheduler.shared().run(EmbeddingLane(self), rows))
+
     @torch.inference_mode()
     def embed_edits(self, edits: Sequence[Edit]) -> torch.Tensor:
         return torch.cat([self.embed([scope_text(e) for e in chunk]).float().cpu() for chunk in _chunks(edits, 64)])
@@ -175,8 +183,7 @@ class DenseScopeClassifier(ScopeClassifier):
         return self.scale * similarity + self.bias
 
     def logits(self, inputs: list[str], keys: EmbeddingKeys) -> torch.Tensor:
-        probe_embeddings = self.embed(inputs).float().cpu()
-        return self.similarity_logits(probe_embeddings @ keys.matrix.T)
+        return self.similarity_logits(self.probe_embeddings(inputs) @ keys.matrix.T)
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
         edit_embeddings = self.embed([scope_text(e) for e in edits])
@@ -238,7 +245,7 @@ class CrossScopeClassifier(ScopeClassifier):
         k = self.config.top_k
         if not k or k >= len(keys):
             return torch.arange(len(keys)).expand(len(inputs), -1)
-        similarity = self.embed(inputs).float().cpu() @ keys.embeddings.matrix.T
+        similarity = self.probe_embeddings(inputs) @ keys.embeddings.matrix.T
         return similarity.topk(k, dim=1).indices
 
     def logits(self, inputs: list[str], keys: PairKeys) -> torch.Tensor:
@@ -257,6 +264,29 @@ class CrossScopeClassifier(ScopeClassifier):
         edit_ids, input_ids = self.edit_token_ids(edits), self._tokenize_inputs(inputs)
         pairs = [(e, x) for e in edit_ids for x in input_ids]
         return self._forward_pair_chunks(pairs).view(len(edits), len(inputs))
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    text: str
+    tokens: int  # for the pass's cost
+
+
+class EmbeddingLane:
+    """The classifier's encoder over probe texts, as a scheduler lane (each text once a pass)."""
+
+    def __init__(self, classifier: ScopeClassifier) -> None:
+        self.classifier = classifier
+        self.key = ("embed", id(classifier))
+
+    def cost(self, rows: Sequence[EmbeddingRow]) -> int:
+        return len(rows) * max(r.tokens for r in rows)
+
+    @torch.inference_mode()
+    def run(self, rows: Sequence[EmbeddingRow]) -> list[torch.Tensor]:
+        texts = list(dict.fromkeys(r.text for r in rows))
+        embedded = dict(zip(texts, self.classifier.embed(texts).float().cpu()))
+        return [embedded[r.text] for r in rows]
 
 
 def calibrate(classifier: DenseScopeClassifier, pairs: Sequence[tuple[Edit, str, bool]], steps: int = 200) -> tuple[float, float]:

@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from searc import scheduler
 from searc.losses import IGNORE_INDEX, TargetLogProbs, masked_log_probs
 
 _ADAPTER_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -359,7 +360,6 @@ class LanguageModel:
         longest = max((len(self.encode(" " + t.strip())) for t in targets if t), default=0)
         return max(self.max_new_tokens, longest + 3)
 
-    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
@@ -373,7 +373,20 @@ class LanguageModel:
         sequence, so a counterfactual model that would rather decline still shows what it would
         say; whether it declines is the caller's reading of `end_probability`.
         finish: per prompt, a target to finish verbatim once the continuation has begun it
-        (`FinishTargets`); None for a prompt, or for all, decodes freely."""
+        (`FinishTargets`); None for a prompt, or for all, decodes freely.
+
+        The rows go to the process's scheduler (`searc.scheduler`), which runs them in one pass
+        with other callers' rows of the same view, each cut to its own budget afterwards."""
+        budget = max_new_tokens or self.max_new_tokens
+        finish = list(finish) if finish is not None else [None] * len(prompts)
+        rows = [GenerationRow(p, budget, f, len(self.encode(p))) for p, f in zip(prompts, finish)]
+        return scheduler.shared().run(GenerationLane(self, answer), rows)
+
+    @torch.inference_mode()
+    def generate_pass(
+        self, prompts: Sequence[str], max_new_tokens: int, answer: bool = False, finish: Sequence[str | None] | None = None,
+    ) -> list[Generation]:
+        """One batched greedy pass, under the model's lock (`generate` says what the arguments mean)."""
         from transformers import LogitsProcessorList  # loaded lazily, as in searc.models
 
         if not prompts:
@@ -391,7 +404,7 @@ class LanguageModel:
             sequences = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
@@ -406,6 +419,14 @@ class LanguageModel:
             ids = [t for t in row if t != self.pad_token_id] if self.is_seq2seq else _strip_after_eos(row, self.tokenizer.eos_token_id)
             generations.append(Generation(self.tokenizer.decode(ids, skip_special_tokens=True), ids, end_probability))
         return generations
+
+    def cut(self, generation: Generation, max_new_tokens: int) -> Generation:
+        """A generation as it reads after `max_new_tokens` new tokens (greedy: the same first
+        tokens whatever budget the pass ran with)."""
+        if len(generation.token_ids) <= max_new_tokens:
+            return generation
+        ids = generation.token_ids[:max_new_tokens]
+        return Generation(self.tokenizer.decode(ids, skip_special_tokens=True), ids, generation.end_probability)
 
     @torch.inference_mode()
     def next_token_log_probs(self, prompt: str, continuation: Sequence[int]) -> torch.Tensor:
@@ -473,6 +494,36 @@ class FinishTargets:
                 forced[target[k]] = 0.0
                 scores[row] = forced
         return scores
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """One prompt's share of a generation pass: its own budget and target to finish."""
+
+    prompt: str
+    max_new_tokens: int
+    finish: str | None
+    tokens: int  # the prompt's length, for the pass's cost
+
+
+class GenerationLane:
+    """Greedy generation by one model view, as a scheduler lane: rows of any callers in one pass,
+    each cut to its own budget; a prompt asked twice with the same target is generated once."""
+
+    def __init__(self, lm: LanguageModel, answer: bool) -> None:
+        self.lm, self.answer = lm, answer
+        self.key = ("generate", id(lm.model), lm.adapter_enabled, answer)
+
+    def cost(self, rows: Sequence[GenerationRow]) -> int:
+        return len(rows) * (max(r.tokens for r in rows) + max(r.max_new_tokens for r in rows))
+
+    def run(self, rows: Sequence[GenerationRow]) -> list[Generation]:
+        unique = list(dict.fromkeys((r.prompt, r.finish) for r in rows))
+        generated = self.lm.generate_pass(
+            [p for p, _ in unique], max(r.max_new_tokens for r in rows), self.answer, [f for _, f in unique]
+        )
+        by_row = dict(zip(unique, generated))
+        return [self.lm.cut(by_row[(r.prompt, r.finish)], r.max_new_tokens) for r in rows]
 
 
 def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:
