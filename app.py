@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from searc import scheduler
 from searc.access import DEMO_UPLOAD_BYTES, SHARED_DATA, ServerAccess, check_exposure
 from searc.cli import quiet_libraries
 from searc.models import BUNDLED, ModelNotFound
 from searc.system import DEFAULT_CHECKPOINT, SystemPool, load_system
-from searc.ui import build_app
+from searc.ui import build_app, serve
 
 
 def port_number(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"expects a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def positive_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1, got {text!r}")
     return int(text)
 
 
@@ -33,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", default="runs", help="training writes checkpoints only below this directory (default runs)")
     parser.add_argument("--data-dir", action="append", default=None, metavar="DIR",
                         help="data files named in the page are read only below these directories (repeatable; default ../shared/data)")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="run each request's model work alone, one after another (to measure what batching gains)")
+    parser.add_argument("--batch-tokens", type=positive_number, default=scheduler.MAX_BATCH_TOKENS, metavar="N",
+                        help=f"the bound of one batched pass, in rows x padded tokens (default {scheduler.MAX_BATCH_TOKENS})")
     return parser.parse_args(argv)
 
 
@@ -82,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()
         system = load_system(args.lm, args.encoder, args.checkpoint)
         app = build_app(system, SystemPool(system), access)
-        app.queue(default_concurrency_limit=2).launch(
-            server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        scheduler.configure(batching=not args.no_batching, max_batch_tokens=args.batch_tokens)
+        serve(
+            app, server_name=args.host, server_port=args.port, share=args.share, auth=auth,
             max_file_size=DEMO_UPLOAD_BYTES if args.demo_mode else None,
         )
     except (ValueError, ModelNotFound, OSError) as error:  # CheckpointError is a ValueError; OSError: the port is taken

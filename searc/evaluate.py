@@ -54,6 +54,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
+from searc import scheduler
 from searc.counterfactual import counterfactual_input
 from searc.data import EditCase, Probe
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, answer, compare_targets, declines, threshold_or
@@ -424,6 +425,7 @@ def evaluate(
     sessions = [(editor, [p for p in probes if p.kind in kinds]) for editor, probes in _sessions(system, cases, mode, threshold, decline_threshold, finish_targets, stored)]
     group = max(1, PROBE_CHUNK // 4)  # about one generation batch of probes per group of sessions
     for start in range(0, len(sessions), group):
+        scheduler.shared().background_turn()  # minutes of work: probes of other sessions go first
         _score(sessions[start : start + group], tally)
         if progress is not None:
             progress(min(start + group, len(sessions)) if mode == "single" else len(cases), len(cases))

@@ -132,6 +132,11 @@ class Scheduler:
         finally:
             self._local.report = previous
 
+    def waiting(self) -> int:
+        """Requests with rows not yet in a pass."""
+        with self._condition:
+            return len(self._queue)
+
     def busy(self) -> bool:
         with self._condition:
             return bool(self._queue or self._running)

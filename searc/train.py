@@ -34,6 +34,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 
+from searc import scheduler
 from searc.augment import AugmentConfig, Augmenter, augmented_validation, split_by_relation
 from searc.consequences import FORMS, STEP_NAMES, check_forms, check_step_names, facts_for
 from searc.batches import BatchSampler, counterfactual_examples, decline_examples, scope_matrix
@@ -328,6 +329,7 @@ def _train_loop(
     for step in range(1, config.steps + 1):
         if stop is not None and stop.is_set():
             break
+        scheduler.shared().background_turn()  # the cores go to waiting probes first (a step takes seconds)
         cf.model.train()
         classifier.train()
         step_started = time.perf_counter()

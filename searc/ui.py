@@ -19,6 +19,7 @@ from typing import Callable
 
 import gradio as gr
 
+from searc import scheduler
 from searc.access import SHARED_DATA, ServerAccess
 from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips, training_curves
 from searc.data import refuse_evaluation_files
@@ -29,6 +30,9 @@ from searc.system import SystemPool
 from searc.train import TrainConfig
 
 DEMO_EVAL_CASES = 20  # --demo-mode: cases per evaluation
+# Workspace events running at once: each waits in the shared scheduler, which batches their model
+# work, so a class's requests must reach it together (gradio's own queue holds the rest).
+WORKSPACE_CONCURRENCY = 64
 
 EXAMPLE_PROBES = "\n".join(
     [
@@ -54,10 +58,16 @@ def _session(state: Session | None, system: SeracSystem) -> Session:
 USER_ERRORS = (ValueError, KeyError, OSError)  # bad input; DataError and CheckpointError are ValueErrors
 
 
+def waiting_text(ahead: int) -> str:
+    return f"waiting: {ahead} request{'s' if ahead != 1 else ''} ahead" if ahead else "running"
+
+
 def shows_user_errors(access: ServerAccess) -> Callable[[Callable], Callable]:
     """A handler decorator: bad input becomes one clear message in the page (server directories
     named as the page names them). The session raises before it changes anything, so it is left
-    exactly as it was. Generator handlers (training) are wrapped as generators."""
+    exactly as it was. Generator handlers (training) are wrapped as generators. While a plain
+    handler's model work waits for the shared scheduler, its progress line says how many requests
+    are ahead (the handler gets gradio's progress tracker, whether or not it takes one itself)."""
 
     def page_error(error: Exception) -> gr.Error:
         text = error.args[0] if isinstance(error, KeyError) and error.args else error  # str(KeyError) adds quotes
@@ -73,12 +83,24 @@ def shows_user_errors(access: ServerAccess) -> Callable[[Callable], Callable]:
                     raise page_error(error) from None
             return generator
 
+        signature = inspect.signature(handler)
+        takes_progress = "progress" in signature.parameters
+        if not takes_progress:  # gradio hands a tracker to a positional parameter that defaults to one
+            progress_parameter = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+            signature = signature.replace(parameters=[*signature.parameters.values(), progress_parameter])
+
         @functools.wraps(handler)
         def plain(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            progress = bound.arguments.get("progress") if takes_progress else bound.arguments.pop("progress", None)
+            report = (lambda ahead: progress(0.0, desc=waiting_text(ahead))) if progress is not None else (lambda ahead: None)
             try:
-                return handler(*args, **kwargs)
+                with scheduler.shared().waiting_reported(report):
+                    return handler(*bound.args, **bound.kwargs)
             except USER_ERRORS as error:
                 raise page_error(error) from None
+
+        plain.__signature__ = signature
         return plain
 
     return decorate
@@ -127,6 +149,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         edit = session.remove_edit(edit_id)
         return changed(session, probes_text, threshold, decline_threshold, f"Removed {edit.id}")
 
+    @user_errors
     def clear_edits(state, probes_text, threshold, decline_threshold):
         session = _session(state, system)
         session.clear()
@@ -423,4 +446,12 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             api_name="evaluate", concurrency_limit=1, concurrency_id="heavy",
         )
         eval_stop.click(None, None, None, cancels=[evaluation], api_name=False)
+    return app
+
+
+def serve(app: gr.Blocks, **launch: object) -> gr.Blocks:
+    """Queue and launch the workbench as a class shares it: up to WORKSPACE_CONCURRENCY workspace
+    events at once (training and evaluation keep their own limit of one), threads enough for them."""
+    app.queue(default_concurrency_limit=WORKSPACE_CONCURRENCY)
+    app.launch(max_threads=2 * WORKSPACE_CONCURRENCY, **launch)
     return app

@@ -10,7 +10,7 @@ from gradio_client import Client
 from searc.access import ServerAccess
 from searc.checkpoint import read_checkpoint
 from searc.system import SystemPool, apply_checkpoint
-from searc.ui import build_app
+from searc.ui import build_app, serve
 from tests.conftest import make_system
 from tests.test_editor import perturb_adapter
 
@@ -56,7 +56,7 @@ def url(server_dirs):
     system.classifier.bias.data.fill_(4.0)  # everything in scope: routed whenever an edit is stored
     app = build_app(system, SystemPool(system, loader=tiny_loader), server_dirs)
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    serve(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
@@ -263,7 +263,7 @@ def demo_url(server_dirs):
     demo = ServerAccess(server_dirs.runs_dir, server_dirs.data_dirs, demo_mode=True)
     app = build_app(system, SystemPool(system, loader=tiny_loader), demo)
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    serve(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
