@@ -154,12 +154,18 @@ def load_gguf_cached(gguf: Path, dtype: torch.dtype = torch.float32):
     """Load a GGUF LM through the safetensors cache, building the cache entry if needed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from filelock import FileLock
+
     entry = gguf_cache_entry(gguf, dtype)
-    if entry.exists() and not verify_cache_entry(entry):
-        log.warning("model cache %s is incomplete or corrupted; rebuilding it", entry)
-        shutil.rmtree(entry, ignore_errors=True)
-    if not entry.exists():
-        build_gguf_cache(gguf, entry, dtype)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # Processes starting at once on an empty cache (the workbench beside `searc eval`, several
+    # workbench processes behind a proxy): one dequantizes, the others wait and read its entry.
+    with FileLock(entry.with_name(entry.name + ".lock")):
+        if entry.exists() and not verify_cache_entry(entry):
+            log.warning("model cache %s is incomplete or corrupted; rebuilding it", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            build_gguf_cache(gguf, entry, dtype)
     model = AutoModelForCausalLM.from_pretrained(entry, dtype=dtype, local_files_only=True, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(entry, local_files_only=True)
 
@@ -188,7 +194,12 @@ def build_gguf_cache(gguf: Path, entry: Path, dtype: torch.dtype) -> None:
         }
         manifest = {"format": CACHE_FORMAT, "source": str(gguf), "dtype": str(dtype), "files": files}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.replace(staging, entry)
+        try:
+            os.replace(staging, entry)
+        except OSError:  # a process that took no lock (an older version) published it first
+            if not verify_cache_entry(entry):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -246,3 +246,20 @@ def test_decoding_freely_the_checkpoint_drops_punctuation_that_finishing_keeps(t
         k = next(k for k in range(len(ids)) if answered[k : k + 1] != ids[k : k + 1])
         log_probs = cf.next_token_log_probs(context, ids[:k])
         assert k >= 1 and int((log_probs > log_probs[ids[k]]).sum()) == 1, (target, k)
+
+
+def test_two_processes_starting_at_once_on_an_empty_cache_both_load(tmp_path):
+    """One dequantizes under the cache's file lock; the other waits and loads the entry it wrote
+    (without the lock the second died on the rename: Directory not empty)."""
+    env = {**os.environ, "SEARC_CACHE": str(tmp_path / "cache")}
+    script = ("from searc.models import load_language_model, resolve_lm_spec, gguf_cache_entry, verify_cache_entry\n"
+              "model, _ = load_language_model()\n"
+              "assert verify_cache_entry(gguf_cache_entry(resolve_lm_spec('bundled').gguf, model.dtype))\n"
+              "print('loaded', sum(p.numel() for p in model.parameters()))")
+    processes = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-2000:]
+    assert outputs[0][0] == outputs[1][0] and outputs[0][0].startswith("loaded")
+    assert sum("dequantizing" in err for _, err in outputs) == 1  # built once
