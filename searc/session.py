@@ -20,8 +20,9 @@ from searc.data import EditCase
 from searc.editor import Editor, ProbeResult, SeracSystem, TargetComparison, check_threshold, threshold_or
 from searc.evaluate import EvalReport, comparison_rows, evaluate
 from searc.inspection import OutputTokens, ScopeView, claimed_by, output_tokens, scope_view
-from searc.lessons import Lesson, ProbeCheck
+from searc.lessons import Lesson, ProbeCheck, lesson_titled
 from searc.memory import MAX_TEXT_CHARS, Edit, EditMemory, typed_edit, validate_text
+from searc.sharing import SharedWorkspace
 from searc.system import SystemPool
 from searc.train import TrainConfig, TrainEvent, prepare_training, train
 
@@ -127,6 +128,22 @@ class Session:
         """The active lesson's probes among the current results, each checked against its label."""
         lesson = self.active_lesson
         return lesson.check(self.results) if lesson else []
+
+    def shared_workspace(self, probes_text: str, threshold: float, decline_threshold: float | None = None) -> SharedWorkspace:
+        """This workspace as a link carries it (`searc.sharing`): edits, probes, thresholds, decoding, lesson."""
+        routing, declining = self._thresholds(threshold, decline_threshold)
+        lesson = self.active_lesson
+        return SharedWorkspace(
+            [Edit(e.prompt, e.target_new, e.subject, e.target_true) for e in self.editor.edits], split_lines(probes_text),
+            routing, declining, self.editor.finish_targets, lesson.title if lesson else None,
+        )
+
+    def open_shared(self, workspace: SharedWorkspace) -> list[ProbeResult]:
+        """Become the shared workspace (a new session of its own) and probe its probes."""
+        self.replace_memory(workspace.edits)
+        self.editor.finish_targets = workspace.finish_targets
+        self.lesson = lesson_titled(workspace.lesson)
+        return self.reprobe("\n".join(workspace.probes), workspace.threshold, workspace.decline_threshold)
 
     def import_edits(self, path: str) -> list[Edit]:
         """Add every edit of a data file (any format `load_cases` reads), all or nothing."""

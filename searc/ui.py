@@ -25,6 +25,7 @@ from searc.charts import evaluation_bars, nll_chart, scope_heatmap, token_strips
 from searc.data import refuse_evaluation_files
 from searc.editor import SeracSystem
 from searc.lessons import lesson_titled, load_lessons
+from searc.sharing import QUERY_PARAMETER, SharedWorkspace
 from searc.session import CLAIM_COLUMNS, FAILURE_COLUMNS, MEMORY_COLUMNS, RESULT_COLUMNS, Session
 from searc.system import SystemPool
 from searc.train import TrainConfig
@@ -104,6 +105,9 @@ def shows_user_errors(access: ServerAccess) -> Callable[[Callable], Callable]:
         return plain
 
     return decorate
+
+
+WORKSPACE_OUTPUTS = ("session", "memory", "edit message", "results", "heatmap", "explanations", "probe pick", "probe message", "edit pick")
 
 
 def workspace_outputs(session: Session, edit_message: str, probe_message: str = ""):
@@ -206,6 +210,33 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
             return None
         return session.claims_table(edit_id)
 
+    @user_errors
+    def share_workspace(state, probes_text, threshold, decline_threshold, request: gr.Request):
+        """A link that opens this workspace in a new session (`searc.sharing`)."""
+        session = _session(state, system)
+        page = request.headers.get("referer", "") if request is not None else ""
+        return session.shared_workspace(probes_text, threshold, decline_threshold).link(page)
+
+    def open_shared_link(state, request: gr.Request):
+        """On page load: a `?workspace=` link opens its workspace; a bad one says why in the edit
+        status and changes nothing (the workspace's outputs, then probes, both thresholds, decoding)."""
+        token = request.query_params.get(QUERY_PARAMETER) if request is not None else None
+        unchanged = [gr.skip()] * (len(WORKSPACE_OUTPUTS) + 4)
+        if not token:
+            return tuple(unchanged)
+        session = _session(state, system)
+        try:
+            workspace = SharedWorkspace.from_token(token)
+            session.open_shared(workspace)
+        except ValueError as error:  # SharingError, or a memory the model cannot take
+            unchanged[WORKSPACE_OUTPUTS.index("edit message")] = f"The shared link was not opened: {error}"
+            return tuple(unchanged)
+        editor = session.editor
+        lesson = f" with the lesson “{workspace.lesson}”" if session.lesson else ""
+        message = f"Opened a shared workspace{lesson}: {len(workspace.edits)} edits, {len(workspace.probes)} probes, in a session of your own"
+        return (*workspace_outputs(session, message), "\n".join(workspace.probes), editor.threshold, editor.decline_threshold,
+                editor.finish_targets)
+
     def preview_lesson(title):
         lesson = lesson_titled(title)
         return lesson.preview() if lesson else ""
@@ -222,7 +253,7 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         return (*outputs, lesson.probes_text(), editor.threshold, gr.Tabs(selected="workspace"))
 
     return (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, set_decoding, reroute, inspect_probe, inspect_edit,
-            preview_lesson, load_lesson)
+            preview_lesson, load_lesson, share_workspace, open_shared_link)
 
 
 def make_heavy_handlers(system: SeracSystem, pool: SystemPool, access: ServerAccess):
@@ -291,7 +322,7 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
     pool = pool or SystemPool(system)
     access = access or ServerAccess.create("runs", [SHARED_DATA])
     (add_edit, remove_edit, clear_edits, import_edits, export_edits, probe, set_decoding, reroute, inspect_probe, inspect_edit,
-     preview_lesson, load_lesson) = make_handlers(system, access)
+     preview_lesson, load_lesson, share_workspace, open_shared_link) = make_handlers(system, access)
     run_training, stop_training, load_checkpoint, run_evaluation, load_failure = make_heavy_handlers(system, pool, access)
     checkpoint = access.shown(system.info.checkpoint) if system.info.checkpoint else "none (untrained: calibrated encoder + instruct model)"
     lm, encoder = access.shown_spec(system.info.lm), access.shown_spec(system.info.encoder)
@@ -324,6 +355,12 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
                         import_file = gr.File(label="Import edits (.json/.jsonl/.csv, any supported format)", type="filepath")
                         export_file = gr.File(label="Exported memory")
                         edit_status = gr.Markdown(elem_id="edit_status")
+                        with gr.Row():
+                            share_button = gr.Button("Share this workspace", scale=1)
+                            share_link = gr.Textbox(
+                                label="Link to this workspace", info="opens the same edits, probes, thresholds and lesson in a new session",
+                                interactive=False, buttons=["copy"], elem_id="share_link", scale=3,
+                            )
                     with gr.Column(scale=3):
                         gr.Markdown("### Probes")
                         with gr.Row():
@@ -430,6 +467,9 @@ def build_app(system: SeracSystem, pool: SystemPool | None = None, access: Serve
             change.success(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False).success(
                 inspect_edit, [state, edit_pick], [claims], api_name=False)
         export_button.click(export_edits, [state], [export_file], api_name="export_edits")
+        share_button.click(share_workspace, [state, probes, threshold, decline_threshold], [share_link], api_name="share_workspace")
+        app.load(open_shared_link, [state], [*workspace, probes, threshold, decline_threshold, finish], api_name=False).success(
+            inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False)
         probe_pick.input(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name="inspect")
         inspect_button.click(inspect_probe, [state, probe_pick, targets], [scope, tokens, nll], api_name=False)
         edit_pick.input(inspect_edit, [state, edit_pick], [claims], api_name="inspect_edit")

@@ -83,3 +83,38 @@ def test_the_workspace_end_to_end(browser, url):  # noqa: F811
     assert page.get_by_label("Probe prompts (one per line)").input_value().strip() == failing_probe
     assert failing_probe in page.locator("#memory").inner_text() and failing_probe in page.locator("#results").inner_text()
     page.close()
+
+
+def test_a_shared_link_opens_the_workspace_in_a_second_page(browser, url):  # noqa: F811
+    teacher = browser.new_page(viewport={"width": 1400, "height": 2000})
+    teacher.goto(url)
+    teacher.get_by_label("Prompt", exact=True).fill("Toko Yasuda plays the")
+    teacher.get_by_label("New target").fill("violin")
+    teacher.get_by_label("Subject (optional)").fill("Toko Yasuda")
+    teacher.get_by_label("Probe prompts (one per line)").fill("Toko Yasuda is great at the\nThe capital of Japan is")
+    teacher.get_by_role("button", name="Add edit").click()
+    teacher.get_by_text("Stored e1").wait_for(timeout=30_000)
+    teacher.get_by_role("button", name="Share this workspace").click()
+    link_box = teacher.locator("#share_link textarea")
+    expect(link_box).to_have_value(re.compile(r"\?workspace="), timeout=30_000)
+    link = link_box.input_value()
+    assert link.startswith(url)
+
+    student = browser.new_page(viewport={"width": 1400, "height": 2000})
+    student.goto(link)
+    student.get_by_text("Opened a shared workspace").wait_for(timeout=60_000)
+    expect(student.locator("#memory")).to_contain_text("violin", timeout=30_000)
+    assert student.get_by_label("Probe prompts (one per line)").input_value() == "Toko Yasuda is great at the\nThe capital of Japan is"
+    expect(student.locator("#results")).to_contain_text("Toko Yasuda is great at the", timeout=30_000)
+    # the student's session is the student's: clearing it leaves the teacher's memory as it was
+    student.get_by_role("button", name="Clear memory").click()
+    student.get_by_text("Memory cleared").wait_for(timeout=30_000)
+    teacher.get_by_role("button", name="Probe").click()
+    expect(teacher.locator("#results")).to_contain_text("e1 → violin", timeout=30_000)
+    assert "violin" in teacher.locator("#memory").inner_text()
+    # a damaged link says so and opens an empty workspace
+    stranger = browser.new_page()
+    stranger.goto(url + "?workspace=" + link.split("=", 1)[1][:40])
+    stranger.get_by_text("The shared link was not opened").wait_for(timeout=30_000)
+    for page in (teacher, student, stranger):
+        page.close()
