@@ -177,14 +177,14 @@ def editing_rows(report: BenchReport, system: SeracSystem, keys: PrecomputedKeys
     ms = median_ms(add_one, repeats, setup=back_to_n)
     report.add(f"add one edit to a memory of {n:,}", ms, below=20.0)
     # the same routed probe against the same edit, alone and among n others; the base model's answer
-    # is generated each time, as for a probe not asked before (`editor.BaseAnswers`)
+    # is generated each time, as for a probe not asked before (`editor.KeptAnswers`)
     edit = Edit("The Eiffel Tower is located in the city of", "Rome")
     alone = Editor(system, threshold=0.5)
     alone.add_edits([edit])
     editor.add_edits([edit])
     probe = "Where is the Eiffel Tower? It is in the city of"
-    one = median_ms(lambda: alone.probe([probe]), repeats // 2, setup=system.base_answers.clear)
-    many = median_ms(lambda: editor.probe([probe]), repeats // 2, setup=system.base_answers.clear)
+    one = median_ms(lambda: alone.probe([probe]), repeats // 2, setup=system.kept_answers.clear)
+    many = median_ms(lambda: editor.probe([probe]), repeats // 2, setup=system.kept_answers.clear)
     report.add("full probe (score, route, generate 12 tokens), 1 edit", one)
     report.add(f"full probe, {n + 1:,} edits", many)
     report.add(f"full probe {n + 1:,} edits / 1 edit", many / one, unit="x", below=1.2)
@@ -200,7 +200,7 @@ WORKSPACE_PROBES = (
 
 def workspace_rows(report: BenchReport, system: SeracSystem, repeats: int) -> None:
     """What a workbench user waits for: an edit added and the workspace's 4 probes probed again
-    (their base answers kept from the first probe, `editor.BaseAnswers`), and the token view of one
+    (their base answers kept from the first probe, `editor.KeptAnswers`), and the token view of one
     probe (both outputs, both models' NLL, top-5 alternatives)."""
     from searc.session import Session
 
@@ -212,9 +212,14 @@ def workspace_rows(report: BenchReport, system: SeracSystem, repeats: int) -> No
         session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
         session.reprobe(probes, session.editor.threshold)
 
-    ms = median_ms(add_and_reprobe, repeats, setup=session.clear)
+    def fresh_edit() -> None:  # untimed: as for an edit not stored before, its counterfactual answers are new
+        session.clear()
+        system.kept_answers.clear()
+        system.base_outputs(WORKSPACE_PROBES)
+
+    ms = median_ms(add_and_reprobe, repeats, setup=fresh_edit)
     report.add("workspace: add an edit, re-probe 4 probes", ms, below=1500.0)
-    first = median_ms(lambda: session.probe(probes, session.editor.threshold), repeats, setup=system.base_answers.clear)
+    first = median_ms(lambda: session.probe(probes, session.editor.threshold), repeats, setup=system.kept_answers.clear)
     report.add("workspace: probe 4 probes not asked before", first, note="the base model's answers generated too")
     routed = next((r.prompt for r in session.results if r.routed and not r.declined), WORKSPACE_PROBES[0])
     report.add("workspace: token view of a routed probe", median_ms(lambda: session.output_tokens(routed), repeats), below=500.0,

@@ -56,34 +56,48 @@ class SystemInfo:
     training: dict = field(default_factory=dict)  # the checkpoint's training record
 
 
-class BaseAnswers:
-    """The base model's greedy answers, kept per prompt. The base model is never changed (training
-    and checkpoints touch the adapter and the classifier only), so a prompt's answer is generated
-    once: a workbench re-probe after an edit runs only the counterfactual model. The most recent
-    `size` prompts are kept; a different base model or budget starts afresh."""
+class KeptAnswers:
+    """Greedy generations kept by everything they depend on: the model view, its input, the token
+    budget, answering or not and the target to finish. A system's models do not change while it
+    serves (training and checkpoints work on systems of their own, and loading or training an
+    adapter clears what was kept), so an input's answer is generated once: a workbench re-probe
+    after an edit generates only the probes whose best edit changed, and probing the same probes
+    again generates nothing. The most recent `size` answers are kept."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._kept: OrderedDict[str, str] = OrderedDict()
-        self._for: tuple[int, int] | None = None  # (id of the base model, token budget) the answers are of
+        self._kept: OrderedDict[tuple, Generation] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, base: LanguageModel, prompts: Sequence[str]) -> list[str]:
+    def generate(
+        self, lm: LanguageModel, inputs: Sequence[str], max_new_tokens: int | None = None, answer: bool = False,
+        finish: Sequence[str | None] | None = None,
+    ) -> list[Generation]:
+        """`lm.generate`'s generations, those not kept before generated in one call."""
+        budget = max_new_tokens or lm.max_new_tokens
+        finish = list(finish) if finish is not None else [None] * len(inputs)
+        keys = [(id(lm.model), lm.adapter_enabled, text, budget, answer, target) for text, target in zip(inputs, finish)]
         with self._lock:
-            if self._for != (id(base.model), base.max_new_tokens):
-                self._kept.clear()
-                self._for = (id(base.model), base.max_new_tokens)
-            answers = {p: self._kept[p] for p in prompts if p in self._kept}
-        missing = [p for p in dict.fromkeys(prompts) if p not in answers]
+            found = {key: self._kept[key] for key in keys if key in self._kept}
+        first = {}  # each input once, in order
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        missing = [i for key, i in first.items() if key not in found]
         if missing:
-            answers.update(zip(missing, (g.text for g in base.generate(missing))))
+            generated = lm.generate([inputs[i] for i in missing], budget, answer=answer, finish=[finish[i] for i in missing])
+            found.update(zip((keys[i] for i in missing), generated))
         with self._lock:
-            for prompt in dict.fromkeys(prompts):
-                self._kept[prompt] = answers[prompt]
-                self._kept.move_to_end(prompt)
+            for key in dict.fromkeys(keys):
+                self._kept[key] = found[key]
+                self._kept.move_to_end(key)
             while len(self._kept) > self.size:
                 self._kept.popitem(last=False)
-        return [answers[p] for p in prompts]
+        return [found[key] for key in keys]
+
+    def kept_inputs(self) -> list[str]:
+        """The inputs kept, oldest first."""
+        with self._lock:
+            return [key[2] for key in self._kept]
 
     def clear(self) -> None:
         with self._lock:
@@ -101,11 +115,11 @@ class SeracSystem:
     threshold: float = DEFAULT_THRESHOLD  # routing, tuned with its checkpoint: an editor's default
     decline_threshold: float = DEFAULT_DECLINE_THRESHOLD  # the counterfactual model's, from its checkpoint
     finish_targets: bool = True  # a counterfactual answer that begins its edit's target finishes it verbatim (lm.FinishTargets): an editor's default
-    base_answers: BaseAnswers = field(default_factory=BaseAnswers, repr=False, compare=False)
+    kept_answers: KeptAnswers = field(default_factory=KeptAnswers, repr=False, compare=False)
 
     def base_outputs(self, prompts: Sequence[str]) -> list[str]:
-        """The base model's greedy answers (kept per prompt, `BaseAnswers`)."""
-        return self.base_answers(self.base, prompts)
+        """The base model's greedy answers (kept, `KeptAnswers`)."""
+        return [g.text for g in self.kept_answers.generate(self.base, prompts)]
 
 
 @dataclass(frozen=True)
@@ -430,7 +444,7 @@ def answer(
         budget = cf.budget_for(targets)  # a long target is finished, not cut
         inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
         finish = targets if finish_targets else None
-        counterfactual = dict(zip(wanted, cf.generate(inputs, max_new_tokens=budget, answer=True, finish=finish)))
+        counterfactual = dict(zip(wanted, system.kept_answers.generate(cf, inputs, budget, answer=True, finish=finish)))
     results = []
     for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):
         generation = counterfactual.get(i)

@@ -172,6 +172,7 @@ def apply_checkpoint(system: SeracSystem, saved: Checkpoint, source: str = "") -
     except ValueError as error:
         raise CheckpointError(f"checkpoint {source}: {error}") from None
     new.eval()
+    system.kept_answers.clear()  # the counterfactual model's answers were the old adapter's
     system.classifier = new
     system.threshold, system.decline_threshold = thresholds["threshold"], thresholds["decline_threshold"]
     system.info = replace(

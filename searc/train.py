@@ -345,6 +345,7 @@ def _train_loop(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         classifier.weights_changed()
+        system.kept_answers.clear()  # the adapter moved: answers generated before are stale
         completed = step
         totals = accelerator.reduce(totals.to(accelerator.device), reduction="mean").cpu() / config.accumulate if world > 1 else totals / config.accumulate
         logged = {k: float(v) for k, v in zip(LOSS_KEYS, totals) if not math.isnan(float(v))}

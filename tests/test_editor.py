@@ -374,7 +374,7 @@ def test_the_editor_finishes_targets_unless_the_system_decodes_freely(monkeypatc
     editor.probe([PROBES[0]])
     editor.finish_targets = False  # this session decodes freely; the shared system keeps its setting
     editor.probe([PROBES[0]])
-    assert system.finish_targets and calls == [None, ["Rome"], None]  # base, counterfactual; counterfactual decoding freely (base answer kept)
+    assert system.finish_targets and calls == [[None], ["Rome"], [None]]  # base, counterfactual; counterfactual decoding freely (base answer kept)
     system.finish_targets = False  # the system's setting is a new editor's default
     assert not Editor(system).finish_targets and Editor(system, finish_targets=True).finish_targets
 
@@ -420,9 +420,9 @@ def test_the_base_models_answers_are_generated_once_per_prompt(monkeypatch):
     again = editor.probe([*PROBES, "The Louvre is in"])
     assert [r.base_output for r in again[:2]] == first and generated == [["The Louvre is in"]]
     assert again[2].base_output == original(["The Louvre is in"])[0].text
-    system.base_answers.size = 2  # the oldest prompt is dropped first
+    system.kept_answers.size = 2  # the oldest answer is dropped first
     editor.probe([PROBES[1]])
-    assert PROBES[0] not in system.base_answers._kept and generated[-1] == ["The Louvre is in"]
+    assert PROBES[0] not in system.kept_answers.kept_inputs() and generated[-1] == ["The Louvre is in"]
     system.base.max_new_tokens = 4
     editor.probe([PROBES[1]])
     assert generated[-1] == [PROBES[1]]

@@ -218,9 +218,9 @@ def test_portability_ceilings_count_what_the_base_model_answers_told_the_edit_an
 
     def knows(alone_wording):
         """A base model that answers Italy told the edit, and alone only in `alone_wording`."""
-        def fake(prompts, max_new_tokens=None):
+        def fake(prompts, max_new_tokens=None, **options):
             right = lambda p: (p.startswith("New fact:") and "country" in p) or p == alone_wording
-            return [replace(o, text=" Italy" if right(p) else " ?") for p, o in zip(prompts, generate(prompts, max_new_tokens))]
+            return [replace(o, text=" Italy" if right(p) else " ?") for p, o in zip(prompts, generate(prompts, max_new_tokens, **options))]
         return fake
 
     system.base.generate = knows(alone_wording=None)

@@ -193,7 +193,7 @@ def test_sessions_probing_at_once_get_what_each_gets_alone():
         alone = [editor.probe(probes, counterfactual_for_all=True) for editor, probes in sessions]
     finally:
         scheduler.configure(batching=True)
-    system.base_answers.clear()
+    system.kept_answers.clear()
     together: dict[int, list] = {}
     passes = scheduler.shared().stats.passes
     threads = [threading.Thread(target=lambda i=i, e=e, p=p: together.__setitem__(i, e.probe(p, counterfactual_for_all=True)))

@@ -98,7 +98,7 @@ def test_a_session_decodes_freely_or_finishes_targets_without_touching_the_share
     session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
     [finished] = session.probe("The Eiffel Tower stands in", 0.5)
     [free] = session.set_finish_targets(False, "The Eiffel Tower stands in", 0.5)
-    assert finishes == [["Rome"], None] and free.prompt == finished.prompt  # probed again, decoding freely
+    assert finishes == [["Rome"], [None]] and free.prompt == finished.prompt  # probed again, decoding freely
     assert not session.editor.finish_targets and system.finish_targets and other.editor.finish_targets
     before = list(session.results)
     with pytest.raises(ValueError, match="threshold"):
@@ -107,7 +107,7 @@ def test_a_session_decodes_freely_or_finishes_targets_without_touching_the_share
     session.use_system(system)
     assert not session.editor.finish_targets, "another checkpoint keeps the session's decoding"
     session.evaluate(SystemPool(system), [EditCase(Edit("The Eiffel Tower is located in the city of", "Rome"), (Probe("The Eiffel Tower stands in", "Rome"),), ())], "batch")
-    assert finishes[-1] is None and session.evaluation.report.finish_targets is False
+    assert not any(finishes[-1] or []) and session.evaluation.report.finish_targets is False
 
 
 def test_sessions_do_not_share_memory(system):
