@@ -94,6 +94,7 @@ def test_a_session_decodes_freely_or_finishes_targets_without_touching_the_share
         return generate(self, prompts, max_new_tokens, answer, finish)
 
     monkeypatch.setattr(LanguageModel, "generate", recorded)
+    system.kept_answers.clear()  # other tests of the module probed the same: what is asked of generation here is the point
     session, other = Session(system), Session(system)
     session.add_edit("The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower")
     [finished] = session.probe("The Eiffel Tower stands in", 0.5)
