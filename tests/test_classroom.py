@@ -32,7 +32,7 @@ def classroom(system) -> list[tuple[Session, str]]:
     for start in range(0, 50, 10):
         session = Session(system)
         session.editor.add_edits([case.edit for case in cases[start : start + 10]])
-        probes = [p.prompt for case in cases[start : start + 10] for p in (case.in_scope[-1], *case.out_of_scope[:1])]
+        probes = [" ".join(p.prompt.split()) for case in cases[start : start + 10] for p in (case.in_scope[-1], *case.out_of_scope[:1])]
         sessions.append((session, "\n".join(probes)))
     return sessions
 
