@@ -275,6 +275,8 @@ class EmbeddingRow:
 class EmbeddingLane:
     """The classifier's encoder over probe texts, as a scheduler lane (each text once a pass)."""
 
+    priority = 0  # milliseconds a pass: before generation
+
     def __init__(self, classifier: ScopeClassifier) -> None:
         self.classifier = classifier
         self.key = ("embed", id(classifier))

@@ -28,6 +28,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from searc import scheduler
 from searc.classifier import ScopeClassifier
 from searc.counterfactual import counterfactual_input
 from searc.lm import FinishTargets, Generation, LanguageModel, TargetScore
@@ -328,14 +329,28 @@ class Editor:
         return routes
 
     def probe(self, prompts: Sequence[str], counterfactual_for_all: bool = False) -> list[ProbeResult]:
-        """Score, route and answer each prompt; see the module docstring."""
+        """Score, route and answer each prompt; see the module docstring. Routing and the base
+        model's answers do not depend on each other: they go to the scheduler together."""
         prompts = [validate_text("probe", p) for p in prompts]
         if len(prompts) > MAX_PROBES:
             raise ValueError(f"{len(prompts)} probes at once; the limit is {MAX_PROBES}")
+        routes, base_outputs = scheduler.together(lambda: self.route(prompts), lambda: self.system.base_outputs(prompts))
         return answer(
-            self.system, prompts, self.route(prompts), self.threshold, self.decline_threshold, self.routing,
-            counterfactual_for_all, finish_targets=self.finish_targets,
+            self.system, prompts, routes, self.threshold, self.decline_threshold, self.routing,
+            counterfactual_for_all, finish_targets=self.finish_targets, base_outputs=base_outputs,
         )
+
+    def answer_routable(self, results: Sequence[ProbeResult], threshold: float) -> list[ProbeResult]:
+        """The results with the counterfactual answer of their best edit wherever `threshold`
+        would route them and it was not generated yet (a workspace generates answers for routed
+        probes only; a slider that routes more asks for theirs here)."""
+        missing = [i for i, r in enumerate(results) if r.best_edit is not None and r.score >= threshold and r.counterfactual_output is None]
+        generated = counterfactual_answers(self.system, [results[i].prompt for i in missing], [results[i].best_edit for i in missing],
+                                           self.finish_targets)
+        answered = list(results)
+        for i, generation in zip(missing, generated):
+            answered[i] = replace(results[i], counterfactual_output=generation.text, decline_probability=generation.end_probability)
+        return answered
 
     def score_target(self, prompt: str, target: str) -> TargetComparison:
         """Per-token NLL of `target` after `prompt`, base model vs edited system."""
@@ -424,27 +439,23 @@ def answer(
     counterfactual_for_all: bool = False,
     *,
     finish_targets: bool,
+    base_outputs: Sequence[str] | None = None,
 ) -> list[ProbeResult]:
     """Generate the answers for routed prompts, batched: base outputs for all, counterfactual
     outputs where routed (or for all with a stored edit, on request, so the threshold can be moved later).
     `finish_targets` (the editor's, no default here): a counterfactual answer that begins its edit's
     target finishes it (`lm.FinishTargets`).
 
-    The routes may come from different editors (evaluation batches many one-edit sessions)."""
+    The routes may come from different editors (evaluation batches many one-edit sessions);
+    `base_outputs`, the base model's answers where the caller has them already."""
     if not prompts:
         return []
-    base_outputs = system.base_outputs(prompts)
+    base_outputs = system.base_outputs(prompts) if base_outputs is None else base_outputs
     wanted = [
         i for i, r in enumerate(routes) if r.best_edit is not None and (r.routed or counterfactual_for_all or routing == "soft")
     ]
-    counterfactual: dict[int, Generation] = {}
-    if wanted:
-        cf = system.counterfactual
-        targets = [routes[i].best_edit.target_new for i in wanted]
-        budget = cf.budget_for(targets)  # a long target is finished, not cut
-        inputs = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in wanted]
-        finish = targets if finish_targets else None
-        counterfactual = dict(zip(wanted, system.kept_answers.generate(cf, inputs, budget, answer=True, finish=finish)))
+    generated = counterfactual_answers(system, [prompts[i] for i in wanted], [routes[i].best_edit for i in wanted], finish_targets)
+    counterfactual: dict[int, Generation] = dict(zip(wanted, generated))
     results = []
     for i, (prompt, route, base_output) in enumerate(zip(prompts, routes, base_outputs)):
         generation = counterfactual.get(i)
@@ -468,6 +479,18 @@ def answer(
             result.output = result.counterfactual_output
         results.append(result)
     return results
+
+
+def counterfactual_answers(system: SeracSystem, prompts: Sequence[str], edits: Sequence[Edit], finish_targets: bool) -> list[Generation]:
+    """The counterfactual model's answer to each prompt with its edit in context (kept,
+    `KeptAnswers`), with a budget that finishes the longest target instead of cutting it; with
+    `finish_targets`, a begun target is finished verbatim (`lm.FinishTargets`)."""
+    if not prompts:
+        return []
+    cf = system.counterfactual
+    targets = [edit.target_new for edit in edits]
+    inputs = [counterfactual_input(edit, prompt) for prompt, edit in zip(prompts, edits)]
+    return system.kept_answers.generate(cf, inputs, cf.budget_for(targets), answer=True, finish=targets if finish_targets else None)
 
 
 def soft_generate(system: SeracSystem, prompt: str, edit: Edit, weight: float, finish: bool = False) -> str:

@@ -510,6 +510,8 @@ class GenerationLane:
     """Greedy generation by one model view, as a scheduler lane: rows of any callers in one pass,
     each cut to its own budget; a prompt asked twice with the same target is generated once."""
 
+    priority = 1
+
     def __init__(self, lm: LanguageModel, answer: bool) -> None:
         self.lm, self.answer = lm, answer
         self.key = ("generate", id(lm.model), lm.adapter_enabled, answer)

@@ -15,7 +15,10 @@ batch whatever is queued (vLLM, TGI).
   cannot hold 19 others for long. Requests are served in arrival order: a pass takes first up to
   `rows_per_request` rows of each waiting request of the head's lane, oldest first, then fills
   what the bound leaves with their other rows; the rest wait for the next pass, at the head.
-- Nothing waits for company: a request that finds the worker idle starts at once.
+- Nothing waits for company: a request that finds the worker idle starts at once. Cheap lanes
+  (the encoder: milliseconds a pass) go before generation, so routing never waits for seconds.
+- A caller with independent work (a probe's routing and its base answers) hands both in at
+  once with `together`, so they queue together instead of one after the other.
 - A failing pass is run again request by request, so one request's error is its own.
 - Training and evaluation run for minutes; between steps they take `background_turn()`, which
   waits (up to a patience) until no request is queued or running, so they give the cores back.
@@ -42,6 +45,7 @@ class Lane(Protocol):
     """One kind of batched pass; rows of one lane from many requests share a pass."""
 
     key: Hashable
+    priority: int  # lower goes first: a pass of milliseconds (the encoder) does not wait behind seconds of generation
 
     def cost(self, rows: Sequence) -> int:
         """What a pass over `rows` costs, in padded tokens (rows x the longest)."""
@@ -172,8 +176,9 @@ class Scheduler:
 
     def _take(self) -> tuple[Lane, list[tuple[_Request, int]]]:
         """The next pass: (request, row index) pairs of the head request's lane, within the bound.
-        First up to `rows_per_request` of each waiting request, oldest first, then more of theirs."""
-        lane = self._queue[0].lane
+        The head is the oldest request of the most urgent lane waiting. First up to
+        `rows_per_request` of each waiting request, oldest first, then more of theirs."""
+        lane = min(self._queue, key=lambda r: (r.lane.priority, r.arrival)).lane
         waiting = [r for r in self._queue if r.lane.key == lane.key]
         taken: list[tuple[_Request, int]] = []
         in_pass = {id(r): 0 for r in waiting}
@@ -219,6 +224,32 @@ class Scheduler:
                 if request.error is not None and request in self._queue:  # its other rows need not run
                     self._queue.remove(request)
             request.done.set()
+
+
+def together(*calls: Callable[[], object]) -> list:
+    """Run independent calls at once (each may wait on the scheduler) and return their results
+    in order; the first runs in the caller's thread, so its waiting is the one reported. Without
+    batching they run one after another, as before."""
+    if len(calls) < 2 or not _shared.batching:
+        return [call() for call in calls]
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except BaseException as error:  # noqa: BLE001 (raised in the caller's thread below)
+            errors.append(error)
+
+    helpers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(calls))]
+    for helper in helpers:
+        helper.start()
+    run(0)
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 _shared = Scheduler()

@@ -34,6 +34,7 @@ MAX_SESSION_EDITS = 10_000  # per browser session: a shared workbench keeps ever
 MEMORY_COLUMNS = ["id", "prompt", "target_new", "subject"]
 RESULT_COLUMNS = ["probe", "best edit", "score", "routed", "base output", "counterfactual output", "final output"]
 CLAIM_COLUMNS = ["probe", "score", "final output"]
+NOT_ASKED = "(not asked: below the threshold)"  # a counterfactual answer is generated once a threshold routes the probe
 FAILURE_COLUMNS = ["kind", "probe", "expected", "got", "score", "routed", "declined", "nearest edit"]
 
 
@@ -174,7 +175,9 @@ class Session:
         return check_threshold(threshold), threshold_or(decline_threshold, self.editor.decline_threshold)
 
     def probe(self, probes_text: str, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
-        """Probe every line; counterfactual outputs are computed for all so the thresholds can move later."""
+        """Probe every line. Counterfactual answers are generated for the routed probes only (for
+        a class, that is most of the work saved); a threshold moved lower asks for the others'
+        (`reroute`)."""
         prompts = split_lines(probes_text)
         if not prompts:
             raise ValueError("type at least one probe prompt (one per line)")
@@ -182,7 +185,7 @@ class Session:
         previous = self.editor.threshold, self.editor.decline_threshold
         self.editor.threshold, self.editor.decline_threshold = thresholds
         try:
-            self.results = self.editor.probe(prompts, counterfactual_for_all=True)
+            self.results = self.editor.probe(prompts)
         except ValueError:
             self.editor.threshold, self.editor.decline_threshold = previous  # bad input changes nothing
             raise
@@ -206,11 +209,17 @@ class Session:
             self.editor.finish_targets = previous
             raise
 
+    def answers_needed(self, threshold: float) -> int:
+        """How many of the last results `threshold` would route that have no counterfactual answer yet."""
+        return sum(r.best_edit is not None and r.score >= threshold and r.counterfactual_output is None for r in self.results)
+
     def reroute(self, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
-        """Apply new routing and decline thresholds to the last results without running any model."""
+        """Apply new routing and decline thresholds to the last results; the model runs only for
+        probes the new threshold routes that have no counterfactual answer yet (`answers_needed`)."""
         thresholds = self._thresholds(threshold, decline_threshold)
+        answered = self.editor.answer_routable(self.results, thresholds[0])
         self.editor.threshold, self.editor.decline_threshold = thresholds
-        self.results = [r.with_thresholds(*thresholds) for r in self.results]
+        self.results = [r.with_thresholds(*thresholds) for r in answered]
         return self.results
 
     def results_table(self) -> pd.DataFrame:
@@ -222,7 +231,8 @@ class Session:
                 ("declined" if r.declined else "yes") if r.routed else "no",
                 r.base_output,
                 # what it would answer, and whether it declines the best edit (routed or not)
-                f"(declines, p(end) {r.decline_probability:.0%}) {r.counterfactual_output}" if r.counterfactual_declines else r.counterfactual_output or "",
+                f"(declines, p(end) {r.decline_probability:.0%}) {r.counterfactual_output}" if r.counterfactual_declines
+                else r.counterfactual_output if r.counterfactual_output is not None else NOT_ASKED if r.best_edit else "",
                 r.output,
             ]
             for r in self.results

@@ -190,10 +190,10 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
     @user_errors
     def reroute(state, threshold, decline_threshold):
         session = _session(state, system)
+        needed = session.answers_needed(threshold)
         session.reroute(threshold, decline_threshold)
-        return workspace_outputs(
-            session, "", f"Re-routed at threshold {threshold:.2f}, decline threshold {decline_threshold:.2f} (no model was run)"
-        )
+        ran = f"{needed} counterfactual answer{'s' if needed != 1 else ''} generated for probes newly routed" if needed else "no model was run"
+        return workspace_outputs(session, "", f"Re-routed at threshold {threshold:.2f}, decline threshold {decline_threshold:.2f} ({ran})")
 
     @user_errors
     def inspect_probe(state, probe_prompt, targets_text):

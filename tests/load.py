@@ -104,9 +104,10 @@ class Measured:
 class _Session:
     """One student: a gradio_client session that records every call into `measured`."""
 
-    def __init__(self, url: str, index: int, scenario: Scenario, measured: Measured, lock: threading.Lock, thresholds: tuple[float, float]):
+    def __init__(self, url: str, index: int, scenario: Scenario, measured: Measured, lock: threading.Lock, thresholds: tuple[float, float],
+                 run: int = 0):
         self.url, self.index, self.scenario, self.measured, self.lock = url, index, scenario, measured, lock
-        self.mark = f"s{index}x"
+        self.mark = f"r{run}s{index}x"  # each run's own facts: nothing one run generated is kept for another
         self.thresholds = thresholds
         self.rng = random.Random(index)
         self.lesson_targets: set[str] = set()
@@ -195,18 +196,25 @@ class _Session:
                 return
 
 
+_runs = iter(range(1, 1 << 30))
+
+
 def run_scenario(url: str, scenario: Scenario, thresholds: tuple[float, float] = (0.5, 0.5), eval_data: str = "cases.json",
-                 eval_cases: int = 3) -> Measured:
-    """One scenario against the app at `url`; the scheduler's switch and stats are this process's."""
-    measured, lock = Measured(scenario), threading.Lock()
+                 eval_cases: int = 3, system=None) -> Measured:
+    """One scenario against the app at `url`; the scheduler's switch and stats are this process's.
+    `system`, the app's when it runs in this process: its kept answers are cleared first, so that
+    every scenario starts as a fresh server would (the class's shared prompts are then kept within it)."""
+    measured, lock, run = Measured(scenario), threading.Lock(), next(_runs)
+    if system is not None:
+        system.kept_answers.clear()
     previous = scheduler.shared().batching
     scheduler.configure(batching=scenario.batching)
     before = asdict(scheduler.shared().stats)
     deadline = time.monotonic() + scenario.seconds
-    sessions = [_Session(url, i, scenario, measured, lock, thresholds) for i in range(scenario.sessions)]
+    sessions = [_Session(url, i, scenario, measured, lock, thresholds, run) for i in range(scenario.sessions)]
     threads = [threading.Thread(target=s.run, args=(deadline,)) for s in sessions]
     if scenario.evaluation:
-        evaluator = _Session(url, scenario.sessions, scenario, measured, lock, thresholds)
+        evaluator = _Session(url, scenario.sessions, scenario, measured, lock, thresholds, run)
         threads.append(threading.Thread(target=evaluator.evaluate, args=(deadline, eval_data, eval_cases)))
     try:
         for thread in threads:
@@ -263,7 +271,7 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="a running app; default: start the real one on a free port")
     parser.add_argument("--json", default="runs/load.json", help="the report as JSON")
     args = parser.parse_args()
-    app, url, thresholds = None, args.url, (0.9, 0.6)
+    app, url, thresholds, system = None, args.url, (0.9, 0.6), None
     if url is None:
         import socket
 
@@ -283,7 +291,7 @@ def main() -> None:
     results = []
     try:
         for scenario in scenarios:
-            measured = run_scenario(url, scenario, thresholds, eval_data="counterfact/edit.json", eval_cases=30)
+            measured = run_scenario(url, scenario, thresholds, eval_data="counterfact/edit.json", eval_cases=30, system=system)
             results.append(measured)
             print(measured.summary(), flush=True)
     finally:

@@ -20,8 +20,8 @@ from tests.test_editor import perturb_adapter
 class RecordingLane:
     """Rows are strings; a pass upper-cases them, records itself, and may wait for a gate first."""
 
-    def __init__(self, key: str = "lane", gate: threading.Event | None = None) -> None:
-        self.key, self.gate, self.passes = key, gate, []
+    def __init__(self, key: str = "lane", gate: threading.Event | None = None, priority: int = 1) -> None:
+        self.key, self.gate, self.passes, self.priority = key, gate, [], priority
 
     def cost(self, rows):
         return len(rows) * max(len(r) for r in rows)
@@ -105,6 +105,37 @@ def test_each_lane_gets_its_own_passes_in_arrival_order():
     for thread in threads:
         thread.join(5)
     assert second.passes == [["s", "t"]] and first.passes == [["f"]]
+
+
+def test_a_cheap_lane_goes_before_generation_that_arrived_earlier():
+    sched, gate, _ = held_scheduler()
+    slow, cheap, order = RecordingLane("slow"), RecordingLane("cheap", priority=0), []
+    slow.run = lambda rows: order.append("slow") or [r.upper() for r in rows]
+    cheap.run = lambda rows: order.append("cheap") or [r.upper() for r in rows]
+    threads, _ = submit_in_order(sched, [(slow, ["s"]), (cheap, ["c"])])
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["cheap", "slow"]
+
+
+def test_together_queues_independent_calls_at_once():
+    sched = scheduler.shared()
+    gate, lane = threading.Event(), RecordingLane("together")
+    holder = threading.Thread(target=sched.run, args=(RecordingLane("hold", gate), ["h"]))
+    holder.start()
+    while not sched.busy() or sched.waiting():
+        time.sleep(0.002)
+    results = {}
+    caller = threading.Thread(target=lambda: results.update(out=scheduler.together(lambda: sched.run(lane, ["a"]), lambda: sched.run(lane, ["b"]))))
+    caller.start()
+    deadline = time.monotonic() + 5
+    while sched.waiting() < 2 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    gate.set()
+    caller.join(5)
+    holder.join(5)
+    assert results["out"] == [["A"], ["B"]] and sorted(lane.passes[0]) == ["a", "b"]  # both were queued before either ran
 
 
 def test_an_error_stays_with_its_request():
