@@ -81,6 +81,7 @@ class SchedulerStats:
     rows: int = 0
     requests: int = 0
     largest_pass: int = 0
+    busy_s: float = 0.0  # seconds the worker spent in passes
 
 
 class Scheduler:
@@ -195,6 +196,7 @@ class Scheduler:
 
     def _pass(self, lane: Lane, taken: list[tuple[_Request, int]]) -> None:
         rows = [request.rows[i] for request, i in taken]
+        started = time.perf_counter()
         try:
             outputs = lane.run(rows)
             self.stats.passes += 1
@@ -202,6 +204,8 @@ class Scheduler:
             self.stats.largest_pass = max(self.stats.largest_pass, len(rows))
         except BaseException:  # noqa: BLE001 (each request alone, so that an error is its own)
             outputs = None
+        finally:
+            self.stats.busy_s += time.perf_counter() - started
         if outputs is None:
             for request in dict.fromkeys(r for r, _ in taken):
                 indices = [i for r, i in taken if r is request]

@@ -92,7 +92,8 @@ class Measured:
         s = self.scenario
         batching = "batched" if s.batching else "unbatched"
         passes = self.scheduler.get("passes")
-        pass_text = f", {passes} passes of {self.scheduler['rows'] / passes:.1f} rows on average" if passes else ""
+        pass_text = (f", {passes} passes of {self.scheduler['rows'] / passes:.1f} rows on average, the worker busy "
+                     f"{self.scheduler['busy_s'] / s.seconds:.0%} of the time") if passes else ""
         lines = [f"{s.name} ({batching}, {s.sessions} sessions, {s.seconds:.0f} s): {self.calls} calls, "
                  f"{self.probes_per_minute:.0f} probes a minute, {len(self.errors)} errors, {len(self.leaks)} isolation violations{pass_text}"]
         for endpoint, values in sorted(self.latencies_ms.items()):
@@ -224,7 +225,7 @@ def run_scenario(url: str, scenario: Scenario, thresholds: tuple[float, float] =
     finally:
         scheduler.configure(batching=previous)
     after = asdict(scheduler.shared().stats)
-    measured.scheduler = {key: after[key] - before[key] for key in ("passes", "rows", "requests")}
+    measured.scheduler = {key: after[key] - before[key] for key in ("passes", "rows", "requests", "busy_s")}
     return measured
 
 
