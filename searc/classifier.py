@@ -124,16 +124,15 @@ class ScopeClassifier(nn.Module):
         hidden = self.encoder(**batch).last_hidden_state
         return F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
 
-    def probe_embeddings(self, inputs: Sequence[str]) -> torch.Tensor:
-        """Unit-norm embeddings of probes for routing (inference), encoded in one pass with other
-        sessions' probes by the process's scheduler (`searc.scheduler`)."""
+    def routing_embeddings(self, inputs: Sequence[str]) -> torch.Tensor:
+        """Unit-norm embeddings for routing (inference: probes, and edits as they are stored),
+        encoded in one pass with other sessions' texts by the process's scheduler (`searc.scheduler`)."""
         rows = [EmbeddingRow(text, len(self.tokenizer(text, truncation=True, max_length=self.config.max_length)["input_ids"]))
                 for text in inputs]
         return torch.stack(scheduler.shared().run(EmbeddingLane(self), rows))
 
-    @torch.inference_mode()
     def embed_edits(self, edits: Sequence[Edit]) -> torch.Tensor:
-        return torch.cat([self.embed([scope_text(e) for e in chunk]).float().cpu() for chunk in _chunks(edits, 64)])
+        return self.routing_embeddings([scope_text(e) for e in edits]) if edits else torch.zeros(0, self.encoder.config.hidden_size)
 
     def weights_changed(self) -> None:
         """Mark stored edit keys stale (after training steps or loading weights)."""
@@ -183,7 +182,7 @@ class DenseScopeClassifier(ScopeClassifier):
         return self.scale * similarity + self.bias
 
     def logits(self, inputs: list[str], keys: EmbeddingKeys) -> torch.Tensor:
-        return self.similarity_logits(self.probe_embeddings(inputs) @ keys.matrix.T)
+        return self.similarity_logits(self.routing_embeddings(inputs) @ keys.matrix.T)
 
     def pair_logits(self, edits: Sequence[Edit], inputs: Sequence[str]) -> torch.Tensor:
         edit_embeddings = self.embed([scope_text(e) for e in edits])
@@ -245,7 +244,7 @@ class CrossScopeClassifier(ScopeClassifier):
         k = self.config.top_k
         if not k or k >= len(keys):
             return torch.arange(len(keys)).expand(len(inputs), -1)
-        similarity = self.probe_embeddings(inputs) @ keys.embeddings.matrix.T
+        similarity = self.routing_embeddings(inputs) @ keys.embeddings.matrix.T
         return similarity.topk(k, dim=1).indices
 
     def logits(self, inputs: list[str], keys: PairKeys) -> torch.Tensor:
@@ -286,8 +285,8 @@ class EmbeddingLane:
 
     @torch.inference_mode()
     def run(self, rows: Sequence[EmbeddingRow]) -> list[torch.Tensor]:
-        texts = list(dict.fromkeys(r.text for r in rows))
-        embedded = dict(zip(texts, self.classifier.embed(texts).float().cpu()))
+        texts = list(dict.fromkeys(r.text for r in rows))  # chunks of 64: a whole imported file runs alone without batching
+        embedded = dict(zip(texts, torch.cat([self.classifier.embed(chunk).float().cpu() for chunk in _chunks(texts, 64)])))
         return [embedded[r.text] for r in rows]
 
 

@@ -331,9 +331,17 @@ class LanguageModel:
         """Differentiable target statistics (used by training); call inside `active()`."""
         return masked_log_probs(*self.target_logits(batch), shift=batch.shift)
 
-    @torch.inference_mode()
     def score_targets(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
-        """Per-token NLL of each target after its prompt."""
+        """Per-token NLL of each target after its prompt, scored in one pass with other callers'
+        rows by the process's scheduler (`searc.scheduler`)."""
+        if len(prompts) != len(targets):
+            raise ValueError("need the same number of prompts and targets")
+        rows = [ScoringRow(p, t, len(self.encode(p)) + len(self.encode(" " + t))) for p, t in zip(prompts, targets)]
+        return scheduler.shared().run(ScoringLane(self), rows)
+
+    @torch.inference_mode()
+    def score_pass(self, prompts: Sequence[str], targets: Sequence[str]) -> list[TargetScore]:
+        """One teacher-forced pass under the model's lock (`score_targets`)."""
         batch = self.make_batch(prompts, targets)
         with self.active():
             logits, labels = self.target_logits(batch)
@@ -526,6 +534,32 @@ class GenerationLane:
         )
         by_row = dict(zip(unique, generated))
         return [self.lm.cut(by_row[(r.prompt, r.finish)], r.max_new_tokens) for r in rows]
+
+
+@dataclass(frozen=True)
+class ScoringRow:
+    """One (prompt, target) of a teacher-forced scoring pass."""
+
+    prompt: str
+    target: str
+    tokens: int  # prompt and target, for the pass's cost
+
+
+class ScoringLane:
+    """Teacher-forced target scoring by one model view, as a scheduler lane (the token view and
+    per-target NLL of every session in one forward pass)."""
+
+    priority = 1
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.key = ("score", id(lm.model), lm.adapter_enabled)
+
+    def cost(self, rows: Sequence[ScoringRow]) -> int:
+        return len(rows) * max(r.tokens for r in rows)
+
+    def run(self, rows: Sequence[ScoringRow]) -> list[TargetScore]:
+        return self.lm.score_pass([r.prompt for r in rows], [r.target for r in rows])
 
 
 def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:

@@ -9,7 +9,8 @@ Scenarios:
 - classroom: every other session loads the same lesson, the rest start empty; each then adds
   edits of its own with 4-6 probes typed (some shared by the class, some its own), so the
   workspace probes them again, and probes them once more, pausing 5-15 s between actions as a
-  student reading results and typing would;
+  student reading results and typing would; after each, the page's inspection of the first probe
+  (scope view, token view, per-target NLL) runs too, as the browser chains it;
 - saturation: the classroom without pauses (the throughput the server gives);
 - with evaluation: the classroom while one more session runs evaluations all along.
 Each scenario in the app's own process runs batched and, where the matrix says so, again with
@@ -178,14 +179,20 @@ class _Session:
                                 threshold, decline, rows=rows)
                 count += 1
                 self.check(out[0], out[2], count)
+                self.inspect(client, probes)
                 self.pause(deadline)
                 if time.monotonic() >= deadline:
                     break
                 out = self.call(client, "probe", probes, threshold, decline, rows=rows)
                 self.check(out[0], out[2], count)
+                self.inspect(client, probes)
                 self.pause(deadline)
         except Exception as error:  # noqa: BLE001
             self.problem("errors", f"{type(error).__name__}: {error}")
+
+    def inspect(self, client: Client, probes: str) -> None:
+        """What the page runs after every change: the picked (first) probe's scope view, token view and per-target NLL."""
+        self.call(client, "inspect", probes.splitlines()[0], "Paris\nRome")
 
     def evaluate(self, deadline: float, data: str, cases: int) -> None:
         client = Client(self.url, verbose=False)
@@ -265,13 +272,41 @@ def comparison(results: list[Measured]) -> list[str]:
     return lines
 
 
+def markdown(report: dict) -> str:
+    """The report as the Markdown table of docs/performance.md (`--render FILE`)."""
+    def seconds(endpoint: dict | None) -> str:
+        return " / ".join(f"{endpoint[k] / 1000:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms")) if endpoint else "–"
+
+    lines = [
+        f"`{report['command']}`, {report['date']}, {report['cores']} cores, {report['runs'][0]['scenario']['seconds']:.0f} s a scenario, real bundled models:",
+        "",
+        "| scenario | sessions | batching | add an edit and re-probe, s (p50 / p90 / p99) | probe, s (p50 / p90 / p99) | probes a minute | calls | errors | isolation violations | rows a pass | worker busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        scenario, endpoints, sched = run["scenario"], run["endpoints"], run["scheduler"]
+        passes = sched.get("passes", 0)
+        lines.append(
+            f"| {scenario['name']} | {scenario['sessions']} | {'on' if scenario['batching'] else 'off'} | {seconds(endpoints.get('add_edit'))} | "
+            f"{seconds(endpoints.get('probe'))} | {run['probes_per_minute']:.0f} | {run['calls']} | {len(run['errors'])} | {len(run['leaks'])} | "
+            f"{sched['rows'] / passes:.1f} | {sched['busy_s'] / scenario['seconds']:.0%} |" if passes else
+            f"| {scenario['name']} | {scenario['sessions']} | {'on' if scenario['batching'] else 'off'} | {seconds(endpoints.get('add_edit'))} | "
+            f"{seconds(endpoints.get('probe'))} | {run['probes_per_minute']:.0f} | {run['calls']} | {len(run['errors'])} | {len(run['leaks'])} | – | – |"
+        )
+    return "\n".join(lines + [""] + [f"- {line}" for line in report["comparison"]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="each scenario's length")
     parser.add_argument("--only", action="append", help="scenarios of the matrix by name (repeatable)")
     parser.add_argument("--url", default=None, help="a running app; default: start the real one on a free port")
     parser.add_argument("--json", default="runs/load.json", help="the report as JSON")
+    parser.add_argument("--render", metavar="FILE", help="print a report written by --json as Markdown, and run nothing")
     args = parser.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return
     app, url, thresholds, system = None, args.url, (0.9, 0.6), None
     if url is None:
         import socket

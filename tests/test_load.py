@@ -13,7 +13,7 @@ def test_a_class_of_twenty_stays_isolated_and_error_free_and_is_batched(url):  #
     print(measured.summary())
     assert not measured.errors, measured.errors[:3]
     assert not measured.leaks, measured.leaks[:3]
-    assert {"load_lesson", "add_edit", "probe", "evaluate"} <= set(measured.latencies_ms)
+    assert {"load_lesson", "add_edit", "probe", "inspect", "evaluate"} <= set(measured.latencies_ms)
     assert measured.calls >= 60, "every session must get through its lesson, an edit and a probe"
     assert measured.scheduler["requests"] > measured.scheduler["passes"] > 0  # passes held several requests
 
