@@ -366,12 +366,13 @@ def compare_targets(
     """Teacher-forced scoring of each target under the base model and under the edited system,
     batched: one base pass for all prompts, one counterfactual pass for those with a best edit.
     The routes may come from different editors, as in `answer`."""
-    base_scores = system.base.score_targets(list(prompts), list(targets))
     with_edit = [i for i, r in enumerate(routes) if r.best_edit is not None]
-    counterfactual_scores = {}
-    if with_edit:
-        contexts = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in with_edit]
-        counterfactual_scores = dict(zip(with_edit, system.counterfactual.score_targets(contexts, [targets[i] for i in with_edit])))
+    contexts = [counterfactual_input(routes[i].best_edit, prompts[i]) for i in with_edit]
+    base_scores, edited_scores = scheduler.together(  # the two models' passes queue together
+        lambda: system.base.score_targets(list(prompts), list(targets)),
+        lambda: system.counterfactual.score_targets(contexts, [targets[i] for i in with_edit]) if with_edit else [],
+    )
+    counterfactual_scores = dict(zip(with_edit, edited_scores))
     comparisons = []
     for i, (prompt, target, route, base) in enumerate(zip(prompts, targets, routes, base_scores)):
         counterfactual = counterfactual_scores.get(i)

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from searc import scheduler
 from searc.counterfactual import counterfactual_input
 from searc.editor import ProbeResult, SeracSystem, end_probabilities
 from searc.lm import TargetScore
@@ -87,9 +88,10 @@ def output_tokens(system: SeracSystem, result: ProbeResult, k: int = TOP_ALTERNA
     if not outputs:
         return []
     texts = [text for _, _, text in outputs]
-    scores = {"base model": system.base.score_targets([result.prompt] * len(texts), texts)}
+    scorers = {"base model": lambda: system.base.score_targets([result.prompt] * len(texts), texts)}
     if context is not None:
-        scores["counterfactual model"] = system.counterfactual.score_targets([context] * len(texts), texts)
+        scorers["counterfactual model"] = lambda: system.counterfactual.score_targets([context] * len(texts), texts)
+    scores = dict(zip(scorers, scheduler.together(*scorers.values())))  # the two models' passes queue together
     tokenizers = {"base model": system.base.tokenizer, "counterfactual model": system.counterfactual.tokenizer}
     strips = []
     for row, (name, producer, text) in enumerate(outputs):

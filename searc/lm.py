@@ -559,7 +559,9 @@ class ScoringLane:
         return len(rows) * max(r.tokens for r in rows)
 
     def run(self, rows: Sequence[ScoringRow]) -> list[TargetScore]:
-        return self.lm.score_pass([r.prompt for r in rows], [r.target for r in rows])
+        unique = list(dict.fromkeys((r.prompt, r.target) for r in rows))  # an inspection asks for the final output twice
+        scored = dict(zip(unique, self.lm.score_pass([p for p, _ in unique], [t for _, t in unique])))
+        return [scored[(r.prompt, r.target)] for r in rows]
 
 
 def _strip_after_eos(row: list[int], eos_token_id: int | None) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 
+from searc import scheduler
 from searc.augment import with_other_facts
 from searc.classifier import ClassifierConfig
 from searc.data import EditCase
@@ -284,6 +285,15 @@ class Session:
     def scope_view(self, probe: str) -> ScopeView:
         """The nearest edits of one probed prompt, the decline probability and the decision."""
         return scope_view(self.system, self.result_for(probe), self.editor.edits)
+
+    def inspection(self, probe: str, targets_text: str = "") -> tuple[str, list[OutputTokens], list[TargetComparison]]:
+        """What the page shows of one probe: the scope inspector, the token view and each target's
+        NLL, their model work handed to the scheduler together."""
+        self.result_for(probe)  # a clear error before any work
+        scope, tokens, targets = scheduler.together(
+            lambda: self.scope_markdown(probe), lambda: self.output_tokens(probe), lambda: self.inspect(probe, targets_text)
+        )
+        return scope, tokens, targets
 
     def scope_markdown(self, probe: str) -> str:
         view = self.scope_view(probe)

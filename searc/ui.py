@@ -201,7 +201,8 @@ def make_handlers(system: SeracSystem, access: ServerAccess):
         session = _session(state, system)
         if not probe_prompt:
             return "", token_strips([]), nll_chart([])
-        return session.scope_markdown(probe_prompt), token_strips(session.output_tokens(probe_prompt)), nll_chart(session.inspect(probe_prompt, targets_text))
+        scope, tokens, targets = session.inspection(probe_prompt, targets_text)
+        return scope, token_strips(tokens), nll_chart(targets)
 
     @user_errors
     def inspect_edit(state, edit_id):

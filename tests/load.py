@@ -59,6 +59,7 @@ class Scenario:
     kind: str = "classroom"  # or "edit-probe"
     evaluation: bool = False  # one more session evaluates all along
     batching: bool = True
+    inspect: bool = True  # after each change, the inspection the page chains (gradio_client alone does not run it)
 
 
 @dataclass
@@ -192,7 +193,8 @@ class _Session:
 
     def inspect(self, client: Client, probes: str) -> None:
         """What the page runs after every change: the picked (first) probe's scope view, token view and per-target NLL."""
-        self.call(client, "inspect", probes.splitlines()[0], "Paris\nRome")
+        if self.scenario.inspect:
+            self.call(client, "inspect", probes.splitlines()[0], "Paris\nRome")
 
     def evaluate(self, deadline: float, data: str, cases: int) -> None:
         client = Client(self.url, verbose=False)
@@ -246,6 +248,8 @@ def matrix(seconds: float) -> list[Scenario]:
         Scenario("alone", 1, seconds, pause=(1.0, 2.0), batching=False),
         Scenario("classroom-20", 20, seconds),
         Scenario("classroom-20", 20, seconds, batching=False),
+        Scenario("classroom-20-api", 20, seconds, inspect=False),
+        Scenario("classroom-20-api", 20, seconds, inspect=False, batching=False),
         Scenario("classroom-50", 50, seconds),
         Scenario("saturation-20", 20, seconds, pause=none),
         Scenario("saturation-20", 20, seconds, pause=none, batching=False),
@@ -259,16 +263,18 @@ def comparison(results: list[Measured]) -> list[str]:
         return next((m for m in results if m.scenario.name == name and m.scenario.batching == batching), None)
 
     lines = []
-    for name in ("edit-probe-20", "alone", "classroom-20", "saturation-20"):
+    for name in ("edit-probe-20", "alone", "classroom-20", "classroom-20-api", "saturation-20"):
         on, off = find(name), find(name, False)
         if on and off:
+            endpoint = "probe" if name == "edit-probe-20" else "add_edit"
             lines.append(f"{name}: probes a minute batched / unbatched {on.probes_per_minute:.0f} / {off.probes_per_minute:.0f} = "
-                         f"{on.probes_per_minute / max(off.probes_per_minute, 1e-9):.2f}x; probe p50 {on.percentile('probe', 0.5) / 1000:.2f} s / "
-                         f"{off.percentile('probe', 0.5) / 1000:.2f} s")
+                         f"{on.probes_per_minute / max(off.probes_per_minute, 1e-9):.2f}x; {endpoint} p50 {on.percentile(endpoint, 0.5) / 1000:.2f} s / "
+                         f"{off.percentile(endpoint, 0.5) / 1000:.2f} s")
     busy, quiet = find("classroom-20+eval"), find("classroom-20")
     if busy and quiet:
-        lines.append(f"classroom-20 probe p50 with an evaluation running / without: {busy.percentile('probe', 0.5) / 1000:.2f} s / "
-                     f"{quiet.percentile('probe', 0.5) / 1000:.2f} s = {busy.percentile('probe', 0.5) / quiet.percentile('probe', 0.5):.2f}x")
+        for endpoint in ("add_edit", "probe"):
+            lines.append(f"classroom-20 {endpoint} p50 with an evaluation running / without: {busy.percentile(endpoint, 0.5) / 1000:.2f} s / "
+                         f"{quiet.percentile(endpoint, 0.5) / 1000:.2f} s = {busy.percentile(endpoint, 0.5) / quiet.percentile(endpoint, 0.5):.2f}x")
     return lines
 
 
