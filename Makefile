@@ -56,9 +56,13 @@ profile: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check pyinstrument
 	$(PY) -m pyinstrument -m searc.cli bench --quick --no-processes
 
-# 20 concurrent sessions against the real app for 60 s: errors, isolation, latency percentiles.
+# A class against the real app (docs/deployment.md): edit-probe, one session alone, classrooms of 20
+# and 50 sessions, saturation, an evaluation beside a classroom; batched and unbatched in one run,
+# 60 s a scenario (about 15 minutes): latency percentiles, throughput, errors, isolation violations.
+# The table prints; the report goes to $(LOAD_REPORT) (`python -m tests.load --render FILE` shows it as Markdown).
+LOAD_REPORT ?= runs/load.json
 load-test: setup
-	$(PY) -m tests.load --clients 20 --seconds 60
+	$(PY) -m tests.load --seconds 60 --json $(LOAD_REPORT)
 
 screenshots: setup
 	$(PY) -m tests.screenshots

@@ -180,6 +180,9 @@ class _Session:
                                 threshold, decline, rows=rows)
                 count += 1
                 self.check(out[0], out[2], count)
+                if str(out[6]).startswith("Probes not run again"):  # the page's status line: the re-probe failed
+                    self.problem("errors", f"add_edit: {out[6]}")
+                    return
                 self.inspect(client, probes)
                 self.pause(deadline)
                 if time.monotonic() >= deadline:

@@ -35,15 +35,22 @@ def browser():
         browser.close()
 
 
-def test_the_workspace_end_to_end(browser, url):  # noqa: F811
+def open_and_add_edit(browser, url: str, prompt: str, target: str, subject: str, probes: str):
+    """A new page of the workspace with one edit stored (e1) and its probes typed."""
     page = browser.new_page(viewport={"width": 1400, "height": 2000})
     page.goto(url)
-    # edit and probe side by side
-    page.get_by_label("Prompt", exact=True).fill("The Eiffel Tower is located in the city of")
-    page.get_by_label("New target").fill("Rome")
-    page.get_by_label("Probe prompts (one per line)").fill("The Eiffel Tower stands in")
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_label("New target").fill(target)
+    page.get_by_label("Subject (optional)").fill(subject)
+    page.get_by_label("Probe prompts (one per line)").fill(probes)
     page.get_by_role("button", name="Add edit").click()
     page.get_by_text("Stored e1").wait_for(timeout=30_000)
+    return page
+
+
+def test_the_workspace_end_to_end(browser, url):  # noqa: F811
+    # edit and probe side by side
+    page = open_and_add_edit(browser, url, "The Eiffel Tower is located in the city of", "Rome", "Eiffel Tower", "The Eiffel Tower stands in")
     page.get_by_text("1 routed to the counterfactual model").wait_for(timeout=60_000)  # adding re-probed
     assert "yes" in page.locator("#results").inner_text()
     # the charts start as placeholders: wait for what replaces them
@@ -86,14 +93,8 @@ def test_the_workspace_end_to_end(browser, url):  # noqa: F811
 
 
 def test_a_shared_link_opens_the_workspace_in_a_second_page(browser, url):  # noqa: F811
-    teacher = browser.new_page(viewport={"width": 1400, "height": 2000})
-    teacher.goto(url)
-    teacher.get_by_label("Prompt", exact=True).fill("Toko Yasuda plays the")
-    teacher.get_by_label("New target").fill("violin")
-    teacher.get_by_label("Subject (optional)").fill("Toko Yasuda")
-    teacher.get_by_label("Probe prompts (one per line)").fill("Toko Yasuda is great at the\nThe capital of Japan is")
-    teacher.get_by_role("button", name="Add edit").click()
-    teacher.get_by_text("Stored e1").wait_for(timeout=30_000)
+    teacher = open_and_add_edit(browser, url, "Toko Yasuda plays the", "violin", "Toko Yasuda",
+                                "Toko Yasuda is great at the\nThe capital of Japan is")
     teacher.get_by_role("button", name="Share this workspace").click()
     link_box = teacher.locator("#share_link textarea")
     expect(link_box).to_have_value(re.compile(r"\?workspace="), timeout=30_000)
