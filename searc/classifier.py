@@ -127,12 +127,13 @@ class ScopeClassifier(nn.Module):
     def routing_embeddings(self, inputs: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings for routing (inference: probes, and edits as they are stored),
         encoded in one pass with other sessions' texts by the process's scheduler (`searc.scheduler`)."""
-        rows = [EmbeddingRow(text, len(self.tokenizer(text, truncation=True, max_length=self.config.max_length)["input_ids"]))
-                for text in inputs]
-        return torch.stack(scheduler.shared().run(EmbeddingLane(self), rows))
+        if not inputs:
+            return torch.zeros(0, self.encoder.config.hidden_size)
+        lengths = [len(ids) for ids in self.tokenizer(list(inputs), truncation=True, max_length=self.config.max_length)["input_ids"]]
+        return torch.stack(scheduler.shared().run(EmbeddingLane(self), [EmbeddingRow(t, n) for t, n in zip(inputs, lengths)]))
 
     def embed_edits(self, edits: Sequence[Edit]) -> torch.Tensor:
-        return self.routing_embeddings([scope_text(e) for e in edits]) if edits else torch.zeros(0, self.encoder.config.hidden_size)
+        return self.routing_embeddings([scope_text(e) for e in edits])
 
     def weights_changed(self) -> None:
         """Mark stored edit keys stale (after training steps or loading weights)."""
@@ -272,7 +273,7 @@ class EmbeddingRow:
 
 
 class EmbeddingLane:
-    """The classifier's encoder over probe texts, as a scheduler lane (each text once a pass)."""
+    """The classifier's encoder over texts for routing (probes, new edits), as a scheduler lane (each text once a pass)."""
 
     priority = 0  # milliseconds a pass: before generation
 

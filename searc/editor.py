@@ -179,6 +179,10 @@ class ProbeResult:
         """The counterfactual model reads the best edit as not applying to this probe (routed or not)."""
         return declines(self.decline_probability, self.decline_threshold)
 
+    def lacks_answer_at(self, threshold: float) -> bool:
+        """`threshold` would route this probe, and its counterfactual answer was not generated yet."""
+        return self.best_edit is not None and self.score >= threshold and self.counterfactual_output is None
+
     @property
     def declined(self) -> bool:
         """Routed, but the counterfactual model read the edit as not applying: the base answer stands."""
@@ -344,7 +348,7 @@ class Editor:
         """The results with the counterfactual answer of their best edit wherever `threshold`
         would route them and it was not generated yet (a workspace generates answers for routed
         probes only; a slider that routes more asks for theirs here)."""
-        missing = [i for i, r in enumerate(results) if r.best_edit is not None and r.score >= threshold and r.counterfactual_output is None]
+        missing = [i for i, r in enumerate(results) if r.lacks_answer_at(threshold)]
         generated = counterfactual_answers(self.system, [results[i].prompt for i in missing], [results[i].best_edit for i in missing],
                                            self.finish_targets)
         answered = list(results)

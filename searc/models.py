@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,6 @@ def verify_cache_entry(entry: Path) -> bool:
 def load_gguf_cached(gguf: Path, dtype: torch.dtype = torch.float32):
     """Load a GGUF LM through the safetensors cache, building the cache entry if needed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from filelock import FileLock
 
     entry = gguf_cache_entry(gguf, dtype)
     entry.parent.mkdir(parents=True, exist_ok=True)

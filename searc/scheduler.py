@@ -7,7 +7,8 @@ wait, and one worker thread runs whatever is waiting as few passes as it can, as
 batch whatever is queued (vLLM, TGI).
 
 - A *lane* is one kind of pass over one model: greedy generation by one model view (base or
-  counterfactual, answering or not), or the classifier's encoder over probe texts. Rows of one
+  counterfactual, answering or not), teacher-forced scoring by one view (the token view, the
+  per-target NLL), or the classifier's encoder over probes and new edits. Rows of one
   lane from any number of requests share a pass; each row keeps its own settings (its own
   prompt and edit in context, its own target to finish, its own token budget, cut to it after the
   pass), so a session gets what it gets alone.
@@ -59,7 +60,7 @@ class _Request:
     lane: Lane
     rows: list
     arrival: int
-    results: list = field(default_factory=list)
+    results: list = field(init=False)
     next_row: int = 0  # rows before it are in a pass already
     finished_rows: int = 0
     error: BaseException | None = None
@@ -80,7 +81,6 @@ class SchedulerStats:
     passes: int = 0
     rows: int = 0
     requests: int = 0
-    largest_pass: int = 0
     busy_s: float = 0.0  # seconds the worker spent in passes
 
 
@@ -182,33 +182,35 @@ class Scheduler:
         lane = min(self._queue, key=lambda r: (r.lane.priority, r.arrival)).lane
         waiting = [r for r in self._queue if r.lane.key == lane.key]
         taken: list[tuple[_Request, int]] = []
+        rows: list = []  # the pass's rows so far, in `taken`'s order
         in_pass = {id(r): 0 for r in waiting}
         for share in (self.rows_per_request if len(waiting) > 1 else None, None):
             for request in waiting:
                 while request.waiting_rows and (share is None or in_pass[id(request)] < share):
-                    rows = [r.rows[i] for r, i in taken] + [request.rows[request.next_row]]
-                    if taken and lane.cost(rows) > self.max_batch_tokens:
+                    row = request.rows[request.next_row]
+                    if taken and lane.cost([*rows, row]) > self.max_batch_tokens:
                         return lane, taken
                     taken.append((request, request.next_row))
+                    rows.append(row)
                     request.next_row += 1
                     in_pass[id(request)] += 1
         return lane, taken
 
     def _pass(self, lane: Lane, taken: list[tuple[_Request, int]]) -> None:
-        rows = [request.rows[i] for request, i in taken]
+        by_request: dict[_Request, list[int]] = {}  # each request's row indices in this pass
+        for request, i in taken:
+            by_request.setdefault(request, []).append(i)
         started = time.perf_counter()
         try:
-            outputs = lane.run(rows)
+            outputs = lane.run([request.rows[i] for request, i in taken])
             self.stats.passes += 1
-            self.stats.rows += len(rows)
-            self.stats.largest_pass = max(self.stats.largest_pass, len(rows))
+            self.stats.rows += len(taken)
         except BaseException:  # noqa: BLE001 (each request alone, so that an error is its own)
             outputs = None
         finally:
             self.stats.busy_s += time.perf_counter() - started
         if outputs is None:
-            for request in dict.fromkeys(r for r, _ in taken):
-                indices = [i for r, i in taken if r is request]
+            for request, indices in by_request.items():
                 try:
                     for i, output in zip(indices, lane.run([request.rows[i] for i in indices])):
                         request.results[i] = output
@@ -218,8 +220,8 @@ class Scheduler:
             return
         for (request, i), output in zip(taken, outputs):
             request.results[i] = output
-        for request in dict.fromkeys(r for r, _ in taken):
-            self._finish(request, sum(1 for r, _ in taken if r is request))
+        for request, indices in by_request.items():
+            self._finish(request, len(indices))
 
     def _finish(self, request: _Request, rows: int) -> None:
         request.finished_rows += rows

@@ -212,7 +212,7 @@ class Session:
 
     def answers_needed(self, threshold: float) -> int:
         """How many of the last results `threshold` would route that have no counterfactual answer yet."""
-        return sum(r.best_edit is not None and r.score >= threshold and r.counterfactual_output is None for r in self.results)
+        return sum(r.lacks_answer_at(threshold) for r in self.results)
 
     def reroute(self, threshold: float, decline_threshold: float | None = None) -> list[ProbeResult]:
         """Apply new routing and decline thresholds to the last results; the model runs only for

@@ -10,6 +10,7 @@ Evaluate and Lessons are tabs of their own. Each browser tab gets its own `Sessi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import tempfile
@@ -94,9 +95,10 @@ def shows_user_errors(access: ServerAccess) -> Callable[[Callable], Callable]:
         def plain(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             progress = bound.arguments.get("progress") if takes_progress else bound.arguments.pop("progress", None)
-            report = (lambda ahead: progress(0.0, desc=waiting_text(ahead))) if progress is not None else (lambda ahead: None)
+            reporting = (scheduler.shared().waiting_reported(lambda ahead: progress(0.0, desc=waiting_text(ahead)))
+                         if progress is not None else contextlib.nullcontext())
             try:
-                with scheduler.shared().waiting_reported(report):
+                with reporting:
                     return handler(*bound.args, **bound.kwargs)
             except USER_ERRORS as error:
                 raise page_error(error) from None

@@ -295,12 +295,11 @@ def markdown(report: dict) -> str:
     for run in report["runs"]:
         scenario, endpoints, sched = run["scenario"], run["endpoints"], run["scheduler"]
         passes = sched.get("passes", 0)
+        batched = f"{sched['rows'] / passes:.1f} | {sched['busy_s'] / scenario['seconds']:.0%}" if passes else "– | –"
         lines.append(
             f"| {scenario['name']} | {scenario['sessions']} | {'on' if scenario['batching'] else 'off'} | {seconds(endpoints.get('add_edit'))} | "
             f"{seconds(endpoints.get('probe'))} | {run['probes_per_minute']:.0f} | {run['calls']} | {len(run['errors'])} | {len(run['leaks'])} | "
-            f"{sched['rows'] / passes:.1f} | {sched['busy_s'] / scenario['seconds']:.0%} |" if passes else
-            f"| {scenario['name']} | {scenario['sessions']} | {'on' if scenario['batching'] else 'off'} | {seconds(endpoints.get('add_edit'))} | "
-            f"{seconds(endpoints.get('probe'))} | {run['probes_per_minute']:.0f} | {run['calls']} | {len(run['errors'])} | {len(run['leaks'])} | – | – |"
+            f"{batched} |"
         )
     return "\n".join(lines + [""] + [f"- {line}" for line in report["comparison"]])
 
